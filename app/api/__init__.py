@@ -1,0 +1,13 @@
+"""HTTP handlers: parse and validate, call one service, dump. The route table lives here."""
+
+from __future__ import annotations
+
+from flask_smorest import Api
+
+
+def register_blueprints(api: Api) -> None:
+    """Attach every resource's blueprint."""
+    from app.api import bots, swarms, system, tasks, workflows
+
+    for module in (system, bots, swarms, tasks, workflows):
+        api.register_blueprint(module.blp)

@@ -1,0 +1,104 @@
+"""/bots: single bots, their statistics and their tasks."""
+
+from __future__ import annotations
+
+from flask_smorest import Blueprint
+
+from app.api.schemas import (
+    BotCreate,
+    BotOut,
+    BotPage,
+    BotUpdate,
+    TaskAssign,
+    TaskAssigned,
+    TaskComplete,
+    TaskOut,
+    TaskPage,
+    page_of,
+)
+from app.errors import NotFound
+from app.services import assignments, bots, stats
+from app.services.ids import parse_task_id, task_public_id
+
+blp = Blueprint("bots", __name__, description="Bots and their tasks")
+
+
+@blp.route("/bots", methods=["POST"])
+@blp.arguments(BotCreate)
+@blp.response(201, BotOut)
+def create_bot(body):
+    """Create one bot."""
+    return bots.create_bot(body["name"], body["tier"], body["capabilities"])
+
+
+@blp.route("/bots", methods=["GET"])
+@blp.arguments(BotPage, location="query")
+def list_bots(query):
+    """List bots, filtered by tier, status, swarm or capability; paginate with `after`."""
+    filters = bots.BotFilter(
+        tier=query.get("tier"),
+        status=query.get("status"),
+        swarm_id=query.get("swarm_id"),
+        capability=query.get("capability"),
+    )
+    items = bots.list_bots(filters, query["limit"], query.get("after"))
+    return page_of(items, BotOut(), query["limit"], lambda bot: bot.id)
+
+
+@blp.route("/bots/stats")
+def bot_stats():
+    """Service-wide bot and task statistics."""
+    return stats.bot_stats()
+
+
+@blp.route("/bots/<bot_id>", methods=["GET"])
+@blp.response(200, BotOut)
+def get_bot(bot_id):
+    """One bot with its task counters."""
+    return bots.get_bot(bot_id)
+
+
+@blp.route("/bots/<bot_id>", methods=["PATCH"])
+@blp.arguments(BotUpdate)
+@blp.response(200, BotOut)
+def update_bot(body, bot_id):
+    """Pause or resume a bot."""
+    return bots.set_bot_status(bot_id, body["status"])
+
+
+@blp.route("/bots/<bot_id>", methods=["DELETE"])
+@blp.response(200, BotOut)
+def retire_bot(bot_id):
+    """Retire a bot; its waiting tasks are cancelled."""
+    return bots.retire_bot(bot_id)
+
+
+@blp.route("/bots/<bot_id>/tasks", methods=["POST"])
+@blp.arguments(TaskAssign)
+@blp.response(202, TaskAssigned)
+def assign_task(body, bot_id):
+    """Give a task to a bot; it runs on the worker pool."""
+    return assignments.assign_to_bot(bot_id, body["type"], body["data"])
+
+
+@blp.route("/bots/<bot_id>/tasks", methods=["GET"])
+@blp.arguments(TaskPage, location="query")
+def list_tasks(query, bot_id):
+    """A bot's tasks, newest first; paginate with `after`."""
+    after = query.get("after")
+    after_id = parse_task_id(after) if after else None
+    if after and after_id is None:
+        raise NotFound(f"No task {after!r}.")
+    items = assignments.list_bot_tasks(bot_id, query["limit"], after_id, query.get("status"))
+    return page_of(items, TaskOut(), query["limit"], lambda task: task_public_id(task.id))
+
+
+@blp.route("/bots/<bot_id>/tasks/<task_id>/complete", methods=["POST"])
+@blp.arguments(TaskComplete)
+@blp.response(200, TaskOut)
+def complete_task(body, bot_id, task_id):
+    """Mark a task completed; repeating it changes nothing."""
+    row_id = parse_task_id(task_id)
+    if row_id is None:
+        raise NotFound(f"Task {task_id!r} of bot {bot_id!r} not found.")
+    return assignments.complete_task(bot_id, row_id, body.get("result"))

@@ -1,0 +1,256 @@
+"""Request and response schemas: the same ones validate input and document /openapi.json."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask import current_app
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+from app.models import BOT_ACTIVE, BOT_PAUSED
+from app.services.ids import iso, task_public_id
+from app.tiers import TIERS, canonical_tier
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_PAGE = 1000
+
+
+def _printable(value: str) -> None:
+    if _CONTROL.search(value):
+        raise ValidationError("Must not contain control characters.")
+
+
+class StrictInteger(fields.Integer):
+    """An integer given as a JSON number: no strings, floats or booleans."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(strict=True, **kwargs)
+
+    def _deserialize(self, value: Any, attr, data, **kwargs):
+        if isinstance(value, bool):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class Tier(fields.String):
+    """A tier in any case, answered in its canonical spelling."""
+
+    def _deserialize(self, value: Any, attr, data, **kwargs) -> str:
+        tier = canonical_tier(super()._deserialize(value, attr, data, **kwargs))
+        if tier is None:
+            raise ValidationError(f"Must be one of: {', '.join(TIERS)} (any case).")
+        return tier
+
+
+def Name(**kwargs: Any) -> fields.String:  # noqa: N802 - a field factory reads like a field
+    """A human-chosen name: 1-200 printable characters."""
+    return fields.String(validate=[validate.Length(min=1, max=200), _printable], **kwargs)
+
+
+def Capabilities() -> fields.List:  # noqa: N802
+    """A list of capability names."""
+    return fields.List(
+        fields.String(validate=[validate.Length(min=1, max=64), _printable]),
+        validate=validate.Length(max=50),
+        load_default=list,
+    )
+
+
+# ---- requests ------------------------------------------------------------------------------
+
+
+class BotCreate(Schema):
+    name = Name(required=True)
+    tier = Tier(required=True)
+    capabilities = Capabilities()
+
+
+class BotUpdate(Schema):
+    status = fields.String(required=True, validate=validate.OneOf([BOT_ACTIVE, BOT_PAUSED]))
+
+
+class SwarmCreate(Schema):
+    name = Name(required=True)
+    count = StrictInteger(required=True)
+    tier = Tier(required=True)
+    capabilities = Capabilities()
+
+    @validates_schema
+    def _count_within_capacity(self, data: dict[str, Any], **kwargs: Any) -> None:
+        limit = current_app.config["SETTINGS"].max_bots
+        if "count" in data and not 1 <= data["count"] <= limit:
+            raise ValidationError(f"Must be between 1 and {limit}.", "count")
+
+
+class SwarmUpdate(Schema):
+    count = StrictInteger()
+    status = fields.String(validate=validate.OneOf([BOT_ACTIVE, BOT_PAUSED]))
+
+    @validates_schema
+    def _something_to_change(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if not data:
+            raise ValidationError("Give `count`, `status` or both.")
+        limit = current_app.config["SETTINGS"].max_bots
+        if "count" in data and not 0 <= data["count"] <= limit:
+            raise ValidationError(f"Must be between 0 and {limit}.", "count")
+
+
+class TaskAssign(Schema):
+    type = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    data = fields.Dict(keys=fields.String(), load_default=dict)
+
+
+class TaskComplete(Schema):
+    result = fields.Raw(allow_none=True)
+
+
+class Step(Schema):
+    type = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    params = fields.Dict(keys=fields.String(), load_default=dict)
+
+
+class Orchestrate(Schema):
+    tasks = fields.List(
+        fields.Nested(Step), required=True, validate=validate.Length(min=1, max=100)
+    )
+    priority = fields.String(
+        load_default="normal", validate=validate.OneOf(["low", "normal", "high", "critical"])
+    )
+
+
+class Page(Schema):
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=MAX_PAGE))
+    after = fields.String(validate=validate.Length(max=64))
+
+
+class BotPage(Page):
+    tier = Tier()
+    status = fields.String(validate=validate.OneOf(["active", "paused", "retired"]))
+    swarm_id = fields.String(validate=validate.Length(max=64))
+    capability = fields.String(validate=validate.Length(max=64))
+
+
+class SwarmPage(Page):
+    status = fields.String(validate=validate.OneOf(["active", "paused", "retired"]))
+
+
+class TaskPage(Page):
+    status = fields.String(
+        validate=validate.OneOf(["assigned", "running", "completed", "failed", "cancelled"])
+    )
+
+
+# ---- responses -----------------------------------------------------------------------------
+
+
+class Timestamp(fields.Field):
+    """A timezone-aware datetime written as `2024-01-01T00:00:00Z`."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return iso(value)
+
+
+class TaskId(fields.Field):
+    def _serialize(self, value, attr, obj, **kwargs):
+        return None if value is None else task_public_id(value)
+
+
+class BotOut(Schema):
+    id = fields.String()
+    name = fields.String()
+    tier = fields.String()
+    status = fields.String()
+    capabilities = fields.List(fields.String())
+    swarm_id = fields.String(allow_none=True)
+    tasks_completed = fields.Function(lambda bot: bot.completed_tasks)
+    total_tasks = fields.Integer()
+    pending_tasks = fields.Method("_pending")
+    completed_tasks = fields.Integer()
+    failed_tasks = fields.Integer()
+    created_at = Timestamp()
+    last_active = Timestamp()
+
+    def _pending(self, bot) -> int:
+        return bot.total_tasks - bot.completed_tasks - bot.failed_tasks - bot.cancelled_tasks
+
+
+class SwarmOut(Schema):
+    id = fields.String(attribute="swarm.id")
+    name = fields.String(attribute="swarm.name")
+    bot_count = fields.Integer()
+    tier = fields.String(attribute="swarm.tier")
+    capabilities = fields.List(fields.String(), attribute="swarm.capabilities")
+    active_bots = fields.Integer()
+    total_tasks_assigned = fields.Integer(attribute="swarm.total_tasks")
+    total_tasks_completed = fields.Integer(attribute="swarm.completed_tasks")
+    total_tasks_failed = fields.Integer(attribute="swarm.failed_tasks")
+    average_tasks_per_bot = fields.Float()
+    status = fields.String(attribute="swarm.status")
+    created_at = Timestamp(attribute="swarm.created_at")
+
+
+class SwarmCreated(Schema):
+    id = fields.String()
+    name = fields.String()
+    bot_count = fields.Integer()
+    tier = fields.String()
+    capabilities = fields.List(fields.String())
+    bot_ids = fields.List(fields.String())
+    status = fields.String()
+    created_at = fields.String()
+
+
+class TaskAssigned(Schema):
+    task_id = TaskId()
+    bot_id = fields.String()
+    task_type = fields.String()
+    status = fields.Constant("assigned")
+    assigned_at = Timestamp()
+
+
+class MassAssigned(Schema):
+    swarm_id = fields.String()
+    task_type = fields.String()
+    assignments = fields.Integer()
+    status = fields.Constant("distributed")
+    timestamp = Timestamp(attribute="assigned_at")
+
+
+class TaskOut(Schema):
+    task_id = TaskId(attribute="id")
+    task_type = fields.String(attribute="type")
+    status = fields.String()
+    bot_id = fields.String(allow_none=True)
+    swarm_id = fields.String(allow_none=True)
+    workflow_id = fields.String(allow_none=True)
+    tier = fields.String()
+    attempts = fields.Integer()
+    result = fields.Raw(allow_none=True)
+    error = fields.String(allow_none=True)
+    assigned_at = Timestamp()
+    started_at = Timestamp()
+    finished_at = Timestamp()
+
+
+class StepOut(TaskOut):
+    step = fields.Integer()
+
+
+class WorkflowOut(Schema):
+    task_id = fields.String(attribute="workflow.id")
+    kind = fields.Constant("workflow")
+    status = fields.String()
+    priority = fields.String(attribute="workflow.priority")
+    tier = fields.String(attribute="workflow.tier")
+    created_at = Timestamp(attribute="workflow.created_at")
+    steps = fields.List(fields.Nested(StepOut))
+
+
+def page_of(items: list[Any], schema: Schema, limit: int, cursor) -> dict[str, Any]:
+    """A list answer: the items and the cursor for the next page (None at the end)."""
+    return {
+        "items": schema.dump(items, many=True),
+        "limit": limit,
+        "next_after": cursor(items[-1]) if len(items) == limit else None,
+    }

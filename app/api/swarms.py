@@ -1,0 +1,87 @@
+"""/swarms: many bots as one, and mass-actions across them."""
+
+from __future__ import annotations
+
+import json
+
+from flask import Response
+from flask_smorest import Blueprint
+
+from app.api.schemas import (
+    MassAssigned,
+    SwarmCreate,
+    SwarmCreated,
+    SwarmOut,
+    SwarmPage,
+    SwarmUpdate,
+    TaskAssign,
+    page_of,
+)
+from app.services import assignments, swarms
+from app.services.ids import iso
+
+blp = Blueprint("swarms", __name__, description="Bot swarms and mass-actions")
+
+
+@blp.route("/swarms", methods=["POST"])
+@blp.arguments(SwarmCreate)
+@blp.doc(
+    responses={
+        "201": {"description": "Created", "content": {"application/json": {"schema": SwarmCreated}}}
+    }
+)
+def create_swarm(body):
+    """Create a swarm of `count` bots; answers every bot id."""
+    swarm, bot_ids = swarms.create_swarm(
+        body["name"], body["count"], body["tier"], body["capabilities"]
+    )
+    # Built directly: 50,000 ids through a schema would cost more than creating them.
+    document = {
+        "id": swarm.id,
+        "name": swarm.name,
+        "bot_count": len(bot_ids),
+        "tier": swarm.tier,
+        "capabilities": swarm.capabilities,
+        "bot_ids": bot_ids,
+        "status": swarm.status,
+        "created_at": iso(swarm.created_at),
+    }
+    return Response(json.dumps(document), status=201, mimetype="application/json")
+
+
+@blp.route("/swarms", methods=["GET"])
+@blp.arguments(SwarmPage, location="query")
+def list_swarms(query):
+    """List swarms; paginate with `after`."""
+    items = swarms.list_swarms(query["limit"], query.get("after"), query.get("status"))
+    return page_of(items, SwarmOut(), query["limit"], lambda view: view.swarm.id)
+
+
+@blp.route("/swarms/<swarm_id>", methods=["GET"])
+@blp.response(200, SwarmOut)
+def get_swarm(swarm_id):
+    """A swarm's size, live bots and task totals."""
+    return swarms.view_swarm(swarm_id)
+
+
+@blp.route("/swarms/<swarm_id>", methods=["PATCH"])
+@blp.arguments(SwarmUpdate)
+@blp.response(200, SwarmOut)
+def update_swarm(body, swarm_id):
+    """Scale a swarm to `count` bots, and/or pause or resume it."""
+    return swarms.update_swarm(swarm_id, body.get("count"), body.get("status"))
+
+
+@blp.route("/swarms/<swarm_id>", methods=["DELETE"])
+@blp.response(200, SwarmOut)
+def retire_swarm(swarm_id):
+    """Retire a swarm and all its bots; waiting tasks are cancelled."""
+    return swarms.retire_swarm(swarm_id)
+
+
+@blp.route("/swarms/<swarm_id>/tasks", methods=["POST"])
+@blp.arguments(TaskAssign)
+@blp.response(202, MassAssigned)
+def assign_to_swarm(body, swarm_id):
+    """Mass-action: one task for every active bot of the swarm."""
+    return assignments.assign_to_swarm(swarm_id, body["type"], body["data"])

@@ -1,0 +1,1 @@
+"""Clients for services outside this one."""

@@ -1,0 +1,158 @@
+"""Settings read from the environment, in one place.
+
+Every variable the service reads is named here. A bad value stops the process at start with a
+message naming the variable, rather than failing later in a request.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+# The six downstream AI services of the spec: variable name -> service name.
+SERVICE_URL_VARIABLES: dict[str, str] = {
+    "IMAGE_SERVICE_URL": "image",
+    "VIDEO_SERVICE_URL": "video",
+    "CRYPTO_SERVICE_URL": "crypto",
+    "FRAUD_SERVICE_URL": "fraud",
+    "COMPRESSION_SERVICE_URL": "compression",
+    "MARKETING_SERVICE_URL": "marketing",
+}
+
+
+# Every variable read below; deployment files are checked against this list.
+KNOWN_VARIABLES: tuple[str, ...] = (
+    "DATABASE_URL",
+    "POSTGRES_HOST",
+    "POSTGRES_PORT",
+    "POSTGRES_DB",
+    "POSTGRES_USER",
+    "POSTGRES_PASSWORD",
+    "REDIS_URL",
+    "REDIS_HOST",
+    "REDIS_PORT",
+    "REDIS_DB",
+    "PORT",
+    "MAX_BOTS",
+    "DATA_DIR",
+    "MAX_BODY_BYTES",
+    "TASK_LEASE_SECONDS",
+    "MAX_TASK_ATTEMPTS",
+    "DOWNSTREAM_TIMEOUT",
+    "STATEMENT_TIMEOUT_MS",
+    *SERVICE_URL_VARIABLES,
+)
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def _int(env: dict[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _float(env: dict[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _urls(env: dict[str, str], name: str) -> list[str]:
+    raw = env.get(name, "")
+    urls = [part.strip().rstrip("/") for part in raw.split(",") if part.strip()]
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{name} must hold http(s) URLs separated by commas, got {url!r}")
+    return urls
+
+
+def _database_url(env: dict[str, str]) -> str:
+    if env.get("DATABASE_URL"):
+        url = env["DATABASE_URL"]
+        if not url.startswith(("postgresql://", "postgresql+psycopg2://", "postgres://")):
+            raise ConfigError(
+                f"DATABASE_URL must be a postgresql:// URL, got {url.split('@')[-1]!r}"
+            )
+        return _psycopg2(url)
+    host = env.get("POSTGRES_HOST", "localhost")
+    port = _int(env, "POSTGRES_PORT", 5432, 1, 65535)
+    user = quote(env.get("POSTGRES_USER", "postgres"), safe="")
+    password = env.get("POSTGRES_PASSWORD", "")
+    database = env.get("POSTGRES_DB", "orchestrator")
+    auth = f"{user}:{quote(password, safe='')}" if password else user
+    return _psycopg2(f"postgresql://{auth}@{host}:{port}/{database}")
+
+
+def _psycopg2(url: str) -> str:
+    # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; this service ships psycopg2.
+    scheme, rest = url.split("://", 1)
+    return f"postgresql+psycopg2://{rest}" if scheme in ("postgres", "postgresql") else url
+
+
+def _redis_url(env: dict[str, str]) -> str:
+    if env.get("REDIS_URL"):
+        url = env["REDIS_URL"]
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"REDIS_URL must be a redis:// URL, got {url!r}")
+        return url
+    host = env.get("REDIS_HOST", "redis-service")
+    port = _int(env, "REDIS_PORT", 6379, 1, 65535)
+    database = _int(env, "REDIS_DB", 0, 0, 1023)
+    return f"redis://{host}:{port}/{database}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable, parsed and checked once."""
+
+    database_url: str
+    redis_url: str
+    port: int = 5003
+    max_bots: int = 50_000
+    data_dir: Path = Path("data")
+    max_body_bytes: int = 2 * 1024 * 1024
+    # Seconds a claimed task may run before the reconciler may hand it to another worker.
+    task_lease_seconds: int = 300
+    max_task_attempts: int = 3
+    downstream_timeout: float = 10.0
+    statement_timeout_ms: int = 30_000
+    service_urls: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        """Read and check every variable; raise ConfigError naming the first bad one."""
+        env = dict(os.environ if env is None else env)
+        return cls(
+            database_url=_database_url(env),
+            redis_url=_redis_url(env),
+            port=_int(env, "PORT", 5003, 1, 65535),
+            max_bots=_int(env, "MAX_BOTS", 50_000, 1, 10_000_000),
+            data_dir=Path(env.get("DATA_DIR") or "data").resolve(),
+            max_body_bytes=_int(env, "MAX_BODY_BYTES", 2 * 1024 * 1024, 1024, 1024**3),
+            task_lease_seconds=_int(env, "TASK_LEASE_SECONDS", 300, 5, 86_400),
+            max_task_attempts=_int(env, "MAX_TASK_ATTEMPTS", 3, 1, 100),
+            downstream_timeout=_float(env, "DOWNSTREAM_TIMEOUT", 10.0, 0.1, 600.0),
+            statement_timeout_ms=_int(env, "STATEMENT_TIMEOUT_MS", 30_000, 100, 3_600_000),
+            service_urls={
+                service: _urls(env, variable) for variable, service in SERVICE_URL_VARIABLES.items()
+            },
+        )

@@ -1,0 +1,27 @@
+"""What each task type does when a worker runs it.
+
+A handler takes a TaskInput and returns a JSON-serialisable result, or raises TaskFailed with a
+message for the task's `error`. Handlers never touch the database: the execution service records
+what they return.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class TaskFailed(Exception):
+    """The task itself cannot succeed (bad input, missing file, downstream refusal)."""
+
+
+@dataclass(frozen=True)
+class TaskInput:
+    """One task as a handler sees it."""
+
+    task_type: str
+    data: dict[str, Any]
+    # Position of the bot within its swarm for a mass-action (0-based), else None.
+    slice_index: int | None
+    data_dir: Path

@@ -1,0 +1,164 @@
+"""The tables: PostgreSQL is the system of record for bots, swarms, tasks and workflows.
+
+Bots, swarms and payloads are never deleted (retiring keeps the row), so the 50,000-row inserts
+carry no foreign-key checks on them: each would cost a per-row trigger. Counters on bots and
+swarms change only in SQL (`SET n = n + k`) inside the statements of
+app/services; bot_census holds live-bot tallies so that stats never count 50,000 rows.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    String,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.extensions import db
+
+# Bot states. A retired bot keeps its row (and history) but no longer counts against capacity.
+BOT_ACTIVE, BOT_PAUSED, BOT_RETIRED = "active", "paused", "retired"
+LIVE_BOT_STATES = (BOT_ACTIVE, BOT_PAUSED)
+
+# Task states: assigned -> running -> completed | failed, or assigned -> cancelled.
+TASK_ASSIGNED, TASK_RUNNING = "assigned", "running"
+TASK_COMPLETED, TASK_FAILED, TASK_CANCELLED = "completed", "failed", "cancelled"
+OPEN_TASK_STATES = (TASK_ASSIGNED, TASK_RUNNING)
+
+
+def _counter() -> Mapped[int]:
+    return mapped_column(BigInteger, nullable=False, server_default=text("0"))
+
+
+def _created_at() -> Mapped[datetime]:
+    return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class Swarm(db.Model):
+    __tablename__ = "swarms"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    tier: Mapped[str] = mapped_column(String(16), nullable=False)
+    capabilities: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    # Next slice position for bots added by scaling up; positions are never reused.
+    next_position: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    created_at: Mapped[datetime] = _created_at()
+    total_tasks: Mapped[int] = _counter()
+    completed_tasks: Mapped[int] = _counter()
+    failed_tasks: Mapped[int] = _counter()
+    cancelled_tasks: Mapped[int] = _counter()
+
+
+class Bot(db.Model):
+    __tablename__ = "bots"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    tier: Mapped[str] = mapped_column(String(16), nullable=False)
+    capabilities: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    swarm_id: Mapped[str | None] = mapped_column(String(40))
+    # The bot's slice of a distributed dataset within its swarm.
+    position: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = _created_at()
+    last_active: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    total_tasks: Mapped[int] = _counter()
+    completed_tasks: Mapped[int] = _counter()
+    failed_tasks: Mapped[int] = _counter()
+    cancelled_tasks: Mapped[int] = _counter()
+
+    __table_args__ = (Index("ix_bots_swarm_status", "swarm_id", "status"),)
+
+
+class BotCensus(db.Model):
+    """How many bots each (swarm, tier, status) holds; '' stands for bots outside any swarm."""
+
+    __tablename__ = "bot_census"
+
+    swarm_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tier: Mapped[str] = mapped_column(String(16), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    n: Mapped[int] = _counter()
+
+
+class Counter(db.Model):
+    """Service-wide running totals (bots_created, tasks_completed, ...)."""
+
+    __tablename__ = "counters"
+
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    value: Mapped[int] = _counter()
+
+
+class TaskPayload(db.Model):
+    """A task's input data, stored once and shared by every task of a mass-action."""
+
+    __tablename__ = "task_payloads"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    data: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    created_at: Mapped[datetime] = _created_at()
+
+
+class Workflow(db.Model):
+    """An orchestration: steps (tasks) run on the worker pool against downstream services."""
+
+    __tablename__ = "workflows"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    priority: Mapped[str] = mapped_column(String(16), nullable=False)
+    tier: Mapped[str] = mapped_column(String(16), nullable=False)
+    created_at: Mapped[datetime] = _created_at()
+
+
+class Task(db.Model):
+    """One unit of work given to a bot, or one step of a workflow."""
+
+    __tablename__ = "tasks"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    type: Mapped[str] = mapped_column(String(64), nullable=False)
+    tier: Mapped[str] = mapped_column(String(16), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    bot_id: Mapped[str | None] = mapped_column(String(40))
+    swarm_id: Mapped[str | None] = mapped_column(String(40))
+    workflow_id: Mapped[str | None] = mapped_column(ForeignKey("workflows.id"))
+    step: Mapped[int | None] = mapped_column(Integer)
+    payload_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    slice_index: Mapped[int | None] = mapped_column(Integer)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    result: Mapped[Any | None] = mapped_column(JSONB)
+    error: Mapped[str | None] = mapped_column(Text)
+    assigned_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_tasks_bot", "bot_id", "id"),
+        Index("ix_tasks_workflow", "workflow_id", "step"),
+        # The reconciler's view: only open tasks, so it stays small however long history grows.
+        Index(
+            "ix_tasks_open",
+            "status",
+            "tier",
+            "id",
+            postgresql_where=text("status IN ('assigned', 'running')"),
+        ),
+    )

@@ -1,0 +1,224 @@
+"""Giving tasks to bots and swarms, completing them by hand, and cancelling what still waits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, text
+
+from app.dispatch import publish_chunks
+from app.errors import Conflict, NotFound
+from app.extensions import db
+from app.models import (
+    BOT_ACTIVE,
+    OPEN_TASK_STATES,
+    TASK_ASSIGNED,
+    TASK_COMPLETED,
+    Bot,
+    Swarm,
+    Task,
+    TaskPayload,
+)
+from app.services import execution
+from app.services.ids import utcnow
+from app.services.tally import TALLY_CTES, add_to_counters_sql
+from app.services.task_types import (
+    chunk_size_of,
+    get_task_type,
+    require_capability,
+    require_runnable,
+)
+
+# One task row per active bot of the swarm, and the bots' totals, in one statement.
+_ASSIGN_TO_SWARM = """
+WITH targets AS (
+    UPDATE bots SET total_tasks = total_tasks + 1
+     WHERE swarm_id = :swarm_id AND status = 'active'
+    RETURNING id, position
+)
+INSERT INTO tasks (type, tier, status, bot_id, swarm_id, payload_id, slice_index, assigned_at)
+SELECT :type, :tier, 'assigned', id, :swarm_id, :payload_id, position, :now
+  FROM targets ORDER BY position
+RETURNING id
+"""
+
+_CANCEL_WAITING = (
+    """
+WITH moved AS (
+    UPDATE tasks SET status = 'cancelled', finished_at = now()
+     WHERE {where} AND status = 'assigned'
+    RETURNING bot_id, swarm_id, status
+)
+"""
+    + TALLY_CTES
+    + "SELECT count(*) FROM moved"
+)
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """What one assignment created."""
+
+    task_id: int
+    bot_id: str
+    task_type: str
+    assigned_at: datetime
+
+
+@dataclass(frozen=True)
+class MassAssignment:
+    """What one mass-action created."""
+
+    swarm_id: str
+    task_type: str
+    assignments: int
+    assigned_at: datetime
+
+
+def store_payload(data: dict[str, Any]) -> int:
+    """Store a task's data once; returns its id."""
+    payload = TaskPayload(data=data)
+    db.session.add(payload)
+    db.session.flush()
+    return payload.id
+
+
+def assign_to_bot(bot_id: str, type_name: str, data: dict[str, Any]) -> Assignment:
+    """Give one task to one active bot, then publish it."""
+    task_type = get_task_type(type_name)
+    bot = db.session.get(Bot, bot_id, with_for_update=True)
+    if bot is None:
+        raise NotFound(f"Bot {bot_id!r} not found.")
+    if bot.status != BOT_ACTIVE:
+        raise Conflict(f"Bot {bot_id!r} is {bot.status}; only active bots take tasks.")
+    require_capability(task_type, bot.capabilities, f"Bot {bot_id!r}")
+    require_runnable(task_type)
+    now = utcnow()
+    task = Task(
+        type=type_name,
+        tier=bot.tier,
+        status=TASK_ASSIGNED,
+        bot_id=bot.id,
+        swarm_id=bot.swarm_id,
+        payload_id=store_payload(data),
+        slice_index=None,
+        assigned_at=now,
+    )
+    db.session.add(task)
+    bot.total_tasks = Bot.total_tasks + 1
+    if bot.swarm_id:
+        db.session.execute(
+            text("UPDATE swarms SET total_tasks = total_tasks + 1 WHERE id = :id"),
+            {"id": bot.swarm_id},
+        )
+    db.session.execute(text(add_to_counters_sql("VALUES ('tasks_assigned', 1)")))
+    db.session.flush()
+    task_id, tier = task.id, task.tier
+    db.session.commit()
+    publish_chunks([task_id], tier, 1)
+    return Assignment(task_id=task_id, bot_id=bot_id, task_type=type_name, assigned_at=now)
+
+
+def assign_to_swarm(swarm_id: str, type_name: str, data: dict[str, Any]) -> MassAssignment:
+    """Give one task to every active bot of a swarm: one INSERT ... SELECT, few messages."""
+    task_type = get_task_type(type_name)
+    swarm = db.session.get(Swarm, swarm_id, with_for_update=True)
+    if swarm is None:
+        raise NotFound(f"Swarm {swarm_id!r} not found.")
+    if swarm.status != BOT_ACTIVE:
+        raise Conflict(f"Swarm {swarm_id!r} is {swarm.status}; only active swarms take tasks.")
+    require_capability(task_type, swarm.capabilities, f"Swarm {swarm_id!r}")
+    require_runnable(task_type)
+    now = utcnow()
+    rows = db.session.execute(
+        text(_ASSIGN_TO_SWARM),
+        {
+            "swarm_id": swarm.id,
+            "type": type_name,
+            "tier": swarm.tier,
+            "payload_id": store_payload(data),
+            "now": now,
+        },
+    )
+    task_ids = [row[0] for row in rows]
+    swarm.total_tasks = Swarm.total_tasks + len(task_ids)
+    db.session.execute(
+        text(add_to_counters_sql("VALUES ('tasks_assigned', CAST(:n AS bigint))")),
+        {"n": len(task_ids)},
+    )
+    tier = swarm.tier
+    db.session.commit()
+    publish_chunks(task_ids, tier, task_type.chunk_size)
+    return MassAssignment(
+        swarm_id=swarm_id, task_type=type_name, assignments=len(task_ids), assigned_at=now
+    )
+
+
+def complete_task(bot_id: str, task_id: int, result: Any) -> Task:
+    """Mark a bot's task completed by hand; a repeat, or a race with the worker, counts once."""
+    task = get_bot_task(bot_id, task_id)
+    if task.status in OPEN_TASK_STATES:
+        execution.record_outcomes(
+            [execution.Outcome(task_id, TASK_COMPLETED, result, None, None)],
+            from_states=OPEN_TASK_STATES,
+        )
+        db.session.refresh(task)
+    if task.status != TASK_COMPLETED:
+        raise Conflict(f"Task is {task.status}; it cannot be completed.", status=task.status)
+    return task
+
+
+def get_bot_task(bot_id: str, task_id: int) -> Task:
+    """A task of the given bot, or 404."""
+    task = db.session.get(Task, task_id)
+    if task is None or task.bot_id != bot_id:
+        raise NotFound(f"Task task-{task_id} of bot {bot_id!r} not found.")
+    return task
+
+
+def get_task(task_id: int) -> Task:
+    """Any task by id, or 404."""
+    task = db.session.get(Task, task_id)
+    if task is None:
+        raise NotFound(f"Task task-{task_id} not found.")
+    return task
+
+
+def list_bot_tasks(bot_id: str, limit: int, after: int | None, status: str | None) -> list[Task]:
+    """A page of a bot's tasks, newest first."""
+    if db.session.get(Bot, bot_id) is None:
+        raise NotFound(f"Bot {bot_id!r} not found.")
+    query = select(Task).where(Task.bot_id == bot_id).order_by(Task.id.desc()).limit(limit)
+    if after is not None:
+        query = query.where(Task.id < after)
+    if status:
+        query = query.where(Task.status == status)
+    return list(db.session.scalars(query))
+
+
+def payload_of(task: Task) -> dict[str, Any]:
+    """The data the task was given."""
+    payload = db.session.get(TaskPayload, task.payload_id)
+    return payload.data if payload else {}
+
+
+def cancel_waiting_tasks(where: str, params: dict[str, Any]) -> int:
+    """Cancel the not-yet-started tasks matching `where`, counting them; caller commits."""
+    return int(db.session.execute(text(_CANCEL_WAITING.format(where=where)), params).scalar_one())
+
+
+def republish(where: str, params: dict[str, Any]) -> int:
+    """Publish again the assigned tasks matching `where`, grouped by tier and type."""
+    groups = db.session.execute(
+        text(
+            "SELECT tier, type, array_agg(id ORDER BY id) FROM tasks"
+            f" WHERE ({where}) AND status = 'assigned' GROUP BY tier, type"
+        ),
+        params,
+    ).all()
+    db.session.commit()
+    for tier, type_name, ids in groups:
+        publish_chunks(ids, tier, chunk_size_of(type_name))
+    return sum(len(ids) for _, _, ids in groups)

@@ -1,0 +1,99 @@
+"""Single bots: create, read, list, pause/resume, retire."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select, text
+
+from app.errors import Conflict, NotFound
+from app.extensions import db
+from app.models import BOT_ACTIVE, BOT_PAUSED, BOT_RETIRED, LIVE_BOT_STATES, Bot
+from app.services import assignments, capacity, census
+from app.services.ids import new_id, utcnow
+from app.services.tally import add_to_counters_sql
+
+
+@dataclass(frozen=True)
+class BotFilter:
+    """What GET /bots may filter on."""
+
+    tier: str | None = None
+    status: str | None = None
+    swarm_id: str | None = None
+    capability: str | None = None
+
+
+def create_bot(name: str, tier: str, capabilities: list[str]) -> Bot:
+    """Create one active bot, within capacity."""
+    capacity.reserve(1)
+    now = utcnow()
+    bot = Bot(
+        id=new_id("bot"),
+        name=name,
+        tier=tier,
+        capabilities=capabilities,
+        status=BOT_ACTIVE,
+        created_at=now,
+        last_active=now,
+        total_tasks=0,
+        completed_tasks=0,
+        failed_tasks=0,
+        cancelled_tasks=0,
+    )
+    db.session.add(bot)
+    census.add_bots(None, tier, BOT_ACTIVE, 1)
+    db.session.execute(text(add_to_counters_sql("VALUES ('bots_created', 1)")))
+    db.session.commit()
+    return bot
+
+
+def get_bot(bot_id: str) -> Bot:
+    """The bot, or 404."""
+    bot = db.session.get(Bot, bot_id)
+    if bot is None:
+        raise NotFound(f"Bot {bot_id!r} not found.")
+    return bot
+
+
+def list_bots(filters: BotFilter, limit: int, after: str | None) -> list[Bot]:
+    """A page of bots in id order, starting after the cursor."""
+    query = select(Bot).order_by(Bot.id).limit(limit)
+    if after:
+        query = query.where(Bot.id > after)
+    if filters.tier:
+        query = query.where(Bot.tier == filters.tier)
+    if filters.status:
+        query = query.where(Bot.status == filters.status)
+    if filters.swarm_id:
+        query = query.where(Bot.swarm_id == filters.swarm_id)
+    if filters.capability:
+        query = query.where(Bot.capabilities.any(filters.capability))
+    return list(db.session.scalars(query))
+
+
+def set_bot_status(bot_id: str, status: str) -> Bot:
+    """Pause or resume a bot; resuming re-publishes the tasks it held while paused."""
+    bot = get_bot(bot_id)
+    if bot.status == BOT_RETIRED:
+        raise Conflict(f"Bot {bot_id!r} is retired.")
+    source = BOT_ACTIVE if status == BOT_PAUSED else BOT_PAUSED
+    census.change_bot_status("id = :bot_id", {"bot_id": bot_id}, (source,), status)
+    db.session.commit()
+    if status == BOT_ACTIVE:
+        assignments.republish("bot_id = :bot_id", {"bot_id": bot_id})
+    db.session.refresh(bot)
+    return bot
+
+
+def retire_bot(bot_id: str) -> Bot:
+    """Retire a bot: it stops counting against capacity and its waiting tasks are cancelled."""
+    bot = get_bot(bot_id)
+    changed = census.change_bot_status(
+        "id = :bot_id", {"bot_id": bot_id}, LIVE_BOT_STATES, BOT_RETIRED
+    )
+    if changed:
+        assignments.cancel_waiting_tasks("bot_id = :bot_id", {"bot_id": bot_id})
+    db.session.commit()
+    db.session.refresh(bot)
+    return bot

@@ -1,0 +1,80 @@
+"""Live-bot tallies by (swarm, tier, status), kept in step with every bot insert and status change.
+
+Stats and capacity read these few rows instead of counting 50,000 bots. Every change to a bot's
+status goes through change_bot_status, which moves the tallies in the same statement.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import text
+
+from app.extensions import db
+from app.models import LIVE_BOT_STATES
+
+_ADD = """
+INSERT INTO bot_census (swarm_id, tier, status, n) VALUES (:swarm_id, :tier, :status, :n)
+ON CONFLICT (swarm_id, tier, status) DO UPDATE SET n = bot_census.n + excluded.n
+"""
+
+# `target` selects and locks the bots to change; their tallies move from the old to the new status.
+_CHANGE = """
+WITH target AS (
+    SELECT id, coalesce(swarm_id, '') AS swarm_key, tier, status AS old_status
+      FROM bots WHERE {where} AND status = ANY(:from_states)
+     ORDER BY id FOR UPDATE
+), changed AS (
+    UPDATE bots b SET status = :to_state FROM target WHERE b.id = target.id
+    RETURNING target.swarm_key, target.tier, target.old_status
+), moves AS (
+    SELECT swarm_key, tier, old_status AS status, -count(*) AS n FROM changed GROUP BY 1, 2, 3
+    UNION ALL
+    SELECT swarm_key, tier, :to_state, count(*) FROM changed GROUP BY 1, 2
+), tallied AS (
+    INSERT INTO bot_census (swarm_id, tier, status, n)
+    SELECT swarm_key, tier, status, sum(n) FROM moves GROUP BY 1, 2, 3
+    ON CONFLICT (swarm_id, tier, status) DO UPDATE SET n = bot_census.n + excluded.n
+)
+SELECT id FROM target
+"""
+
+
+def add_bots(swarm_id: str | None, tier: str, status: str, n: int) -> None:
+    """Count n new bots in the tallies."""
+    db.session.execute(
+        text(_ADD), {"swarm_id": swarm_id or "", "tier": tier, "status": status, "n": n}
+    )
+
+
+def change_bot_status(
+    where: str, params: dict[str, Any], from_states: tuple[str, ...], to_state: str
+) -> list[str]:
+    """Move the bots matching `where` (SQL on table bots) from from_states to to_state.
+
+    Returns the ids of the bots that changed.
+    """
+    rows = db.session.execute(
+        text(_CHANGE.format(where=where)),
+        {**params, "from_states": list(from_states), "to_state": to_state},
+    )
+    return [row[0] for row in rows]
+
+
+def live_bots() -> int:
+    """Bots that count against capacity (active or paused)."""
+    return int(
+        db.session.execute(
+            text("SELECT coalesce(sum(n), 0) FROM bot_census WHERE status = ANY(:live)"),
+            {"live": list(LIVE_BOT_STATES)},
+        ).scalar_one()
+    )
+
+
+def swarm_tallies(swarm_id: str) -> dict[str, int]:
+    """How many bots of a swarm are in each status."""
+    rows = db.session.execute(
+        text("SELECT status, sum(n) FROM bot_census WHERE swarm_id = :s GROUP BY status"),
+        {"s": swarm_id},
+    )
+    return {status: int(n) for status, n in rows}

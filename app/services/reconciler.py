@@ -1,0 +1,108 @@
+"""Putting stranded work back in motion: PostgreSQL says what should run, Redis only carries it.
+
+Run periodically by Celery beat (and by `flask reconcile`). It
+- hands tasks whose lease expired (their worker died) back to the queue, or fails them for good
+  once they used up their attempts, so a poison task never blocks the rest;
+- re-publishes assigned tasks that no message carries any more (Redis flushed or restarted),
+  but only for a tier whose queue is empty, so a large healthy backlog is never multiplied.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from flask import current_app
+from sqlalchemy import text
+
+from app.dispatch import publish_chunks
+from app.extensions import db
+from app.models import TASK_FAILED, TASK_RUNNING
+from app.services import assignments
+from app.services.execution import Outcome, record_outcomes
+from app.services.task_types import chunk_size_of
+from app.tiers import TIERS, queue_for
+
+log = logging.getLogger(__name__)
+
+# An assigned task younger than this is presumed to be on its way to a worker.
+REPUBLISH_AFTER_SECONDS = 30
+REPUBLISH_LIMIT = 200_000
+
+_EXPIRED = """
+SELECT id, attempts, coalesce(error, 'lease expired') FROM tasks
+ WHERE status = 'running' AND lease_expires_at < now()
+ ORDER BY id LIMIT 10000 FOR UPDATE SKIP LOCKED
+"""
+
+_REQUEUE = """
+UPDATE tasks SET status = 'assigned', lease_expires_at = NULL, started_at = NULL
+ WHERE id = ANY(:ids) AND status = 'running'
+"""
+
+_STRANDED = """
+SELECT t.type, array_agg(t.id ORDER BY t.id) FROM (
+    SELECT t.id, t.type FROM tasks t
+      LEFT JOIN bots b ON b.id = t.bot_id
+     WHERE t.status = 'assigned' AND t.tier = :tier
+       AND t.assigned_at < now() - make_interval(secs => :age)
+       AND (t.bot_id IS NULL OR b.status = 'active')
+     ORDER BY t.id LIMIT :limit
+) t GROUP BY t.type
+"""
+
+
+@dataclass(frozen=True)
+class Report:
+    """What one pass did."""
+
+    requeued: int
+    failed: int
+    republished: int
+
+
+def reconcile() -> Report:
+    """One pass over expired leases and stranded assigned tasks."""
+    requeued, failed = _recover_expired_leases()
+    republished = sum(_republish_stranded(tier) for tier in TIERS)
+    report = Report(requeued=requeued, failed=failed, republished=republished)
+    if requeued or failed or republished:
+        log.info("reconcile: %s", report)
+    return report
+
+
+def _recover_expired_leases() -> tuple[int, int]:
+    max_attempts = current_app.config["SETTINGS"].max_task_attempts
+    rows = db.session.execute(text(_EXPIRED)).all()
+    retry = [task_id for task_id, attempts, _ in rows if attempts < max_attempts]
+    give_up = [
+        Outcome(task_id, TASK_FAILED, None, f"gave up after {attempts} attempts: {error}", None)
+        for task_id, attempts, error in rows
+        if attempts >= max_attempts
+    ]
+    if retry:
+        db.session.execute(text(_REQUEUE), {"ids": retry})
+    db.session.commit()
+    failed = record_outcomes(give_up, from_states=(TASK_RUNNING,)) if give_up else 0
+    if retry:
+        assignments.republish("id = ANY(:ids)", {"ids": retry})
+    return len(retry), failed
+
+
+def _republish_stranded(tier: str) -> int:
+    try:
+        backlog = current_app.extensions["redis"].llen(queue_for(tier))
+    except Exception as error:
+        log.warning("reconcile: cannot read the %s queue (%s); skipping it", tier, error)
+        return 0
+    if backlog:
+        return 0
+    rows = db.session.execute(
+        text(_STRANDED), {"tier": tier, "age": REPUBLISH_AFTER_SECONDS, "limit": REPUBLISH_LIMIT}
+    ).all()
+    db.session.commit()
+    total = 0
+    for type_name, ids in rows:
+        publish_chunks(ids, tier, chunk_size_of(type_name))
+        total += len(ids)
+    return total

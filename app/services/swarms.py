@@ -1,0 +1,177 @@
+"""Swarms: many bots created, scaled, paused and retired as one, with set-based SQL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select, text
+
+from app.errors import Conflict, NotFound
+from app.extensions import db
+from app.models import BOT_ACTIVE, BOT_PAUSED, BOT_RETIRED, LIVE_BOT_STATES, Swarm
+from app.services import assignments, capacity, census
+from app.services.ids import SQL_NEW_BOT_ID, new_id, utcnow
+from app.services.tally import add_to_counters_sql
+
+SWARM_ACTIVE, SWARM_PAUSED, SWARM_RETIRED = BOT_ACTIVE, BOT_PAUSED, BOT_RETIRED
+
+# One INSERT for the whole swarm; positions number the bots' dataset slices.
+_INSERT_BOTS = f"""
+INSERT INTO bots (id, name, tier, capabilities, status, swarm_id, position, created_at,
+                  last_active)
+SELECT {SQL_NEW_BOT_ID}, :name || '-' || (g + 1), :tier, :capabilities, :status, :swarm_id, g,
+       :now, :now
+  FROM generate_series(CAST(:first AS int), CAST(:first AS int) + :count - 1) AS g
+RETURNING id
+"""
+
+
+@dataclass(frozen=True)
+class SwarmView:
+    """A swarm with its live tallies, as GET /swarms/{id} shows it."""
+
+    swarm: Swarm
+    bot_count: int
+    active_bots: int
+
+    @property
+    def average_tasks_per_bot(self) -> float:
+        """Completed tasks per live bot, to two places."""
+        if not self.bot_count:
+            return 0.0
+        return round(self.swarm.completed_tasks / self.bot_count, 2)
+
+
+def create_swarm(
+    name: str, count: int, tier: str, capabilities: list[str]
+) -> tuple[Swarm, list[str]]:
+    """Create a swarm of `count` active bots in one statement; returns it with the bot ids."""
+    capacity.reserve(count)
+    now = utcnow()
+    swarm = Swarm(
+        id=new_id("swarm"),
+        name=name,
+        tier=tier,
+        capabilities=capabilities,
+        status=SWARM_ACTIVE,
+        next_position=count,
+        created_at=now,
+        total_tasks=0,
+        completed_tasks=0,
+        failed_tasks=0,
+        cancelled_tasks=0,
+    )
+    db.session.add(swarm)
+    db.session.flush()
+    bot_ids = _insert_bots(swarm, first=0, count=count, now=now)
+    db.session.commit()
+    return swarm, bot_ids
+
+
+def _insert_bots(swarm: Swarm, first: int, count: int, now) -> list[str]:
+    rows = db.session.execute(
+        text(_INSERT_BOTS),
+        {
+            "name": swarm.name,
+            "tier": swarm.tier,
+            "capabilities": swarm.capabilities,
+            "status": BOT_ACTIVE if swarm.status == SWARM_ACTIVE else BOT_PAUSED,
+            "swarm_id": swarm.id,
+            "first": first,
+            "count": count,
+            "now": now,
+        },
+    )
+    bot_ids = [row[0] for row in rows]
+    census.add_bots(
+        swarm.id, swarm.tier, BOT_ACTIVE if swarm.status == SWARM_ACTIVE else BOT_PAUSED, count
+    )
+    db.session.execute(
+        text(add_to_counters_sql("VALUES ('bots_created', CAST(:n AS bigint))")), {"n": count}
+    )
+    return bot_ids
+
+
+def get_swarm(swarm_id: str, *, lock: bool = False) -> Swarm:
+    """The swarm, or 404; `lock` holds its row until commit."""
+    swarm = db.session.get(Swarm, swarm_id, with_for_update=lock)
+    if swarm is None:
+        raise NotFound(f"Swarm {swarm_id!r} not found.")
+    return swarm
+
+
+def view_swarm(swarm_id: str) -> SwarmView:
+    """The swarm with its live tallies."""
+    return _view(get_swarm(swarm_id))
+
+
+def _view(swarm: Swarm) -> SwarmView:
+    tallies = census.swarm_tallies(swarm.id)
+    return SwarmView(
+        swarm=swarm,
+        bot_count=sum(tallies.get(state, 0) for state in LIVE_BOT_STATES),
+        active_bots=tallies.get(BOT_ACTIVE, 0),
+    )
+
+
+def list_swarms(limit: int, after: str | None, status: str | None) -> list[SwarmView]:
+    """A page of swarms in id order, starting after the cursor."""
+    query = select(Swarm).order_by(Swarm.id).limit(limit)
+    if after:
+        query = query.where(Swarm.id > after)
+    if status:
+        query = query.where(Swarm.status == status)
+    return [_view(swarm) for swarm in db.session.scalars(query)]
+
+
+def update_swarm(swarm_id: str, count: int | None, status: str | None) -> SwarmView:
+    """Scale a swarm to `count` live bots and/or pause or resume it."""
+    swarm = get_swarm(swarm_id, lock=True)
+    if swarm.status == SWARM_RETIRED:
+        raise Conflict(f"Swarm {swarm_id!r} is retired.")
+    resumed_bots: list[str] = []
+    if status and status != swarm.status:
+        source = SWARM_ACTIVE if status == SWARM_PAUSED else SWARM_PAUSED
+        changed = census.change_bot_status(
+            "swarm_id = :swarm_id", {"swarm_id": swarm.id}, (source,), status
+        )
+        swarm.status = status
+        if status == SWARM_ACTIVE:
+            resumed_bots = changed
+    if count is not None:
+        _scale(swarm, count)
+    db.session.commit()
+    if resumed_bots:
+        assignments.republish("bot_id = ANY(:bot_ids)", {"bot_ids": resumed_bots})
+    return view_swarm(swarm_id)
+
+
+def _scale(swarm: Swarm, count: int) -> None:
+    live = _view(swarm).bot_count
+    if count > live:
+        capacity.reserve(count - live)
+        _insert_bots(swarm, first=swarm.next_position, count=count - live, now=utcnow())
+        swarm.next_position += count - live
+    elif count < live:
+        # Newest bots go first, so the oldest keep their dataset slices.
+        retired = census.change_bot_status(
+            "id IN (SELECT id FROM bots WHERE swarm_id = :swarm_id AND status = ANY(:live)"
+            " ORDER BY position DESC LIMIT :excess)",
+            {"swarm_id": swarm.id, "live": list(LIVE_BOT_STATES), "excess": live - count},
+            LIVE_BOT_STATES,
+            BOT_RETIRED,
+        )
+        assignments.cancel_waiting_tasks("bot_id = ANY(:bot_ids)", {"bot_ids": retired})
+
+
+def retire_swarm(swarm_id: str) -> SwarmView:
+    """Retire every bot of the swarm and cancel the tasks still waiting."""
+    swarm = get_swarm(swarm_id, lock=True)
+    if swarm.status != SWARM_RETIRED:
+        census.change_bot_status(
+            "swarm_id = :swarm_id", {"swarm_id": swarm.id}, LIVE_BOT_STATES, BOT_RETIRED
+        )
+        assignments.cancel_waiting_tasks("swarm_id = :swarm_id", {"swarm_id": swarm.id})
+        swarm.status = SWARM_RETIRED
+        db.session.commit()
+    return view_swarm(swarm_id)

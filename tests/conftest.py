@@ -1,0 +1,92 @@
+"""Fixtures on real PostgreSQL and Redis.
+
+`make test` creates a database and claims a Redis DB number for this run and exports them as
+DATABASE_URL and REDIS_URL; each test starts from empty tables and an empty Redis DB.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import redis as redis_lib
+from flask_migrate import upgrade
+from sqlalchemy import text
+
+from app import create_app
+from app.config import Settings
+from app.extensions import db
+from tests.fake_services import dead_url, fake_service  # noqa: F401
+from tests.workers import WorkerProcess
+
+SAMPLE_DATA = Path(__file__).resolve().parent.parent / "data"
+TABLES = "tasks, task_payloads, workflows, bots, swarms, bot_census, counters"
+
+
+def _require(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        pytest.exit(f"{name} is not set: run the suite with `make test`", returncode=2)
+    return value
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """A DATA_DIR holding the sample files that ship with the service."""
+    target = tmp_path_factory.mktemp("data")
+    for sample in SAMPLE_DATA.glob("*.*"):
+        shutil.copy(sample, target / sample.name)
+    return target
+
+
+@pytest.fixture(scope="session")
+def test_env(data_dir) -> dict[str, str]:
+    """The environment every app and worker of this run uses."""
+    return {
+        "DATABASE_URL": _require("DATABASE_URL"),
+        "REDIS_URL": _require("REDIS_URL"),
+        "DATA_DIR": str(data_dir),
+        "MAX_BOTS": "50000",
+    }
+
+
+@pytest.fixture(scope="session")
+def app(test_env):
+    """The Flask app on the run's database, migrated once."""
+    flask_app = create_app(Settings.from_env({**os.environ, **test_env}))
+    with flask_app.app_context():
+        upgrade()
+    return flask_app
+
+
+@pytest.fixture(autouse=True)
+def clean_state(app):
+    """Every test starts from empty tables and an empty Redis DB, in an app context."""
+    with app.app_context():
+        db.session.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY"))
+        db.session.commit()
+        app.extensions["redis"].flushdb()
+        yield
+        db.session.rollback()
+        db.session.remove()
+
+
+@pytest.fixture()
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture()
+def redis_client(test_env):
+    return redis_lib.Redis.from_url(test_env["REDIS_URL"])
+
+
+@pytest.fixture()
+def worker(test_env):
+    """A real `celery worker` process on this run's broker and database."""
+    process = WorkerProcess(test_env)
+    process.start()
+    yield process
+    process.stop()

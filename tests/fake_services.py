@@ -1,0 +1,174 @@
+"""Real HTTP servers on loopback that stand in for the downstream AI services in tests.
+
+A FakeService answers with scripted responses, in order, then with its default; it records every
+request it receives. Load the fixtures with `pytest_plugins = ["tests.fake_services"]` or by
+importing `fake_service` and `dead_url` into a conftest.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+
+@dataclass(frozen=True)
+class Scripted:
+    """One response: status, body (JSON-encoded unless str or bytes), delay, extra headers."""
+
+    status: int = 200
+    body: Any = field(default_factory=lambda: {"ok": True})
+    delay: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def encoded(self) -> tuple[bytes, str]:
+        if isinstance(self.body, bytes):
+            return self.body, "application/octet-stream"
+        if isinstance(self.body, str):
+            return self.body.encode(), "text/plain; charset=utf-8"
+        return json.dumps(self.body).encode(), "application/json"
+
+
+@dataclass(frozen=True)
+class Received:
+    """One request the fake service received."""
+
+    method: str
+    path: str
+    body: Any
+    headers: dict[str, str]
+
+
+ResponseSpec = Scripted | tuple[Any, ...]
+
+
+class FakeService:
+    """A threaded HTTP server on 127.0.0.1 whose answers the test scripts."""
+
+    def __init__(
+        self, responses: Iterable[ResponseSpec] = (), default: ResponseSpec | None = None
+    ) -> None:
+        self._script = [_as_scripted(spec) for spec in responses]
+        self._default = _as_scripted(default) if default is not None else Scripted()
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self.requests: list[Received] = []
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        # A short poll interval keeps close(), and so each test's teardown, fast.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        """Base URL of the server, without a trailing slash."""
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def close(self) -> None:
+        """Stop serving; a response still waiting out its delay is abandoned."""
+        self._closing.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def _next(self, received: Received) -> Scripted:
+        with self._lock:
+            self.requests.append(received)
+            return self._script.pop(0) if self._script else self._default
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            # Idle keep-alive connections end on their own instead of outliving the test.
+            timeout = 10
+
+            def do_POST(self) -> None:
+                self._answer()
+
+            def do_GET(self) -> None:
+                self._answer()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                received = Received(self.command, self.path, _decode(raw), dict(self.headers))
+                scripted = service._next(received)
+                if scripted.delay and service._closing.wait(scripted.delay):
+                    return
+                payload, content_type = scripted.encoded()
+                try:
+                    self.send_response(scripted.status)
+                    self.send_header("Content-Type", content_type)
+                    self.send_header("Content-Length", str(len(payload)))
+                    for name, value in scripted.headers.items():
+                        self.send_header(name, value)
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    # The client gave up (a timeout test): nothing left to answer.
+                    pass
+
+        return Handler
+
+
+def make_dead_url() -> str:
+    """A loopback URL on a port that was bound then closed, so connections are refused."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def fake_service() -> Iterator[Callable[..., FakeService]]:
+    """Factory: `server = fake_service(responses=[(503, {...}), (200, {...})])`; closed after."""
+    started: list[FakeService] = []
+
+    def start(
+        responses: Iterable[ResponseSpec] = (), default: ResponseSpec | None = None
+    ) -> FakeService:
+        service = FakeService(responses, default)
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        service.close()
+
+
+@pytest.fixture
+def dead_url() -> Iterator[str]:
+    """A loopback URL that refuses connections for the whole test."""
+    # Holding the port bound (never listening) keeps it refused and stops anything reusing it.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def _as_scripted(spec: ResponseSpec) -> Scripted:
+    if isinstance(spec, Scripted):
+        return spec
+    return Scripted(*spec)
+
+
+def _decode(raw: bytes) -> Any:
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw

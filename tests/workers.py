@@ -1,0 +1,74 @@
+"""A real Celery worker process for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+
+from app.tiers import TIER_QUEUES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class WorkerProcess:
+    """`celery -A workers worker` started and stopped by a test."""
+
+    def __init__(self, env: dict[str, str], concurrency: int = 2, extra_env=None) -> None:
+        self.env = {**os.environ, **env, **(extra_env or {})}
+        self.concurrency = concurrency
+        self.process: subprocess.Popen | None = None
+        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"worker-{os.getpid()}-{id(self)}.log"
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start the worker and wait until it consumes its queues."""
+        self._log = open(self.log_path, "w")
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "celery", "-A", "workers", "worker",
+                "-Q", ",".join(TIER_QUEUES),
+                "--concurrency", str(self.concurrency),
+                "--loglevel", "INFO",
+                "--without-gossip", "--without-mingle", "--without-heartbeat",
+                "-n", f"test-{os.getpid()}-{id(self)}@%h",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{self.log_path.read_text()}")
+            if "ready." in self.log_path.read_text():
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"worker not ready in {timeout}s:\n{self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        """Stop the worker (and its pool), waiting for it to exit."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+def queue_lengths(redis_url: str) -> dict[str, int]:
+    """Messages waiting per tier queue."""
+    client = redis.Redis.from_url(redis_url)
+    return {queue: client.llen(queue) for queue in TIER_QUEUES}
