@@ -51,10 +51,12 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     rest_api.init_app(app)
     from app.api import register_blueprints
+    from app.api.idempotency import register_idempotency
 
     register_blueprints(rest_api)
     # After rest_api.init_app, so these replace flask-smorest's own error handler.
     register_error_handlers(app)
+    register_idempotency(app)
 
     from app.cli import register_commands
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, jsonify
-from werkzeug.exceptions import HTTPException
+from flask import Flask, jsonify, request
+from sqlalchemy.exc import DBAPIError, OperationalError
+from werkzeug.exceptions import HTTPException, UnsupportedMediaType
+
+from app.extensions import db
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,24 @@ def error_body(status: int, code: str, message: str, **details: Any) -> dict[str
 def register_error_handlers(app: Flask) -> None:
     """Answer every error, expected or not, as JSON with the right status."""
 
+    @app.before_request
+    def _require_json_body():
+        # A body sent as form data or text would otherwise be read as "no body" and give
+        # misleading field errors.
+        if request.method in ("POST", "PUT", "PATCH") and request.content_length:
+            if not request.is_json:
+                raise UnsupportedMediaType()
+
+    @app.errorhandler(OperationalError)
+    def _database_unavailable(error: DBAPIError):
+        db.session.rollback()
+        if error.connection_invalidated or _is_connection_error(error):
+            log.warning("database unavailable: %s", str(error.orig).strip().splitlines()[0])
+            body = error_body(503, "database_unavailable", "The database is unavailable.")
+            return jsonify(body), 503, {"Retry-After": "5"}
+        log.exception("database error")
+        return jsonify(error_body(500, "internal_error", "Internal server error.")), 500
+
     @app.errorhandler(ServiceError)
     def _service_error(error: ServiceError):
         response = jsonify(error_body(error.status, error.code, error.message, **error.details))
@@ -87,5 +108,23 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception):
+        db.session.rollback()
         log.exception("unexpected error")
         return jsonify(error_body(500, "internal_error", "Internal server error.")), 500
+
+
+def _is_connection_error(error: DBAPIError) -> bool:
+    text = str(error.orig).lower()
+    return any(
+        marker in text
+        for marker in (
+            "could not connect",
+            "connection refused",
+            "server closed the connection",
+            "terminating connection",
+            "connection timed out",
+            "timeout expired",
+            "the database system is",
+            "canceling statement due to statement timeout",
+        )
+    )

@@ -162,3 +162,16 @@ class Task(db.Model):
             postgresql_where=text("status IN ('assigned', 'running')"),
         ),
     )
+
+
+class IdempotencyKey(db.Model):
+    """The first answer to a POST sent with an Idempotency-Key header, replayed on retries."""
+
+    __tablename__ = "idempotency_keys"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
+    # NULL while the first request is still running.
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    body: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _created_at()

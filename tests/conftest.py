@@ -22,7 +22,7 @@ from tests.fake_services import dead_url, fake_service  # noqa: F401
 from tests.workers import WorkerProcess
 
 SAMPLE_DATA = Path(__file__).resolve().parent.parent / "data"
-TABLES = "tasks, task_payloads, workflows, bots, swarms, bot_census, counters"
+TABLES = "idempotency_keys, tasks, task_payloads, workflows, bots, swarms, bot_census, counters"
 
 
 def _require(name: str) -> str:

@@ -23,19 +23,32 @@ class WorkerProcess:
         self.env = {**os.environ, **env, **(extra_env or {})}
         self.concurrency = concurrency
         self.process: subprocess.Popen | None = None
-        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"worker-{os.getpid()}-{id(self)}.log"
+        self.log_path = (
+            Path(os.environ.get("TMPDIR", "/tmp")) / f"worker-{os.getpid()}-{id(self)}.log"
+        )
 
     def start(self, timeout: float = 30.0) -> None:
         """Start the worker and wait until it consumes its queues."""
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "celery", "-A", "workers", "worker",
-                "-Q", ",".join(TIER_QUEUES),
-                "--concurrency", str(self.concurrency),
-                "--loglevel", "INFO",
-                "--without-gossip", "--without-mingle", "--without-heartbeat",
-                "-n", f"test-{os.getpid()}-{id(self)}@%h",
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers",
+                "worker",
+                "-Q",
+                ",".join(TIER_QUEUES),
+                "--concurrency",
+                str(self.concurrency),
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-n",
+                f"test-{os.getpid()}-{id(self)}@%h",
             ],
             cwd=ROOT,
             env=self.env,

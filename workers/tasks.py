@@ -6,7 +6,7 @@ from typing import Any
 
 from app.dispatch import EXECUTE_CHUNK, RECONCILE
 from app.extensions import db
-from app.services import execution, reconciler
+from app.services import execution, health, reconciler
 from workers.celery_app import celery
 
 
@@ -14,7 +14,9 @@ from workers.celery_app import celery
 def execute_chunk(task_ids: list[int]) -> dict[str, int]:
     """Claim, run and record one chunk of tasks."""
     try:
-        return execution.run_chunk(task_ids)
+        report = execution.run_chunk(task_ids)
+        health.note_chunk_completed()
+        return report
     finally:
         db.session.remove()
 

@@ -1,7 +1,8 @@
-"""Whether the parts the service needs answer."""
+"""Whether the parts the service needs answer, and whether work is moving."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from flask import current_app
@@ -9,28 +10,71 @@ from sqlalchemy import text
 
 from app.extensions import db
 from app.services.ids import iso, utcnow
+from app.tiers import TIERS, queue_for
+
+# Written by workers after every chunk, read here to notice a stalled pool.
+LAST_CHUNK_KEY = "orchestrator:last_chunk_at"
+
+# The oldest waiting task per tier, found through the open-tasks index rather than a scan.
+_OLDEST_WAITING = """
+SELECT tiers.tier,
+       (SELECT extract(epoch FROM now() - assigned_at) FROM tasks
+         WHERE status = 'assigned' AND tier = tiers.tier ORDER BY id LIMIT 1)
+  FROM unnest(CAST(:tiers AS text[])) AS tiers(tier)
+"""
 
 
 def check() -> tuple[dict[str, Any], bool]:
     """The health report and whether every part is up."""
-    postgres = _probe(lambda: db.session.execute(text("SELECT 1")).scalar_one())
-    redis_state = _probe(lambda: current_app.extensions["redis"].ping())
-    if postgres != "connected":
-        db.session.rollback()
-    healthy = postgres == "connected" and redis_state == "connected"
-    report = {
-        "status": "healthy" if healthy else "unhealthy",
-        "service": "orchestrator",
-        "redis": redis_state,
-        "postgres": postgres,
-        "timestamp": iso(utcnow()),
-    }
-    return report, healthy
-
-
-def _probe(call) -> str:
+    parts: dict[str, str] = {}
+    oldest: dict[str, float | None] = {}
     try:
-        call()
+        rows = db.session.execute(text(_OLDEST_WAITING), {"tiers": list(TIERS)}).all()
+        oldest = {tier: None if age is None else round(float(age), 3) for tier, age in rows}
+        parts["postgres"] = "connected"
     except Exception:
-        return "disconnected"
-    return "connected"
+        db.session.rollback()
+        parts["postgres"] = "disconnected"
+
+    redis = current_app.extensions["redis"]
+    depth: dict[str, int] = {}
+    last_chunk: float | None = None
+    try:
+        with redis.pipeline() as pipe:
+            for tier in TIERS:
+                pipe.llen(queue_for(tier))
+            pipe.get(LAST_CHUNK_KEY)
+            *lengths, last = pipe.execute()
+        depth = dict(zip(TIERS, lengths, strict=True))
+        last_chunk = float(last) if last else None
+        parts["redis"] = "connected"
+    except Exception:
+        parts["redis"] = "disconnected"
+
+    failing = [name for name, state in parts.items() if state != "connected"]
+    status = "healthy" if not failing else ("unhealthy" if len(failing) == 2 else "degraded")
+    report: dict[str, Any] = {
+        "status": status,
+        "service": "orchestrator",
+        "redis": parts["redis"],
+        "postgres": parts["postgres"],
+        "timestamp": iso(utcnow()),
+        "queues": {
+            tier: {"depth": depth.get(tier), "oldest_waiting_seconds": oldest.get(tier)}
+            for tier in TIERS
+        },
+        "last_chunk_completed_seconds_ago": (
+            None if last_chunk is None else round(max(time.time() - last_chunk, 0.0), 3)
+        ),
+    }
+    if failing:
+        report["failing"] = failing
+    return report, not failing
+
+
+def note_chunk_completed() -> None:
+    """Record that a worker just finished a chunk (best effort: Redis may be down)."""
+    try:
+        current_app.extensions["redis"].set(LAST_CHUNK_KEY, f"{time.time():.3f}")
+    except Exception:
+        pass

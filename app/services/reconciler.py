@@ -5,6 +5,10 @@ Run periodically by Celery beat (and by `flask reconcile`). It
   once they used up their attempts, so a poison task never blocks the rest;
 - re-publishes assigned tasks that no message carries any more (Redis flushed or restarted),
   but only for a tier whose queue is empty, so a large healthy backlog is never multiplied.
+
+A marker key in Redis tells a flushed or restarted Redis (our Redis keeps nothing on disk) from a
+slow queue: when it is gone, every waiting task is re-published at once instead of after
+REPUBLISH_AFTER_SECONDS.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from app.services.task_types import chunk_size_of
 from app.tiers import TIERS, queue_for
 
 log = logging.getLogger(__name__)
+
+BROKER_MARKER_KEY = "orchestrator:broker_marker"
 
 # An assigned task younger than this is presumed to be on its way to a worker.
 REPUBLISH_AFTER_SECONDS = 30
@@ -64,7 +70,8 @@ class Report:
 def reconcile() -> Report:
     """One pass over expired leases and stranded assigned tasks."""
     requeued, failed = _recover_expired_leases()
-    republished = sum(_republish_stranded(tier) for tier in TIERS)
+    min_age = 0 if _broker_was_reset() else REPUBLISH_AFTER_SECONDS
+    republished = sum(_republish_stranded(tier, min_age) for tier in TIERS)
     report = Report(requeued=requeued, failed=failed, republished=republished)
     if requeued or failed or republished:
         log.info("reconcile: %s", report)
@@ -89,7 +96,17 @@ def _recover_expired_leases() -> tuple[int, int]:
     return len(retry), failed
 
 
-def _republish_stranded(tier: str) -> int:
+def _broker_was_reset() -> bool:
+    try:
+        created = current_app.extensions["redis"].set(BROKER_MARKER_KEY, "1", nx=True)
+    except Exception:
+        return False
+    if created:
+        log.warning("reconcile: broker marker missing (Redis new, flushed or restarted)")
+    return bool(created)
+
+
+def _republish_stranded(tier: str, min_age: float) -> int:
     try:
         backlog = current_app.extensions["redis"].llen(queue_for(tier))
     except Exception as error:
@@ -98,7 +115,7 @@ def _republish_stranded(tier: str) -> int:
     if backlog:
         return 0
     rows = db.session.execute(
-        text(_STRANDED), {"tier": tier, "age": REPUBLISH_AFTER_SECONDS, "limit": REPUBLISH_LIMIT}
+        text(_STRANDED), {"tier": tier, "age": min_age, "limit": REPUBLISH_LIMIT}
     ).all()
     db.session.commit()
     total = 0
