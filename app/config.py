@@ -42,6 +42,8 @@ KNOWN_VARIABLES: tuple[str, ...] = (
     "MAX_TASK_ATTEMPTS",
     "DOWNSTREAM_TIMEOUT",
     "STATEMENT_TIMEOUT_MS",
+    "BREAKER_FAILURES",
+    "BREAKER_COOLDOWN_S",
     *SERVICE_URL_VARIABLES,
 )
 
@@ -135,6 +137,10 @@ class Settings:
     max_task_attempts: int = 3
     downstream_timeout: float = 10.0
     statement_timeout_ms: int = 30_000
+    # Consecutive failures that open a downstream URL's circuit breaker, and how long it stays
+    # open before one trial call may test it again.
+    breaker_failures: int = 3
+    breaker_cooldown_s: float = 10.0
     service_urls: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
@@ -152,6 +158,8 @@ class Settings:
             max_task_attempts=_int(env, "MAX_TASK_ATTEMPTS", 3, 1, 100),
             downstream_timeout=_float(env, "DOWNSTREAM_TIMEOUT", 10.0, 0.1, 600.0),
             statement_timeout_ms=_int(env, "STATEMENT_TIMEOUT_MS", 30_000, 100, 3_600_000),
+            breaker_failures=_int(env, "BREAKER_FAILURES", 3, 1, 1000),
+            breaker_cooldown_s=_float(env, "BREAKER_COOLDOWN_S", 10.0, 0.1, 3600.0),
             service_urls={
                 service: _urls(env, variable) for variable, service in SERVICE_URL_VARIABLES.items()
             },

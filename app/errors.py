@@ -93,8 +93,10 @@ def register_error_handlers(app: Flask) -> None:
         details: dict[str, Any] = {}
         # flask-smorest/webargs put marshmallow's field messages here.
         messages = getattr(error, "data", {}).get("messages") if hasattr(error, "data") else None
-        if messages:
-            details["fields"] = messages.get("json", messages)
+        fields = messages.get("json", messages) if messages else None
+        # Only field -> messages maps; a body that is not JSON at all has no fields to name.
+        if isinstance(fields, dict):
+            details["fields"] = fields
         message = {
             400: "The request body is not valid JSON.",
             404: "No such resource.",

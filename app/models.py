@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
     Identity,
     Index,
@@ -32,10 +33,16 @@ from app.extensions import db
 BOT_ACTIVE, BOT_PAUSED, BOT_RETIRED = "active", "paused", "retired"
 LIVE_BOT_STATES = (BOT_ACTIVE, BOT_PAUSED)
 
-# Task states: assigned -> running -> completed | failed, or assigned -> cancelled.
-TASK_ASSIGNED, TASK_RUNNING = "assigned", "running"
+# Task states: assigned -> running -> completed | failed, or assigned -> cancelled. A workflow
+# step whose dependencies have not finished waits in `waiting` until they have.
+TASK_WAITING, TASK_ASSIGNED, TASK_RUNNING = "waiting", "assigned", "running"
 TASK_COMPLETED, TASK_FAILED, TASK_CANCELLED = "completed", "failed", "cancelled"
 OPEN_TASK_STATES = (TASK_ASSIGNED, TASK_RUNNING)
+NOT_STARTED_TASK_STATES = (TASK_WAITING, TASK_ASSIGNED)
+
+# Workflow states; queued and running are told apart from the steps when read.
+WORKFLOW_ACTIVE, WORKFLOW_COMPLETED = "active", "completed"
+WORKFLOW_FAILED, WORKFLOW_CANCELLED = "failed", "cancelled"
 
 
 def _counter() -> Mapped[int]:
@@ -122,7 +129,21 @@ class Workflow(db.Model):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     priority: Mapped[str] = mapped_column(String(16), nullable=False)
     tier: Mapped[str] = mapped_column(String(16), nullable=False)
+    status: Mapped[str] = mapped_column(
+        String(16), nullable=False, server_default=text("'active'")
+    )
+    # The steps as requested (names, dependencies, options), in step order.
+    spec: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'[]'::jsonb")
+    )
+    deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _created_at()
+
+    __table_args__ = (
+        Index("ix_workflows_active", "deadline_at", postgresql_where=text("status = 'active'")),
+    )
 
 
 class Task(db.Model):
@@ -140,6 +161,9 @@ class Task(db.Model):
     step: Mapped[int | None] = mapped_column(Integer)
     payload_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
     slice_index: Mapped[int | None] = mapped_column(Integer)
+    # Per-task execution options (workflow steps); None means the service's defaults.
+    timeout_s: Mapped[float | None] = mapped_column(Float)
+    retries: Mapped[int | None] = mapped_column(Integer)
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     result: Mapped[Any | None] = mapped_column(JSONB)
@@ -175,3 +199,52 @@ class IdempotencyKey(db.Model):
     status_code: Mapped[int | None] = mapped_column(Integer)
     body: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _created_at()
+
+
+# Where a service's URLs come from: its *_SERVICE_URL variable, until PUT /services/{name} sets them.
+SOURCE_ENV, SOURCE_API = "env", "api"
+
+# What the last health probe of a URL said.
+ENDPOINT_UNKNOWN, ENDPOINT_HEALTHY, ENDPOINT_UNHEALTHY = "unknown", "healthy", "unhealthy"
+
+
+class Service(db.Model):
+    """A downstream AI service: its URLs in failover order and the task types it serves."""
+
+    __tablename__ = "services"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    urls: Mapped[list[str]] = mapped_column(
+        ARRAY(Text), nullable=False, server_default=text("'{}'")
+    )
+    path: Mapped[str] = mapped_column(Text, nullable=False)
+    health_path: Mapped[str] = mapped_column(
+        Text, nullable=False, server_default=text("'/health'")
+    )
+    timeout_s: Mapped[float] = mapped_column(Float, nullable=False)
+    task_types: Mapped[list[str]] = mapped_column(
+        ARRAY(Text), nullable=False, server_default=text("'{}'")
+    )
+    # Calls in flight to this service across every worker; the rest wait for a slot.
+    max_concurrency: Mapped[int] = mapped_column(Integer, nullable=False)
+    source: Mapped[str] = mapped_column(String(8), nullable=False, server_default=SOURCE_ENV)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+
+class ServiceEndpoint(db.Model):
+    """What the last health probe of one URL of a service found."""
+
+    __tablename__ = "service_endpoints"
+
+    service: Mapped[str] = mapped_column(
+        ForeignKey("services.name", ondelete="CASCADE"), primary_key=True
+    )
+    url: Mapped[str] = mapped_column(Text, primary_key=True)
+    state: Mapped[str] = mapped_column(
+        String(16), nullable=False, server_default=ENDPOINT_UNKNOWN
+    )
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    last_probe_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)

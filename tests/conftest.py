@@ -18,6 +18,7 @@ from sqlalchemy import text
 from app import create_app
 from app.config import Settings
 from app.extensions import db
+from deploy.devstack import REDIS_CLAIM_KEY
 from tests.fake_services import dead_url, fake_service  # noqa: F401
 from tests.workers import WorkerProcess
 
@@ -33,7 +34,7 @@ def _require(name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def data_dir(tmp_path_factory) -> Path:
+def sample_data_dir(tmp_path_factory) -> Path:
     """A DATA_DIR holding the sample files that ship with the service."""
     target = tmp_path_factory.mktemp("data")
     for sample in SAMPLE_DATA.glob("*.*"):
@@ -42,12 +43,12 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def test_env(data_dir) -> dict[str, str]:
+def test_env(sample_data_dir) -> dict[str, str]:
     """The environment every app and worker of this run uses."""
     return {
         "DATABASE_URL": _require("DATABASE_URL"),
         "REDIS_URL": _require("REDIS_URL"),
-        "DATA_DIR": str(data_dir),
+        "DATA_DIR": str(sample_data_dir),
         "MAX_BOTS": "50000",
     }
 
@@ -64,13 +65,21 @@ def app(test_env):
 @pytest.fixture(autouse=True)
 def clean_state(app):
     """Every test starts from empty tables and an empty Redis DB, in an app context."""
+    redis = app.extensions["redis"]
+    # The run's claim on its Redis DB number must outlive every flush, or a concurrent run
+    # could take the same DB.
+    claim = redis.get(REDIS_CLAIM_KEY)
     with app.app_context():
         db.session.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY"))
         db.session.commit()
-        app.extensions["redis"].flushdb()
+        redis.flushdb()
+        if claim:
+            redis.set(REDIS_CLAIM_KEY, claim)
         yield
         db.session.rollback()
         db.session.remove()
+    if claim:
+        redis.set(REDIS_CLAIM_KEY, claim)
 
 
 @pytest.fixture()

@@ -108,6 +108,17 @@ class TaskComplete(Schema):
 class Step(Schema):
     type = fields.String(required=True, validate=validate.Length(min=1, max=64))
     params = fields.Dict(keys=fields.String(), load_default=dict)
+    name = fields.String(validate=[validate.Length(min=1, max=100), _printable])
+    depends_on = fields.List(
+        fields.String(validate=validate.Length(min=1, max=100)),
+        load_default=list,
+        validate=validate.Length(max=100),
+    )
+    timeout_s = fields.Float(validate=validate.Range(min=0.1, max=3600))
+    retries = StrictInteger(validate=validate.Range(min=0, max=10))
+    on_failure = fields.String(
+        load_default="fail_workflow", validate=validate.OneOf(["fail_workflow", "continue"])
+    )
 
 
 class Orchestrate(Schema):
@@ -117,6 +128,7 @@ class Orchestrate(Schema):
     priority = fields.String(
         load_default="normal", validate=validate.OneOf(["low", "normal", "high", "critical"])
     )
+    deadline_s = fields.Float(load_default=3600.0, validate=validate.Range(min=1, max=86_400))
 
 
 class Page(Schema):
@@ -235,6 +247,14 @@ class TaskOut(Schema):
 
 class StepOut(TaskOut):
     step = fields.Integer()
+    name = fields.String()
+    depends_on = fields.List(fields.String())
+    duration_ms = fields.Method("_duration")
+
+    def _duration(self, task) -> int | None:
+        if task.started_at is None or task.finished_at is None:
+            return None
+        return round((task.finished_at - task.started_at).total_seconds() * 1000)
 
 
 class WorkflowOut(Schema):
@@ -243,8 +263,19 @@ class WorkflowOut(Schema):
     status = fields.String()
     priority = fields.String(attribute="workflow.priority")
     tier = fields.String(attribute="workflow.tier")
+    error = fields.String(attribute="workflow.error", allow_none=True)
     created_at = Timestamp(attribute="workflow.created_at")
-    steps = fields.List(fields.Nested(StepOut))
+    deadline_at = Timestamp(attribute="workflow.deadline_at")
+    finished_at = Timestamp(attribute="workflow.finished_at")
+    steps = fields.Method("_steps")
+
+    def _steps(self, view) -> list[dict[str, Any]]:
+        names, deps = view.step_names(), view.depends_on()
+        steps = StepOut().dump(view.steps, many=True)
+        for step in steps:
+            step["name"] = names.get(step["step"])
+            step["depends_on"] = deps.get(step["step"], [])
+        return steps
 
 
 def page_of(items: list[Any], schema: Schema, limit: int, cursor) -> dict[str, Any]:

@@ -12,15 +12,33 @@ from app.services.ids import WORKFLOW_PREFIX, parse_task_id
 blp = Blueprint("tasks", __name__, description="Task and workflow status")
 
 
-@blp.route("/task/<task_id>")
-def get_task(task_id):
-    """A task (`task-…`) with its result, or a workflow (`wf-…`) with its steps."""
-    if task_id.startswith(WORKFLOW_PREFIX):
-        return WorkflowOut().dump(workflows.get_workflow(task_id))
+def _row_id(task_id: str) -> int:
     row_id = parse_task_id(task_id)
     if row_id is None:
         raise NotFound(f"Task {task_id!r} not found.")
-    task = assignments.get_task(row_id)
+    return row_id
+
+
+@blp.route("/task/<task_id>", methods=["GET"])
+def get_task(task_id):
+    """A task (`task-…`) with its data and result, or a workflow (`wf-…`) with its steps."""
+    if task_id.startswith(WORKFLOW_PREFIX):
+        return WorkflowOut().dump(workflows.get_workflow(task_id))
+    task = assignments.get_task(_row_id(task_id))
     document = TaskOut().dump(task)
     document["data"] = assignments.payload_of(task)
     return document
+
+
+@blp.route("/task/<task_id>", methods=["DELETE"])
+def cancel_task(task_id):
+    """Cancel a workflow or a task that has not started; started work runs to its end."""
+    if task_id.startswith(WORKFLOW_PREFIX):
+        return WorkflowOut().dump(workflows.cancel_workflow(task_id))
+    return TaskOut().dump(assignments.cancel_task(_row_id(task_id)))
+
+
+@blp.route("/task/<task_id>/cancel", methods=["POST"])
+def cancel_task_by_post(task_id):
+    """The same as DELETE /task/{task_id}, for clients that cannot send DELETE."""
+    return cancel_task(task_id)

@@ -14,6 +14,17 @@ blp = Blueprint("workflows", __name__, description="Workflows across the AI serv
 @blp.arguments(Orchestrate)
 @blp.response(202, WorkflowOut)
 def orchestrate(body):
-    """Run the steps on the worker pool at the given priority; poll GET /task/{task_id}."""
-    steps = [workflows.StepSpec(type=s["type"], params=s["params"]) for s in body["tasks"]]
-    return workflows.orchestrate(steps, body["priority"])
+    """Run the steps (a DAG) on the worker pool at the given priority; poll GET /task/{task_id}."""
+    steps = [
+        workflows.StepSpec(
+            type=step["type"],
+            params=step["params"],
+            name=step.get("name"),
+            depends_on=step["depends_on"],
+            timeout_s=step.get("timeout_s"),
+            retries=step.get("retries"),
+            on_failure=step["on_failure"],
+        )
+        for step in body["tasks"]
+    ]
+    return workflows.orchestrate(steps, body["priority"], body["deadline_s"])

@@ -25,3 +25,6 @@ class TaskInput:
     # Position of the bot within its swarm for a mass-action (0-based), else None.
     slice_index: int | None
     data_dir: Path
+    # Per-task limits for calls to downstream services; None means the service's defaults.
+    timeout: float | None = None
+    retries: int | None = None

@@ -15,14 +15,15 @@ from app.models import (
     BOT_ACTIVE,
     OPEN_TASK_STATES,
     TASK_ASSIGNED,
+    TASK_CANCELLED,
     TASK_COMPLETED,
     Bot,
     Swarm,
     Task,
-    TaskPayload,
 )
 from app.services import execution
 from app.services.ids import utcnow
+from app.services.payloads import load_payloads, store_payload
 from app.services.tally import TALLY_CTES, add_to_counters_sql
 from app.services.task_types import (
     chunk_size_of,
@@ -75,14 +76,6 @@ class MassAssignment:
     task_type: str
     assignments: int
     assigned_at: datetime
-
-
-def store_payload(data: dict[str, Any]) -> int:
-    """Store a task's data once; returns its id."""
-    payload = TaskPayload(data=data)
-    db.session.add(payload)
-    db.session.flush()
-    return payload.id
 
 
 def assign_to_bot(bot_id: str, type_name: str, data: dict[str, Any]) -> Assignment:
@@ -166,7 +159,9 @@ def complete_task(bot_id: str, task_id: int, result: Any) -> Task:
         )
         db.session.refresh(task)
     if task.status != TASK_COMPLETED:
-        raise Conflict(f"Task is {task.status}; it cannot be completed.", status=task.status)
+        raise Conflict(
+            f"Task is {task.status}; it cannot be completed.", task_status=task.status
+        )
     return task
 
 
@@ -175,6 +170,19 @@ def get_bot_task(bot_id: str, task_id: int) -> Task:
     task = db.session.get(Task, task_id)
     if task is None or task.bot_id != bot_id:
         raise NotFound(f"Task task-{task_id} of bot {bot_id!r} not found.")
+    return task
+
+
+def cancel_task(task_id: int) -> Task:
+    """Cancel a task that has not started; a repeat changes nothing, a started task is 409."""
+    task = get_task(task_id)
+    if task.workflow_id:
+        raise Conflict(f"Task task-{task_id} is a workflow step: cancel its workflow instead.")
+    cancel_waiting_tasks("id = :id", {"id": task_id})
+    db.session.commit()
+    db.session.refresh(task)
+    if task.status != TASK_CANCELLED:
+        raise Conflict(f"Task task-{task_id} is {task.status}; it cannot be cancelled.")
     return task
 
 
@@ -200,8 +208,7 @@ def list_bot_tasks(bot_id: str, limit: int, after: int | None, status: str | Non
 
 def payload_of(task: Task) -> dict[str, Any]:
     """The data the task was given."""
-    payload = db.session.get(TaskPayload, task.payload_id)
-    return payload.data if payload else {}
+    return load_payloads({task.payload_id}).get(task.payload_id, {})
 
 
 def cancel_waiting_tasks(where: str, params: dict[str, Any]) -> int:

@@ -21,6 +21,8 @@ from sqlalchemy.exc import OperationalError
 from app.extensions import db
 from app.handlers import TaskFailed, TaskInput
 from app.models import TASK_COMPLETED, TASK_FAILED, TASK_RUNNING
+from app.services import workflows
+from app.services.payloads import load_payloads
 from app.services.tally import TALLY_CTES
 from app.services.task_types import TASK_TYPES
 
@@ -34,7 +36,7 @@ UPDATE tasks t
  WHERE t.id = ANY(:ids) AND t.status = 'assigned'
    AND (t.bot_id IS NULL
         OR EXISTS (SELECT 1 FROM bots b WHERE b.id = t.bot_id AND b.status = 'active'))
-RETURNING t.id, t.type, t.payload_id, t.slice_index, t.attempts
+RETURNING t.id, t.type, t.payload_id, t.slice_index, t.attempts, t.timeout_s, t.retries
 """
 
 _RECORD = (
@@ -50,11 +52,11 @@ WITH outcome AS (
       FROM outcome o
      WHERE t.id = o.id AND t.status = ANY(:from_states)
        AND (o.attempt IS NULL OR t.attempts = o.attempt)
-    RETURNING t.bot_id, t.swarm_id, t.status
+    RETURNING t.bot_id, t.swarm_id, t.status, t.workflow_id
 )
 """
     + TALLY_CTES
-    + "SELECT count(*) FROM moved"
+    + "SELECT count(*), array_remove(array_agg(DISTINCT workflow_id), NULL) FROM moved"
 )
 
 
@@ -67,6 +69,8 @@ class Claimed:
     payload_id: int
     slice_index: int | None
     attempt: int
+    timeout: float | None
+    retries: int | None
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,8 @@ def record_outcomes(outcomes: list[Outcome], from_states: tuple[str, ...]) -> in
     """Move tasks to their outcome and count them, in one statement; commits.
 
     Only tasks still in from_states (and, for a worker, still on the same attempt) move, so the
-    counters never count a task twice. Returns how many moved.
+    counters never count a task twice. Workflow steps that became ready are released in the same
+    transaction and published after it. Returns how many moved.
     """
     params = {
         "ids": [o.task_id for o in outcomes],
@@ -104,9 +109,11 @@ def record_outcomes(outcomes: list[Outcome], from_states: tuple[str, ...]) -> in
     }
     for attempt in range(3):
         try:
-            moved = int(db.session.execute(text(_RECORD), params).scalar_one())
+            moved, workflow_ids = db.session.execute(text(_RECORD), params).one()
+            released = workflows.advance(workflow_ids) if workflow_ids else []
             db.session.commit()
-            return moved
+            workflows.publish_steps(released)
+            return int(moved)
         except OperationalError as error:
             db.session.rollback()
             # Two chunks touching the same bots in different orders; the loser simply retries.
@@ -128,6 +135,8 @@ def run_one(task: Claimed, data: dict[str, Any]) -> Outcome:
                 data=data,
                 slice_index=task.slice_index,
                 data_dir=current_app.config["SETTINGS"].data_dir,
+                timeout=task.timeout,
+                retries=task.retries,
             )
         )
     except TaskFailed as failure:
@@ -146,7 +155,7 @@ def run_chunk(task_ids: list[int]) -> dict[str, int]:
     claimed = claim(task_ids)
     if not claimed:
         return {"received": len(task_ids), "claimed": 0, "recorded": 0}
-    payloads = _load_payloads({task.payload_id for task in claimed})
+    payloads = load_payloads({task.payload_id for task in claimed})
     outcomes = [run_one(task, payloads.get(task.payload_id, {})) for task in claimed]
     recorded = record_outcomes(outcomes, from_states=(TASK_RUNNING,))
     failed = sum(1 for o in outcomes if o.state == TASK_FAILED)
@@ -160,10 +169,3 @@ def run_chunk(task_ids: list[int]) -> dict[str, int]:
     )
     return {"received": len(task_ids), "claimed": len(claimed), "recorded": recorded}
 
-
-def _load_payloads(payload_ids: set[int]) -> dict[int, dict[str, Any]]:
-    rows = db.session.execute(
-        text("SELECT id, data FROM task_payloads WHERE id = ANY(:ids)"),
-        {"ids": list(payload_ids)},
-    )
-    return {payload_id: data for payload_id, data in rows}

@@ -22,7 +22,7 @@ from sqlalchemy import text
 from app.dispatch import publish_chunks
 from app.extensions import db
 from app.models import TASK_FAILED, TASK_RUNNING
-from app.services import assignments
+from app.services import assignments, workflows
 from app.services.execution import Outcome, record_outcomes
 from app.services.task_types import chunk_size_of
 from app.tiers import TIERS, queue_for
@@ -65,15 +65,19 @@ class Report:
     requeued: int
     failed: int
     republished: int
+    overdue_workflows: int
 
 
 def reconcile() -> Report:
     """One pass over expired leases and stranded assigned tasks."""
+    overdue = workflows.expire_overdue()
     requeued, failed = _recover_expired_leases()
     min_age = 0 if _broker_was_reset() else REPUBLISH_AFTER_SECONDS
     republished = sum(_republish_stranded(tier, min_age) for tier in TIERS)
-    report = Report(requeued=requeued, failed=failed, republished=republished)
-    if requeued or failed or republished:
+    report = Report(
+        requeued=requeued, failed=failed, republished=republished, overdue_workflows=overdue
+    )
+    if requeued or failed or republished or overdue:
         log.info("reconcile: %s", report)
     return report
 

@@ -70,7 +70,8 @@ def _downstream_runner(task_type: str) -> Runner:
                 urls,
                 service.path,
                 {"type": task_type, "params": task.data},
-                timeout=settings.downstream_timeout,
+                timeout=task.timeout or settings.downstream_timeout,
+                **({} if task.retries is None else {"retries": task.retries}),
             )
         except DownstreamError as error:
             raise TaskFailed(f"{service.name} service: {error}") from error

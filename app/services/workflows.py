@@ -1,27 +1,62 @@
-"""Workflows (POST /orchestrate): steps run in parallel on the pool, each against its service."""
+"""Workflows (POST /orchestrate): a DAG of steps run on the pool against the AI services.
+
+State lives in PostgreSQL. A step waits until its dependencies have completed; when a step
+finishes, `advance` releases its dependents in the same transaction that records the outcome,
+and they are published after the commit, so a lost worker or broker never strands a workflow
+(the reconciler re-publishes whatever is released but not running).
+
+A step's `params` may refer to a dependency's result with `{"$ref": "steps.<name>.result.<path>"}`
+(path parts separated by dots; digits index lists).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from app.dispatch import publish_chunks
-from app.errors import NotFound
+from app.errors import Conflict, Invalid, NotFound
 from app.extensions import db
 from app.models import (
+    NOT_STARTED_TASK_STATES,
     TASK_ASSIGNED,
     TASK_CANCELLED,
+    TASK_COMPLETED,
     TASK_FAILED,
     TASK_RUNNING,
+    TASK_WAITING,
+    WORKFLOW_ACTIVE,
+    WORKFLOW_CANCELLED,
+    WORKFLOW_COMPLETED,
+    WORKFLOW_FAILED,
     Task,
     Workflow,
 )
-from app.services.assignments import store_payload
 from app.services.ids import new_id, utcnow
-from app.services.task_types import get_task_type, require_runnable
+from app.services.payloads import load_payloads, store_payload
+from app.services.tally import TALLY_CTES
+from app.services.task_types import chunk_size_of, get_task_type, require_runnable
 from app.tiers import PRIORITY_TIERS
+
+FAIL_WORKFLOW, CONTINUE = "fail_workflow", "continue"
+REF_KEY = "$ref"
+
+# Ends steps that never started (cancelled, or failed with an error), counted like any outcome.
+_END_STEPS = (
+    """
+WITH moved AS (
+    UPDATE tasks SET status = :to_state, error = :error, finished_at = now()
+     WHERE workflow_id = :workflow_id AND status = ANY(:states) AND step = ANY(:steps)
+    RETURNING bot_id, swarm_id, status
+)
+"""
+    + TALLY_CTES
+    + "SELECT count(*) FROM moved"
+)
 
 
 @dataclass(frozen=True)
@@ -30,46 +65,68 @@ class StepSpec:
 
     type: str
     params: dict[str, Any]
+    name: str | None = None
+    depends_on: list[str] = field(default_factory=list)
+    timeout_s: float | None = None
+    retries: int | None = None
+    on_failure: str = FAIL_WORKFLOW
 
 
 @dataclass(frozen=True)
 class WorkflowView:
-    """A workflow with its steps and the status they add up to."""
+    """A workflow with its steps."""
 
     workflow: Workflow
     steps: list[Task]
 
     @property
     def status(self) -> str:
-        """queued, running, completed, failed or cancelled, from the steps' states."""
-        states = {step.status for step in self.steps}
-        if states <= {TASK_ASSIGNED}:
+        """queued, running, completed, failed or cancelled."""
+        if self.workflow.status != WORKFLOW_ACTIVE:
+            return self.workflow.status
+        if all(step.status in NOT_STARTED_TASK_STATES for step in self.steps):
             return "queued"
-        if states & {TASK_ASSIGNED, TASK_RUNNING}:
-            return "running"
-        if TASK_FAILED in states:
-            return "failed"
-        if states == {TASK_CANCELLED}:
-            return "cancelled"
-        return "completed"
+        return "running"
+
+    def step_names(self) -> dict[int, str]:
+        """Step index -> name."""
+        return {index: spec["name"] for index, spec in enumerate(self.workflow.spec)}
+
+    def depends_on(self) -> dict[int, list[str]]:
+        """Step index -> names it waits for."""
+        return {index: spec["depends_on"] for index, spec in enumerate(self.workflow.spec)}
 
 
-def orchestrate(steps: list[StepSpec], priority: str) -> WorkflowView:
-    """Record a workflow and its steps, then publish every step to the priority's tier queue."""
+# ---- creating ------------------------------------------------------------------------------
+
+
+def orchestrate(steps: list[StepSpec], priority: str, deadline_s: float) -> WorkflowView:
+    """Check the DAG, record the workflow and its steps, publish the steps with no dependencies."""
+    spec = _checked_spec(steps)
     for step in steps:
         require_runnable(get_task_type(step.type))
     tier = PRIORITY_TIERS[priority]
     now = utcnow()
-    workflow = Workflow(id=new_id("wf"), priority=priority, tier=tier, created_at=now)
+    workflow = Workflow(
+        id=new_id("wf"),
+        priority=priority,
+        tier=tier,
+        status=WORKFLOW_ACTIVE,
+        spec=spec,
+        deadline_at=now + timedelta(seconds=deadline_s),
+        created_at=now,
+    )
     db.session.add(workflow)
     tasks = [
         Task(
             type=step.type,
             tier=tier,
-            status=TASK_ASSIGNED,
+            status=TASK_WAITING if step.depends_on else TASK_ASSIGNED,
             workflow_id=workflow.id,
             step=index,
             payload_id=store_payload(step.params),
+            timeout_s=step.timeout_s,
+            retries=step.retries,
             assigned_at=now,
             attempts=0,
         )
@@ -77,10 +134,218 @@ def orchestrate(steps: list[StepSpec], priority: str) -> WorkflowView:
     ]
     db.session.add_all(tasks)
     db.session.flush()
+    ready = [(task.id, task.type, tier) for task in tasks if task.status == TASK_ASSIGNED]
     db.session.commit()
-    for task in tasks:
-        publish_chunks([task.id], tier, 1)
+    publish_steps(ready)
     return WorkflowView(workflow, tasks)
+
+
+def _checked_spec(steps: list[StepSpec]) -> list[dict[str, Any]]:
+    names = [step.name or f"step{index + 1}" for index, step in enumerate(steps)]
+    if len(set(names)) != len(names):
+        raise Invalid("Step names must be unique.", field="tasks")
+    known = set(names)
+    for name, step in zip(names, steps, strict=True):
+        unknown = [dep for dep in step.depends_on if dep not in known]
+        if unknown:
+            raise Invalid(f"Step {name!r} depends on unknown steps: {', '.join(unknown)}.")
+        for ref in _refs_in(step.params):
+            target = _ref_step(ref)
+            if target not in step.depends_on:
+                raise Invalid(
+                    f"Step {name!r} refers to {ref!r}, but {target!r} is not in its depends_on."
+                )
+    cycle = _find_cycle({name: step.depends_on for name, step in zip(names, steps, strict=True)})
+    if cycle:
+        raise Invalid(f"The steps form a cycle: {' -> '.join(cycle)}.")
+    return [
+        {
+            "name": name,
+            "type": step.type,
+            "depends_on": list(step.depends_on),
+            "on_failure": step.on_failure,
+        }
+        for name, step in zip(names, steps, strict=True)
+    ]
+
+
+def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
+    """A cycle in the dependency graph as a list of names, or None."""
+    visiting: list[str] = []
+    done: set[str] = set()
+
+    def visit(name: str) -> list[str] | None:
+        if name in visiting:
+            return visiting[visiting.index(name) :] + [name]
+        if name in done:
+            return None
+        visiting.append(name)
+        for dep in graph[name]:
+            found = visit(dep)
+            if found:
+                return found
+        visiting.pop()
+        done.add(name)
+        return None
+
+    for name in graph:
+        found = visit(name)
+        if found:
+            return found
+    return None
+
+
+# ---- references ----------------------------------------------------------------------------
+
+
+def _refs_in(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        if set(value) == {REF_KEY} and isinstance(value[REF_KEY], str):
+            return [value[REF_KEY]]
+        return [ref for item in value.values() for ref in _refs_in(item)]
+    if isinstance(value, list):
+        return [ref for item in value for ref in _refs_in(item)]
+    return []
+
+
+def _ref_step(ref: str) -> str:
+    parts = ref.split(".")
+    if len(parts) < 3 or parts[0] != "steps" or parts[2] != "result":
+        raise Invalid(f"Bad reference {ref!r}: write steps.<name>.result[.<path>].")
+    return parts[1]
+
+
+class UnresolvedReference(Exception):
+    """A reference points at nothing in its step's result."""
+
+
+def resolve_refs(value: Any, results: dict[str, Any]) -> Any:
+    """A copy of value with every {"$ref": ...} replaced by the referenced result."""
+    if isinstance(value, dict):
+        if set(value) == {REF_KEY} and isinstance(value[REF_KEY], str):
+            return _lookup(value[REF_KEY], results)
+        return {key: resolve_refs(item, results) for key, item in value.items()}
+    if isinstance(value, list):
+        return [resolve_refs(item, results) for item in value]
+    return value
+
+
+def _lookup(ref: str, results: dict[str, Any]) -> Any:
+    _, name, _, *path = ref.split(".")
+    current = results.get(name)
+    for part in path:
+        if isinstance(current, dict) and part in current:
+            current = current[part]
+        elif isinstance(current, list) and part.isdigit() and int(part) < len(current):
+            current = current[int(part)]
+        else:
+            raise UnresolvedReference(f"reference {ref!r} not found in the result of {name!r}")
+    return copy.deepcopy(current)
+
+
+# ---- advancing -----------------------------------------------------------------------------
+
+
+def advance(workflow_ids: list[str]) -> list[tuple[int, str, str]]:
+    """Release steps whose dependencies completed, skip those that can no longer run, and
+    settle finished workflows. Runs inside the caller's transaction; returns the steps to publish
+    after it commits, as (task id, type, tier)."""
+    released: list[tuple[int, str, str]] = []
+    workflows = db.session.scalars(
+        select(Workflow)
+        .where(Workflow.id.in_(workflow_ids), Workflow.status == WORKFLOW_ACTIVE)
+        .order_by(Workflow.id)
+        .with_for_update()
+    ).all()
+    for workflow in workflows:
+        released.extend(_advance_one(workflow))
+    return released
+
+
+def _advance_one(workflow: Workflow) -> list[tuple[int, str, str]]:
+    steps = db.session.scalars(
+        select(Task).where(Task.workflow_id == workflow.id).order_by(Task.step)
+    ).all()
+    spec = workflow.spec
+    by_name = {spec[step.step]["name"]: step for step in steps}
+    fatal = [s for s in steps if s.status == TASK_FAILED and spec[s.step]["on_failure"] != CONTINUE]
+    if fatal:
+        first = fatal[0]
+        _cancel_unstarted(workflow.id)
+        _settle(workflow, WORKFLOW_FAILED, f"step {spec[first.step]['name']!r} failed: {first.error}")
+        return []
+
+    released: list[tuple[int, str, str]] = []
+    ended = False
+    results = {
+        name: step.result for name, step in by_name.items() if step.status == TASK_COMPLETED
+    }
+    for step in steps:
+        if step.status != TASK_WAITING:
+            continue
+        deps = [by_name[name] for name in spec[step.step]["depends_on"]]
+        if any(dep.status in (TASK_FAILED, TASK_CANCELLED) for dep in deps):
+            _end_steps(workflow.id, [step.step], TASK_CANCELLED, "a dependency did not complete")
+            ended = True
+        elif all(dep.status == TASK_COMPLETED for dep in deps):
+            try:
+                released.append(_release(step, results))
+            except UnresolvedReference as error:
+                _end_steps(workflow.id, [step.step], TASK_FAILED, str(error))
+                ended = True
+    if ended:
+        # An ended step can fail the workflow or end its own dependents: look again.
+        db.session.expire_all()
+        return released + _advance_one(workflow)
+
+    states = {step.status for step in steps}
+    if not states & {TASK_WAITING, TASK_ASSIGNED, TASK_RUNNING}:
+        _settle(workflow, WORKFLOW_COMPLETED, None)
+    return released
+
+
+def _release(step: Task, results: dict[str, Any]) -> tuple[int, str, str]:
+    params = load_payloads({step.payload_id})[step.payload_id]
+    resolved = resolve_refs(params, results)
+    if resolved != params:
+        step.payload_id = store_payload(resolved)
+    step.status = TASK_ASSIGNED
+    step.assigned_at = utcnow()
+    return (step.id, step.type, step.tier)
+
+
+def _end_steps(workflow_id: str, steps: list[int], to_state: str, error: str | None) -> None:
+    db.session.flush()
+    db.session.execute(
+        text(_END_STEPS),
+        {
+            "workflow_id": workflow_id,
+            "steps": steps,
+            "states": list(NOT_STARTED_TASK_STATES),
+            "to_state": to_state,
+            "error": error,
+        },
+    )
+
+
+def _cancel_unstarted(workflow_id: str) -> None:
+    steps = db.session.scalars(select(Task.step).where(Task.workflow_id == workflow_id)).all()
+    _end_steps(workflow_id, list(steps), TASK_CANCELLED, None)
+
+
+def _settle(workflow: Workflow, status: str, error: str | None) -> None:
+    workflow.status = status
+    workflow.error = error
+    workflow.finished_at = utcnow()
+
+
+def publish_steps(released: list[tuple[int, str, str]]) -> None:
+    """Publish released steps (after the commit that released them)."""
+    for task_id, type_name, tier in released:
+        publish_chunks([task_id], tier, chunk_size_of(type_name))
+
+
+# ---- reading and cancelling ----------------------------------------------------------------
 
 
 def get_workflow(workflow_id: str) -> WorkflowView:
@@ -92,3 +357,32 @@ def get_workflow(workflow_id: str) -> WorkflowView:
         select(Task).where(Task.workflow_id == workflow_id).order_by(Task.step)
     ).all()
     return WorkflowView(workflow, list(steps))
+
+
+def cancel_workflow(workflow_id: str) -> WorkflowView:
+    """Cancel durably: steps not yet started never start. Repeating it changes nothing."""
+    workflow = db.session.get(Workflow, workflow_id, with_for_update=True)
+    if workflow is None:
+        raise NotFound(f"Task {workflow_id!r} not found.")
+    if workflow.status == WORKFLOW_ACTIVE:
+        _cancel_unstarted(workflow_id)
+        _settle(workflow, WORKFLOW_CANCELLED, "cancelled by request")
+        db.session.commit()
+    elif workflow.status != WORKFLOW_CANCELLED:
+        db.session.rollback()
+        raise Conflict(f"Workflow {workflow_id!r} already {workflow.status}.")
+    return get_workflow(workflow_id)
+
+
+def expire_overdue() -> int:
+    """Fail active workflows past their deadline, cancelling their unstarted steps."""
+    overdue = db.session.scalars(
+        select(Workflow)
+        .where(Workflow.status == WORKFLOW_ACTIVE, Workflow.deadline_at < utcnow())
+        .with_for_update(skip_locked=True)
+    ).all()
+    for workflow in overdue:
+        _cancel_unstarted(workflow.id)
+        _settle(workflow, WORKFLOW_FAILED, "deadline exceeded")
+    db.session.commit()
+    return len(overdue)

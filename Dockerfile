@@ -1,0 +1,26 @@
+# Orchestrator Service image: the API by default; the same image runs the Celery worker, beat,
+# Flower and the migration step with another command (see docker-compose.yml).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+RUN useradd --create-home --uid 10001 orchestrator
+WORKDIR /srv/orchestrator
+
+# Requirements first, so code changes do not reinstall them.
+COPY requirements.txt .
+RUN pip install -r requirements.txt
+
+COPY . .
+RUN mkdir -p data && chown orchestrator:orchestrator data
+
+USER orchestrator
+EXPOSE 5003
+
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % (os.environ.get('PORT') or '5003'), timeout=4)"]
+
+CMD ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]

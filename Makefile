@@ -1,0 +1,67 @@
+# Orchestrator Service: everyday commands. `make` alone lists them.
+# Servers: whatever DATABASE_URL / POSTGRES_HOST and REDIS_URL / REDIS_HOST name; otherwise the
+# embedded PostgreSQL and Redis that deploy/devstack.py starts under ./var.
+
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.requirements.stamp
+PYTEST_ARGS ?=
+QUEUES := L20,advanced,standard
+# Exports DATABASE_URL and REDIS_URL (starting embedded servers if none are configured), then runs
+# the rest of the recipe line with them.
+WITH_SERVICES = exports="$$($(PY) -m deploy.devstack services)" && eval "$$exports" &&
+
+.DEFAULT_GOAL := help
+.PHONY: help venv run test lint format migrate worker beat flower services stop-services bench clean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+venv: $(STAMP) ## Create .venv and install requirements-dev.txt (again only when requirements change)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+run: venv ## Run API, worker and beat with prefixed logs (embedded servers if none configured)
+	$(PY) -m deploy.devstack run
+
+test: venv ## ruff check, then pytest on a fresh database and Redis DB (PYTEST_ARGS=...)
+	$(VENV)/bin/ruff check .
+	$(PY) -m deploy.devstack test -- $(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: venv ## ruff check and ruff format --check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv ## Fix imports and reformat the code with ruff
+	$(VENV)/bin/ruff check --select I --fix .
+	$(VENV)/bin/ruff format .
+
+migrate: venv ## Apply database migrations (flask db upgrade)
+	$(WITH_SERVICES) $(VENV)/bin/flask --app wsgi db upgrade
+
+worker: venv ## Run one Celery worker on the L20, advanced and standard queues
+	$(WITH_SERVICES) $(VENV)/bin/celery -A workers worker -Q $(QUEUES) --concurrency 2 --loglevel INFO
+
+beat: venv ## Run Celery beat (periodic jobs); schedule file in var/
+	mkdir -p var
+	$(WITH_SERVICES) $(VENV)/bin/celery -A workers beat --loglevel INFO --schedule var/celerybeat-schedule
+
+flower: venv ## Run Flower, the Celery dashboard, on http://127.0.0.1:5555
+	$(WITH_SERVICES) $(VENV)/bin/celery -A workers flower --port=5555
+
+services: venv ## Ensure PostgreSQL and Redis; print export lines: eval "$(make -s services)"
+	@$(PY) -m deploy.devstack services
+
+stop-services: venv ## Stop the embedded PostgreSQL and Redis that `services` left running
+	$(PY) -m deploy.devstack stop
+
+bench: venv ## Run the benchmark (python -m bench)
+	$(PY) -m bench
+
+clean: ## Stop embedded servers, remove var/ and caches (keeps .venv)
+	if [ -x $(PY) ]; then $(PY) -m deploy.devstack stop; fi
+	rm -rf var .pytest_cache .ruff_cache .mypy_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +

@@ -1,0 +1,1 @@
+"""Development and deployment helpers for the Orchestrator Service."""
