@@ -42,8 +42,11 @@ KNOWN_VARIABLES: tuple[str, ...] = (
     "MAX_TASK_ATTEMPTS",
     "DOWNSTREAM_TIMEOUT",
     "STATEMENT_TIMEOUT_MS",
+    "TASK_TYPE_PLUGINS",
     "BREAKER_FAILURES",
     "BREAKER_COOLDOWN_S",
+    "LOG_FORMAT",
+    "PROXY_HOPS",
     *SERVICE_URL_VARIABLES,
 )
 
@@ -76,6 +79,13 @@ def _float(env: dict[str, str], name: str, default: float, low: float, high: flo
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
     return value
+
+
+def _choice(env: dict[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = (env.get(name) or default).strip().lower()
+    if raw not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
 
 
 def _urls(env: dict[str, str], name: str) -> list[str]:
@@ -137,11 +147,19 @@ class Settings:
     max_task_attempts: int = 3
     downstream_timeout: float = 10.0
     statement_timeout_ms: int = 30_000
-    # Consecutive failures that open a downstream URL's circuit breaker, and how long it stays
-    # open before one trial call may test it again.
-    breaker_failures: int = 3
+    # Modules that add task types (see app/services/task_types.py:load_plugins).
+    task_type_plugins: tuple[str, ...] = ()
+    # Consecutive failures that open a downstream URL's circuit breaker (5, not fewer: one call
+    # makes up to 3 attempts per URL, and one unlucky task must not shut the URL for everyone),
+    # and how long it stays open before one trial call may test it again.
+    breaker_failures: int = 5
     breaker_cooldown_s: float = 10.0
     service_urls: dict[str, list[str]] = field(default_factory=dict)
+    # `json` (one object a line, for log collectors) or `text` (for reading in a terminal).
+    log_format: str = "json"
+    # Proxies in front of the app whose X-Forwarded-For/-Proto to trust: 0 behind none (the
+    # headers are ignored, so a client cannot forge its address), 1 behind nginx.
+    proxy_hops: int = 0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -158,9 +176,14 @@ class Settings:
             max_task_attempts=_int(env, "MAX_TASK_ATTEMPTS", 3, 1, 100),
             downstream_timeout=_float(env, "DOWNSTREAM_TIMEOUT", 10.0, 0.1, 600.0),
             statement_timeout_ms=_int(env, "STATEMENT_TIMEOUT_MS", 30_000, 100, 3_600_000),
-            breaker_failures=_int(env, "BREAKER_FAILURES", 3, 1, 1000),
+            task_type_plugins=tuple(
+                name.strip() for name in env.get("TASK_TYPE_PLUGINS", "").split(",") if name.strip()
+            ),
+            breaker_failures=_int(env, "BREAKER_FAILURES", 5, 1, 1000),
             breaker_cooldown_s=_float(env, "BREAKER_COOLDOWN_S", 10.0, 0.1, 3600.0),
             service_urls={
                 service: _urls(env, variable) for variable, service in SERVICE_URL_VARIABLES.items()
             },
+            log_format=_choice(env, "LOG_FORMAT", "json", ("json", "text")),
+            proxy_hops=_int(env, "PROXY_HOPS", 0, 0, 10),
         )

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from flask import Flask, jsonify, request
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException, UnsupportedMediaType
 
 from app.extensions import db
@@ -70,10 +70,10 @@ def register_error_handlers(app: Flask) -> None:
             if not request.is_json:
                 raise UnsupportedMediaType()
 
-    @app.errorhandler(OperationalError)
+    @app.errorhandler(DBAPIError)
     def _database_unavailable(error: DBAPIError):
-        db.session.rollback()
-        if error.connection_invalidated or _is_connection_error(error):
+        _rollback_quietly()
+        if is_connection_error(error):
             log.warning("database unavailable: %s", str(error.orig).strip().splitlines()[0])
             body = error_body(503, "database_unavailable", "The database is unavailable.")
             return jsonify(body), 503, {"Retry-After": "5"}
@@ -110,12 +110,15 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception):
-        db.session.rollback()
+        _rollback_quietly()
         log.exception("unexpected error")
         return jsonify(error_body(500, "internal_error", "Internal server error.")), 500
 
 
-def _is_connection_error(error: DBAPIError) -> bool:
+def is_connection_error(error: DBAPIError) -> bool:
+    """Whether a database error means "PostgreSQL is unreachable", not "the query is wrong"."""
+    if error.connection_invalidated:
+        return True
     text = str(error.orig).lower()
     return any(
         marker in text
@@ -128,5 +131,15 @@ def _is_connection_error(error: DBAPIError) -> bool:
             "timeout expired",
             "the database system is",
             "canceling statement due to statement timeout",
+            "connection already closed",
+            "ssl connection has been closed",
         )
     )
+
+
+def _rollback_quietly() -> None:
+    # The connection may be the thing that failed; the answer must still go out.
+    try:
+        db.session.rollback()
+    except Exception:
+        log.debug("rollback after an error failed too", exc_info=True)

@@ -129,9 +129,7 @@ class Workflow(db.Model):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     priority: Mapped[str] = mapped_column(String(16), nullable=False)
     tier: Mapped[str] = mapped_column(String(16), nullable=False)
-    status: Mapped[str] = mapped_column(
-        String(16), nullable=False, server_default=text("'active'")
-    )
+    status: Mapped[str] = mapped_column(String(16), nullable=False, server_default=text("'active'"))
     # The steps as requested (names, dependencies, options), in step order.
     spec: Mapped[list[dict[str, Any]]] = mapped_column(
         JSONB, nullable=False, server_default=text("'[]'::jsonb")
@@ -218,9 +216,7 @@ class Service(db.Model):
         ARRAY(Text), nullable=False, server_default=text("'{}'")
     )
     path: Mapped[str] = mapped_column(Text, nullable=False)
-    health_path: Mapped[str] = mapped_column(
-        Text, nullable=False, server_default=text("'/health'")
-    )
+    health_path: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("'/health'"))
     timeout_s: Mapped[float] = mapped_column(Float, nullable=False)
     task_types: Mapped[list[str]] = mapped_column(
         ARRAY(Text), nullable=False, server_default=text("'{}'")
@@ -242,9 +238,43 @@ class ServiceEndpoint(db.Model):
         ForeignKey("services.name", ondelete="CASCADE"), primary_key=True
     )
     url: Mapped[str] = mapped_column(Text, primary_key=True)
-    state: Mapped[str] = mapped_column(
-        String(16), nullable=False, server_default=ENDPOINT_UNKNOWN
-    )
+    state: Mapped[str] = mapped_column(String(16), nullable=False, server_default=ENDPOINT_UNKNOWN)
     latency_ms: Mapped[float | None] = mapped_column(Float)
     last_probe_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+# API key roles, least to most powerful: each includes what the ones before it may do.
+ROLES = ("viewer", "operator", "admin")
+
+
+class ApiKey(db.Model):
+    """A client's key, kept only as a SHA-256 hash; a tenant key sees only its tenant's work."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), nullable=False, unique=True)
+    role: Mapped[str] = mapped_column(String(16), nullable=False)
+    tenant: Mapped[str | None] = mapped_column(String(64))
+    key_hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    # The first characters of the key, so an operator can tell keys apart in `flask keys list`.
+    prefix: Mapped[str] = mapped_column(String(16), nullable=False)
+    created_at: Mapped[datetime] = _created_at()
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEntry(db.Model):
+    """One control action: who did what to which resource, and when."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    at: Mapped[datetime] = _created_at()
+    key_name: Mapped[str | None] = mapped_column(String(100))
+    tenant: Mapped[str | None] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64), nullable=False)
+    method: Mapped[str] = mapped_column(String(8), nullable=False)
+    path: Mapped[str] = mapped_column(Text, nullable=False)
+    status: Mapped[int] = mapped_column(Integer, nullable=False)
+    remote_addr: Mapped[str | None] = mapped_column(String(64))

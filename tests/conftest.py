@@ -23,7 +23,10 @@ from tests.fake_services import dead_url, fake_service  # noqa: F401
 from tests.workers import WorkerProcess
 
 SAMPLE_DATA = Path(__file__).resolve().parent.parent / "data"
-TABLES = "idempotency_keys, tasks, task_payloads, workflows, bots, swarms, bot_census, counters"
+TABLES = (
+    "idempotency_keys, tasks, task_payloads, workflows, bots, swarms, bot_census, counters, "
+    "services, service_endpoints"
+)
 
 
 def _require(name: str) -> str:

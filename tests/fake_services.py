@@ -59,6 +59,9 @@ class FakeService:
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self.requests: list[Received] = []
+        # Requests being answered now, and the most ever answered at once.
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         # A short poll interval keeps close(), and so each test's teardown, fast.
@@ -83,7 +86,13 @@ class FakeService:
     def _next(self, received: Received) -> Scripted:
         with self._lock:
             self.requests.append(received)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
             return self._script.pop(0) if self._script else self._default
+
+    def _done(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         service = self
@@ -107,8 +116,14 @@ class FakeService:
                 raw = self.rfile.read(length) if length else b""
                 received = Received(self.command, self.path, _decode(raw), dict(self.headers))
                 scripted = service._next(received)
-                if scripted.delay and service._closing.wait(scripted.delay):
-                    return
+                try:
+                    if scripted.delay and service._closing.wait(scripted.delay):
+                        return
+                    self._send(scripted)
+                finally:
+                    service._done()
+
+            def _send(self, scripted: Scripted) -> None:
                 payload, content_type = scripted.encoded()
                 try:
                     self.send_response(scripted.status)

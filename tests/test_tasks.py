@@ -340,7 +340,9 @@ def test_data_processing_on_data_csv_runs_on_a_worker_with_real_figures(
     assert client.get("/bots/stats").get_json()["tasks_executed"] == 1
 
 
-def test_distributed_sentiment_slices_add_up_to_the_whole_dataset(client, sample_data_dir, shared_worker):
+def test_distributed_sentiment_slices_add_up_to_the_whole_dataset(
+    client, sample_data_dir, shared_worker
+):
     rows = read_csv(sample_data_dir / "large_dataset.csv")
     analyzer = SentimentIntensityAnalyzer()
     compounds = [analyzer.polarity_scores(row["text"])["compound"] for row in rows]

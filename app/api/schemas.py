@@ -285,3 +285,57 @@ def page_of(items: list[Any], schema: Schema, limit: int, cursor) -> dict[str, A
         "limit": limit,
         "next_after": cursor(items[-1]) if len(items) == limit else None,
     }
+
+
+# ---- service registry ----------------------------------------------------------------------
+
+
+class ServiceUpdate(Schema):
+    """PUT /services/{name}: any of these; the service checks URLs and task types (422)."""
+
+    urls = fields.List(
+        fields.String(validate=[validate.Length(min=1, max=2000), _printable]),
+        validate=validate.Length(min=1, max=10),
+    )
+    path = fields.String(validate=[validate.Length(min=1, max=200), _printable])
+    health_path = fields.String(validate=[validate.Length(min=1, max=200), _printable])
+    timeout_s = fields.Float(validate=validate.Range(min=0.1, max=600))
+    task_types = fields.List(
+        fields.String(validate=validate.Length(min=1, max=64)), validate=validate.Length(max=50)
+    )
+    max_concurrency = StrictInteger(validate=validate.Range(min=1, max=10_000))
+
+    @validates_schema
+    def _something_to_change(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if not data:
+            raise ValidationError("Give at least one field to change.")
+
+
+class BreakerOut(Schema):
+    state = fields.String()
+    consecutive_failures = fields.Integer()
+    retry_in_s = fields.Float(allow_none=True)
+
+
+class EndpointOut(Schema):
+    url = fields.String()
+    state = fields.String()
+    latency_ms = fields.Float(allow_none=True)
+    last_probe_at = Timestamp()
+    last_error = fields.String(allow_none=True)
+    breaker = fields.Nested(BreakerOut, allow_none=True)
+
+
+class ServiceOut(Schema):
+    name = fields.String()
+    variable = fields.String(allow_none=True)
+    urls = fields.List(fields.String())
+    path = fields.String()
+    health_path = fields.String()
+    timeout_s = fields.Float()
+    task_types = fields.List(fields.String())
+    max_concurrency = fields.Integer()
+    in_flight = fields.Integer(allow_none=True)
+    source = fields.String()
+    updated_at = Timestamp()
+    endpoints = fields.List(fields.Nested(EndpointOut))

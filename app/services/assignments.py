@@ -159,9 +159,7 @@ def complete_task(bot_id: str, task_id: int, result: Any) -> Task:
         )
         db.session.refresh(task)
     if task.status != TASK_COMPLETED:
-        raise Conflict(
-            f"Task is {task.status}; it cannot be completed.", task_status=task.status
-        )
+        raise Conflict(f"Task is {task.status}; it cannot be completed.", task_status=task.status)
     return task
 
 

@@ -68,7 +68,7 @@ def list_bots(filters: BotFilter, limit: int, after: str | None) -> list[Bot]:
     if filters.swarm_id:
         query = query.where(Bot.swarm_id == filters.swarm_id)
     if filters.capability:
-        query = query.where(Bot.capabilities.any(filters.capability))
+        query = query.where(Bot.capabilities.contains([filters.capability]))
     return list(db.session.scalars(query))
 
 

@@ -7,14 +7,13 @@ cheap or higher-priority work hostage for long.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from flask import current_app
-
-from app.clients.downstream import DownstreamError, call_service
-from app.config import SERVICE_URL_VARIABLES
+from app.clients.downstream import DownstreamError
+from app.config import SERVICE_URL_VARIABLES, ConfigError
 from app.errors import Invalid
 from app.handlers import TaskFailed, TaskInput
 from app.handlers.analysis import analyze
@@ -39,7 +38,11 @@ class TaskType:
 
 @dataclass(frozen=True)
 class DownstreamService:
-    """One of the spec's AI services: where its URLs come from and which path serves the type."""
+    """The default service of an AI task type: its *_SERVICE_URL variable and request path.
+
+    These defaults seed the service registry (app/services/registry.py); at runtime the
+    registry decides which service, URLs and path serve a type.
+    """
 
     name: str
     variable: str
@@ -58,23 +61,19 @@ assert {s.variable for s in DOWNSTREAM.values()} == set(SERVICE_URL_VARIABLES)
 
 
 def _downstream_runner(task_type: str) -> Runner:
-    service = DOWNSTREAM[task_type]
-
     def run(task: TaskInput) -> Any:
-        settings = current_app.config["SETTINGS"]
-        urls = settings.service_urls.get(service.name) or []
-        if not urls:
-            raise TaskFailed(f"{service.variable} is not configured")
+        # Imported here: the registry is seeded from DOWNSTREAM above.
+        from app.services import registry
+
         try:
-            return call_service(
-                urls,
-                service.path,
+            return registry.call(
+                task_type,
                 {"type": task_type, "params": task.data},
-                timeout=task.timeout or settings.downstream_timeout,
-                **({} if task.retries is None else {"retries": task.retries}),
+                timeout=task.timeout,
+                retries=task.retries,
             )
         except DownstreamError as error:
-            raise TaskFailed(f"{service.name} service: {error}") from error
+            raise TaskFailed(f"{task_type}: {error}") from error
 
     return run
 
@@ -108,7 +107,8 @@ _BUILT_IN = [
 _AI = [
     TaskType(
         name,
-        f"Calls the {service.name} service ({service.variable}) at {service.path}.",
+        f"Calls the service registered for it (by default {service.name}: "
+        f"{service.variable}, {service.path}).",
         "ml_inference",
         5,
         _downstream_runner(name),
@@ -135,14 +135,18 @@ def chunk_size_of(type_name: str) -> int:
 
 
 def require_runnable(task_type: TaskType) -> None:
-    """Refuse a downstream type whose service has no URL configured."""
+    """Refuse a downstream type whose service has no URL in the registry."""
     if task_type.name in DOWNSTREAM:
-        service = DOWNSTREAM[task_type.name]
-        if not current_app.config["SETTINGS"].service_urls.get(service.name):
+        from app.services import registry
+
+        configured, variable = registry.is_configured(task_type.name)
+        if not configured:
+            service = registry.service_for_task_type(task_type.name)
+            name = service.name if service else DOWNSTREAM[task_type.name].name
             raise Invalid(
-                f"Task type {task_type.name!r} needs the {service.name} service, "
-                f"but {service.variable} is not configured.",
-                missing_variable=service.variable,
+                f"Task type {task_type.name!r} needs the {name} service, "
+                f"but {variable} is not configured (or PUT /services/{name} with its URLs).",
+                missing_variable=variable,
             )
 
 
@@ -157,16 +161,39 @@ def require_capability(task_type: TaskType, capabilities: list[str], holder: str
 
 
 def describe_all() -> list[dict[str, Any]]:
-    """Every type, for GET /task-types."""
-    settings = current_app.config["SETTINGS"]
-    return [
-        {
-            "name": t.name,
-            "description": t.description,
-            "capability": t.capability,
-            "chunk_size": t.chunk_size,
-            "service": t.service,
-            "available": t.service is None or bool(settings.service_urls.get(t.service)),
-        }
-        for t in TASK_TYPES.values()
-    ]
+    """Every type, for GET /task-types; downstream types name the service the registry gives."""
+    from app.services import registry
+
+    serving = registry.services_by_task_type()
+    described = []
+    for t in TASK_TYPES.values():
+        view = serving.get(t.name)
+        downstream = t.name in DOWNSTREAM
+        described.append(
+            {
+                "name": t.name,
+                "description": t.description,
+                "capability": t.capability,
+                "chunk_size": t.chunk_size,
+                "service": view.name if view else None,
+                "available": not downstream or bool(view and view.urls),
+            }
+        )
+    return described
+
+
+def load_plugins(module_names: list[str]) -> None:
+    """Add the task types that plugin modules declare in their `TASK_TYPES` list.
+
+    A plugin is any importable module (TASK_TYPE_PLUGINS names them) whose TASK_TYPES holds
+    TaskType objects; a name that is already taken stops the start.
+    """
+    for module_name in module_names:
+        module = importlib.import_module(module_name)
+        for task_type in getattr(module, "TASK_TYPES", []):
+            known = TASK_TYPES.get(task_type.name)
+            if known is not None and known is not task_type:
+                raise ConfigError(
+                    f"TASK_TYPE_PLUGINS: {module_name} redefines task type {task_type.name!r}"
+                )
+            TASK_TYPES[task_type.name] = task_type

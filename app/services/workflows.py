@@ -272,14 +272,14 @@ def _advance_one(workflow: Workflow) -> list[tuple[int, str, str]]:
     if fatal:
         first = fatal[0]
         _cancel_unstarted(workflow.id)
-        _settle(workflow, WORKFLOW_FAILED, f"step {spec[first.step]['name']!r} failed: {first.error}")
+        _settle(
+            workflow, WORKFLOW_FAILED, f"step {spec[first.step]['name']!r} failed: {first.error}"
+        )
         return []
 
     released: list[tuple[int, str, str]] = []
     ended = False
-    results = {
-        name: step.result for name, step in by_name.items() if step.status == TASK_COMPLETED
-    }
+    results = {name: step.result for name, step in by_name.items() if step.status == TASK_COMPLETED}
     for step in steps:
         if step.status != TASK_WAITING:
             continue

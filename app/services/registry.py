@@ -1,0 +1,550 @@
+"""Service discovery: where each downstream AI service lives, whether its URLs answer, and calls.
+
+The `services` table is the registry. Its rows are seeded from the `*_SERVICE_URL` variables
+and the defaults of `task_types.DOWNSTREAM` the first time a process reads the registry (one
+`INSERT ... ON CONFLICT` statement, so every process may do it and the first one wins): seeding
+needs the migrated tables, which exist by the first request or task but not yet when
+create_app() runs before `flask db upgrade`. A row that `PUT /services/{name}` changed is never
+overwritten from the environment again; a row still following its variable takes the variable's
+new URLs when a process starts with different ones.
+
+Every call reads the registry afresh (a few rows), so a PUT takes effect on the next call in
+every worker without a restart. A call walks the service's URLs in order, skipping URLs whose
+circuit breaker is open (`breaker.py`) and trying last the ones the latest health probe found
+unhealthy; connection errors, timeouts, 429 and 5xx move on to the next URL. Calls in flight to
+one service are capped across all workers by a Redis semaphore, so a swarm cannot flood it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+import redis
+import requests
+from flask import current_app
+from sqlalchemy import select, text
+
+from app.clients.downstream import (
+    DownstreamBadResponse,
+    DownstreamError,
+    DownstreamHTTPError,
+    call_service,
+)
+from app.config import SERVICE_URL_VARIABLES, Settings
+from app.errors import Invalid, NotFound
+from app.extensions import db
+from app.models import (
+    ENDPOINT_HEALTHY,
+    ENDPOINT_UNHEALTHY,
+    ENDPOINT_UNKNOWN,
+    SOURCE_API,
+    SOURCE_ENV,
+    Service,
+    ServiceEndpoint,
+)
+from app.services import breaker
+from app.services.breaker import BreakerState
+from app.services.ids import utcnow
+from app.services.task_types import DOWNSTREAM
+
+log = logging.getLogger(__name__)
+
+VARIABLE_OF: dict[str, str] = {name: variable for variable, name in SERVICE_URL_VARIABLES.items()}
+
+DEFAULT_HEALTH_PATH = "/health"
+DEFAULT_MAX_CONCURRENCY = 16
+# Rounds over all URLs after the first, with exponential backoff; a task may set its own.
+DEFAULT_RETRIES = 2
+RETRY_BACKOFF_S = 0.2
+MAX_URLS = 10
+PROBE_TIMEOUT_S = 2.0
+# A probe older than this (beat stopped?) no longer demotes a URL.
+PROBE_FRESH_S = 120
+# How long a call waits for a free slot of a saturated service before giving up (retryable).
+SLOT_WAIT_S = 30.0
+INFLIGHT_PREFIX = "orchestrator:inflight:"
+
+# KEYS[1] in-flight set (token -> lease expiry); ARGV limit, token, lease seconds. 1 = acquired.
+# Expired leases (a worker killed mid-call) are dropped first, so a crash never leaks a slot.
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
+redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3])) + 60)
+return 1
+"""
+
+# Insert absent services; refresh the URLs of rows still following their variable.
+_SEED = """
+INSERT INTO services AS s (name, urls, path, health_path, timeout_s, task_types,
+                           max_concurrency, source)
+VALUES (:name, CAST(:urls AS text[]), :path, :health_path, :timeout_s,
+        CAST(:task_types AS text[]), :max_concurrency, :source)
+ON CONFLICT (name) DO UPDATE SET urls = EXCLUDED.urls, timeout_s = EXCLUDED.timeout_s,
+                                 updated_at = now()
+ WHERE s.source = :source
+   AND (s.urls, s.timeout_s) IS DISTINCT FROM (EXCLUDED.urls, EXCLUDED.timeout_s)
+"""
+
+_RECORD_PROBE = """
+INSERT INTO service_endpoints AS e (service, url, state, latency_ms, last_probe_at, last_error)
+VALUES (:service, :url, :state, :latency_ms, :probed_at, :last_error)
+ON CONFLICT (service, url) DO UPDATE
+   SET state = EXCLUDED.state, latency_ms = EXCLUDED.latency_ms,
+       last_probe_at = EXCLUDED.last_probe_at, last_error = EXCLUDED.last_error
+"""
+
+# Health rows of URLs a PUT removed.
+_FORGET_REMOVED_URLS = """
+DELETE FROM service_endpoints e USING services s
+ WHERE e.service = s.name AND NOT e.url = ANY(s.urls)
+"""
+
+# Database URLs this process has seeded (one per app, normally one).
+_seeded: set[str] = set()
+
+
+class ServiceBusy(DownstreamError):
+    """Every slot of the service stayed taken for SLOT_WAIT_S."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One URL of a service, with its last probe (and, in API answers, its breaker)."""
+
+    url: str
+    state: str = ENDPOINT_UNKNOWN
+    latency_ms: float | None = None
+    last_probe_at: datetime | None = None
+    last_error: str | None = None
+    # The probe is recent enough to steer calls.
+    fresh: bool = False
+    breaker: BreakerState | None = None
+
+
+@dataclass(frozen=True)
+class ServiceView:
+    """A registry row as callers and the API see it."""
+
+    name: str
+    variable: str | None
+    urls: list[str]
+    path: str
+    health_path: str
+    timeout_s: float
+    task_types: list[str]
+    max_concurrency: int
+    source: str
+    updated_at: datetime
+    endpoints: list[Endpoint] = field(default_factory=list)
+    # Calls holding a slot right now (API answers only).
+    in_flight: int | None = None
+
+
+# ---- seeding and reading ---------------------------------------------------------------------
+
+
+def default_services(settings: Settings) -> list[dict[str, Any]]:
+    """The seed rows: task_types.DOWNSTREAM's services with the URLs of their variables."""
+    rows: dict[str, dict[str, Any]] = {}
+    for type_name, default in DOWNSTREAM.items():
+        row = rows.setdefault(
+            default.name,
+            {
+                "name": default.name,
+                "urls": list(settings.service_urls.get(default.name, [])),
+                "path": default.path,
+                "health_path": DEFAULT_HEALTH_PATH,
+                "timeout_s": settings.downstream_timeout,
+                "task_types": [],
+                "max_concurrency": DEFAULT_MAX_CONCURRENCY,
+                "source": SOURCE_ENV,
+            },
+        )
+        row["task_types"].append(type_name)
+    return list(rows.values())
+
+
+def seed_from_settings(settings: Settings | None = None) -> None:
+    """Insert the services missing from the registry; refresh rows that still follow the env.
+
+    Runs in its own connection and transaction, so it never commits a caller's unit of work.
+    """
+    settings = settings or current_app.config["SETTINGS"]
+    with db.engine.begin() as connection:
+        connection.execute(text(_SEED), default_services(settings))
+    _seeded.add(settings.database_url)
+
+
+def list_services() -> list[ServiceView]:
+    """Every service with its URLs' probe results, breakers and calls in flight."""
+    return [_with_live_state(view) for view in _load_all()]
+
+
+def get_service(name: str) -> ServiceView:
+    """One service as list_services shows it, or 404."""
+    views = _load_all()
+    for view in views:
+        if view.name == name:
+            return _with_live_state(view)
+    raise NotFound(f"No service {name!r}.", known_services=[v.name for v in views])
+
+
+def service_for_task_type(type_name: str) -> ServiceView | None:
+    """The service registered for a downstream task type (None if no service serves it)."""
+    for view in _load_all():
+        if type_name in view.task_types:
+            return view
+    return None
+
+
+def services_by_task_type() -> dict[str, ServiceView]:
+    """Each downstream task type served by a service, mapped to that service."""
+    return {t: view for view in _load_all() for t in view.task_types}
+
+
+def is_configured(type_name: str) -> tuple[bool, str | None]:
+    """Whether a downstream type's service has a URL, and the variable that would give it one."""
+    view = service_for_task_type(type_name)
+    default = DOWNSTREAM.get(type_name)
+    variable = VARIABLE_OF.get(view.name) if view else None
+    variable = variable or (default.variable if default else None)
+    return bool(view and view.urls), variable
+
+
+def _ensure_seeded() -> None:
+    settings = current_app.config["SETTINGS"]
+    if settings.database_url not in _seeded or _missing_defaults(
+        settings, set(db.session.scalars(select(Service.name)))
+    ):
+        seed_from_settings(settings)
+
+
+def _missing_defaults(settings: Settings, present: set[str]) -> bool:
+    # True once the tables were emptied (tests, a restored backup): seeding runs again.
+    return bool({row["name"] for row in default_services(settings)} - present)
+
+
+def _load_all() -> list[ServiceView]:
+    settings = current_app.config["SETTINGS"]
+    if settings.database_url not in _seeded:
+        seed_from_settings(settings)
+    # populate_existing: a long-lived session must not answer from rows it read before a PUT.
+    query = select(Service).order_by(Service.name).execution_options(populate_existing=True)
+    services = db.session.scalars(query).all()
+    if _missing_defaults(settings, {s.name for s in services}):
+        seed_from_settings(settings)
+        services = db.session.scalars(query).all()
+    fresh_since = time.time() - PROBE_FRESH_S
+    endpoints: dict[tuple[str, str], Endpoint] = {}
+    for row in db.session.scalars(
+        select(ServiceEndpoint).execution_options(populate_existing=True)
+    ):
+        endpoints[(row.service, row.url)] = Endpoint(
+            url=row.url,
+            state=row.state,
+            latency_ms=row.latency_ms,
+            last_probe_at=row.last_probe_at,
+            last_error=row.last_error,
+            fresh=row.last_probe_at is not None and row.last_probe_at.timestamp() > fresh_since,
+        )
+    return [
+        ServiceView(
+            name=s.name,
+            variable=VARIABLE_OF.get(s.name),
+            urls=list(s.urls),
+            path=s.path,
+            health_path=s.health_path,
+            timeout_s=s.timeout_s,
+            task_types=list(s.task_types),
+            max_concurrency=s.max_concurrency,
+            source=s.source,
+            updated_at=s.updated_at,
+            endpoints=[endpoints.get((s.name, url), Endpoint(url)) for url in s.urls],
+        )
+        for s in services
+    ]
+
+
+def _with_live_state(view: ServiceView) -> ServiceView:
+    states = breaker.states(view.urls)
+    try:
+        in_flight: int | None = int(
+            _redis().zcount(INFLIGHT_PREFIX + view.name, time.time(), "+inf")
+        )
+    except redis.RedisError:
+        in_flight = None
+    return replace(
+        view,
+        endpoints=[replace(e, breaker=states.get(e.url)) for e in view.endpoints],
+        in_flight=in_flight,
+    )
+
+
+# ---- changing ------------------------------------------------------------------------------
+
+
+def update_service(
+    name: str,
+    *,
+    urls: list[str] | None = None,
+    path: str | None = None,
+    health_path: str | None = None,
+    timeout_s: float | None = None,
+    task_types: list[str] | None = None,
+    max_concurrency: int | None = None,
+) -> ServiceView:
+    """Change a service at runtime (422 on a bad value); the next call anywhere uses it. Commits.
+
+    Giving a task type to this service takes it from the service that served it. From now on the
+    row no longer follows its *_SERVICE_URL variable.
+    """
+    _ensure_seeded()
+    # Every row, locked in name order: a PUT may move task types between services, and two
+    # concurrent PUTs must not deadlock or work from stale rows.
+    rows = db.session.scalars(
+        select(Service)
+        .order_by(Service.name)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).all()
+    service = next((row for row in rows if row.name == name), None)
+    if service is None:
+        raise NotFound(f"No service {name!r}.", known_services=[row.name for row in rows])
+    if urls is not None:
+        service.urls = _checked_urls(urls)
+    if path is not None:
+        service.path = _checked_path(path, "path")
+    if health_path is not None:
+        service.health_path = _checked_path(health_path, "health_path")
+    if timeout_s is not None:
+        if not 0.1 <= timeout_s <= 600:
+            raise Invalid("timeout_s must be between 0.1 and 600 seconds.", field="timeout_s")
+        service.timeout_s = float(timeout_s)
+    if max_concurrency is not None:
+        if not 1 <= max_concurrency <= 10_000:
+            raise Invalid("max_concurrency must be between 1 and 10000.", field="max_concurrency")
+        service.max_concurrency = max_concurrency
+    if task_types is not None:
+        service.task_types = _checked_task_types(task_types)
+        for other in rows:
+            if other is service:
+                continue
+            kept = [t for t in other.task_types if t not in service.task_types]
+            if kept != list(other.task_types):
+                other.task_types = kept
+                other.updated_at = utcnow()
+    service.source = SOURCE_API
+    service.updated_at = utcnow()
+    db.session.flush()
+    db.session.execute(text(_FORGET_REMOVED_URLS))
+    db.session.commit()
+    return get_service(name)
+
+
+def _checked_urls(urls: list[str]) -> list[str]:
+    if not 1 <= len(urls) <= MAX_URLS:
+        raise Invalid(f"urls must hold 1 to {MAX_URLS} URLs.", field="urls")
+    checked = []
+    for raw in urls:
+        url = raw.strip().rstrip("/")
+        parsed = requests.utils.urlparse(url)
+        if (
+            parsed.scheme not in ("http", "https")
+            or not parsed.hostname
+            or any(c.isspace() for c in url)
+        ):
+            raise Invalid(f"{raw!r} is not an http(s) URL.", field="urls")
+        if url in checked:
+            raise Invalid(f"{url!r} is listed twice.", field="urls")
+        checked.append(url)
+    return checked
+
+
+def _checked_path(path: str, name: str) -> str:
+    if not path.startswith("/") or len(path) > 200 or any(c.isspace() for c in path):
+        raise Invalid(
+            f"{name} must start with '/' and hold no spaces (200 characters).", field=name
+        )
+    return path
+
+
+def _checked_task_types(task_types: list[str]) -> list[str]:
+    unknown = sorted(set(task_types) - set(DOWNSTREAM))
+    if unknown:
+        raise Invalid(
+            f"Not downstream task types: {', '.join(unknown)}.",
+            field="task_types",
+            known_types=sorted(DOWNSTREAM),
+        )
+    return list(dict.fromkeys(task_types))
+
+
+# ---- calling -------------------------------------------------------------------------------
+
+
+def call(
+    task_type: str,
+    payload: dict[str, Any],
+    *,
+    timeout: float | None = None,
+    retries: int | None = None,
+) -> dict[str, Any]:
+    """POST payload to the service of task_type, failing over across its URLs; the JSON reply.
+
+    Raises DownstreamError: `retryable` says whether trying later may succeed.
+    """
+    view = service_for_task_type(task_type)
+    if view is None:
+        raise DownstreamError(f"no service serves task type {task_type!r}", retryable=False)
+    if not view.urls:
+        raise DownstreamError(
+            f"the {view.name} service has no URL (set {view.variable} or PUT /services/{view.name})",
+            retryable=False,
+        )
+    timeout = timeout or view.timeout_s
+    rounds = 1 + (DEFAULT_RETRIES if retries is None else max(retries, 0))
+    last_error: DownstreamError | None = None
+    for round_number in range(rounds):
+        if round_number:
+            base = RETRY_BACKOFF_S * 2 ** (round_number - 1)
+            time.sleep(base + random.uniform(0, base))
+        try:
+            return _one_round(view, payload, timeout)
+        except ServiceBusy:
+            raise
+        except DownstreamError as error:
+            if not error.retryable:
+                raise
+            last_error = error
+    assert last_error is not None
+    raise last_error
+
+
+def _one_round(view: ServiceView, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
+    # URLs the latest probe found down go last: probes can be wrong, calls are the real test.
+    demoted = {e.url for e in view.endpoints if e.state == ENDPOINT_UNHEALTHY and e.fresh}
+    ordered = [u for u in view.urls if u not in demoted] + [u for u in view.urls if u in demoted]
+    # Long enough for the whole call (connect and read timeouts) to end before another trial.
+    trial_ttl = 2 * timeout + 5
+    last_error: DownstreamError | None = None
+    for url in ordered:
+        if not breaker.allow(url, trial_ttl):
+            continue
+        try:
+            with _slot(view, timeout):
+                result = call_service([url], view.path, payload, timeout=timeout, retries=0)
+        except ServiceBusy:
+            raise
+        except DownstreamError as error:
+            if error.retryable:
+                breaker.record_failure(url)
+                last_error = error
+                continue
+            if isinstance(error, (DownstreamHTTPError, DownstreamBadResponse)):
+                breaker.record_success(url)  # it answered: the URL is up, the request is bad
+            raise
+        breaker.record_success(url)
+        return result
+    if last_error is None:
+        raise DownstreamError(
+            f"circuit breaker open for every URL of the {view.name} service", retryable=True
+        )
+    raise last_error
+
+
+@contextmanager
+def _slot(view: ServiceView, timeout: float) -> Iterator[None]:
+    """Hold one of the service's max_concurrency slots, shared by every worker, for one attempt."""
+    key = INFLIGHT_PREFIX + view.name
+    token = uuid.uuid4().hex
+    # A slot outlives the longest attempt; an expired one belonged to a worker that died.
+    lease = 2 * timeout + 10
+    client = _redis()
+    try:
+        _wait_for_slot(client, key, token, lease, view)
+        held = True
+    except redis.RedisError as error:
+        log.warning("concurrency limit of %s unavailable, calling anyway: %s", view.name, error)
+        held = False
+    try:
+        yield
+    finally:
+        if held:
+            try:
+                client.zrem(key, token)
+            except redis.RedisError:
+                pass  # the lease expires on its own
+
+
+def _wait_for_slot(
+    client: redis.Redis, key: str, token: str, lease: float, view: ServiceView
+) -> None:
+    deadline = time.monotonic() + SLOT_WAIT_S
+    while not client.eval(_ACQUIRE, 1, key, view.max_concurrency, token, lease):
+        if time.monotonic() > deadline:
+            raise ServiceBusy(
+                f"the {view.name} service had no free slot (max_concurrency "
+                f"{view.max_concurrency}) for {SLOT_WAIT_S:.0f}s",
+                retryable=True,
+            )
+        time.sleep(random.uniform(0.01, 0.05))
+
+
+# ---- probing -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Probe:
+    service: str
+    url: str
+    state: str
+    latency_ms: float | None
+    last_error: str | None
+
+
+def probe_all() -> dict[str, int]:
+    """GET every URL's health path (in parallel, short timeout) and store what answered. Commits."""
+    targets = [(view, url) for view in _load_all() for url in view.urls]
+    probed_at = utcnow()
+    results: list[_Probe] = []
+    if targets:
+        with ThreadPoolExecutor(max_workers=min(16, len(targets))) as pool:
+            results = list(pool.map(lambda target: _probe(*target), targets))
+        db.session.execute(
+            text(_RECORD_PROBE),
+            [{**r.__dict__, "probed_at": probed_at} for r in results],
+        )
+    db.session.execute(text(_FORGET_REMOVED_URLS))
+    db.session.commit()
+    healthy = sum(1 for r in results if r.state != ENDPOINT_UNHEALTHY)
+    return {"probed": len(results), "healthy": healthy, "unhealthy": len(results) - healthy}
+
+
+def _probe(view: ServiceView, url: str) -> _Probe:
+    target = url.rstrip("/") + "/" + view.health_path.lstrip("/")
+    started = time.monotonic()
+    try:
+        response = requests.get(target, timeout=PROBE_TIMEOUT_S, allow_redirects=False)
+    except requests.RequestException as exc:
+        return _Probe(view.name, url, ENDPOINT_UNHEALTHY, None, f"{type(exc).__name__}")
+    latency_ms = round((time.monotonic() - started) * 1000, 1)
+    if 200 <= response.status_code < 300:
+        return _Probe(view.name, url, ENDPOINT_HEALTHY, latency_ms, None)
+    error = f"{target} answered {response.status_code}"
+    return _Probe(view.name, url, ENDPOINT_UNHEALTHY, latency_ms, error)
+
+
+def _redis() -> redis.Redis:
+    return current_app.extensions["redis"]
