@@ -14,8 +14,11 @@ _settings = Settings.from_env()
 broker_url = _settings.redis_url
 broker_connection_retry_on_startup = True
 # Publishing must not hang a request when Redis is down: fail fast, the reconciler re-publishes.
+# (Publishing is bounded by the transport options below and the publish retry policy.)
 broker_connection_timeout = 2
-broker_connection_max_retries = 1
+# Only workers and beat read this: they must outlive a Redis restart, so they reconnect forever.
+# With a finite number the worker's main process exits a second or two into an outage.
+broker_connection_max_retries = None
 broker_transport_options = {
     # Consume queues in the order given to `-Q` (L20 first): BRPOP returns from the first
     # non-empty key.
@@ -40,9 +43,18 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 task_time_limit = _settings.task_lease_seconds
-task_soft_time_limit = max(_settings.task_lease_seconds - 10, 1)
+# Ten seconds before the hard limit; for short leases (tests) four fifths of it, not 1 s, which
+# failed tasks of a chunk that was merely slowed down by a busy machine.
+task_soft_time_limit = max(_settings.task_lease_seconds - 10, _settings.task_lease_seconds * 0.8)
 
 beat_schedule = {
     "reconcile": {"task": "orchestrator.reconcile", "schedule": 15.0},
+    # On the L20 queue so a standard backlog cannot delay it; a probe older than the next is
+    # worthless, so it expires instead of piling up while no worker runs.
+    "probe-services": {
+        "task": "orchestrator.probe_services",
+        "schedule": 30.0,
+        "options": {"queue": "L20", "expires": 25},
+    },
 }
 timezone = "UTC"

@@ -18,9 +18,10 @@ from psycopg2.errors import DeadlockDetected
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
+from app.errors import is_connection_error
 from app.extensions import db
 from app.handlers import TaskFailed, TaskInput
-from app.models import TASK_COMPLETED, TASK_FAILED, TASK_RUNNING
+from app.models import TASK_ASSIGNED, TASK_COMPLETED, TASK_FAILED, TASK_RUNNING
 from app.services import workflows
 from app.services.payloads import load_payloads
 from app.services.tally import TALLY_CTES
@@ -28,12 +29,19 @@ from app.services.task_types import TASK_TYPES
 
 log = logging.getLogger(__name__)
 
+# How long a worker keeps retrying to record finished tasks while PostgreSQL is unreachable.
+DATABASE_OUTAGE_PATIENCE_SECONDS = 60.0
+
 # A task is claimed only while its bot (if any) is active; a paused bot's tasks wait.
+# `(status = ...) IS TRUE` keeps the planner on the primary key: right after a mass-action the
+# statistics still say few tasks are assigned, and it would read the whole backlog through
+# ix_tasks_open and test each row against the id list (measured: 145 ms instead of 8 ms for a
+# 2,000-id chunk behind 50,000 assigned tasks).
 _CLAIM = """
 UPDATE tasks t
    SET status = 'running', attempts = t.attempts + 1, started_at = now(),
        lease_expires_at = now() + make_interval(secs => :lease)
- WHERE t.id = ANY(:ids) AND t.status = 'assigned'
+ WHERE t.id = ANY(:ids) AND (t.status = 'assigned') IS TRUE
    AND (t.bot_id IS NULL
         OR EXISTS (SELECT 1 FROM bots b WHERE b.id = t.bot_id AND b.status = 'active'))
 RETURNING t.id, t.type, t.payload_id, t.slice_index, t.attempts, t.timeout_s, t.retries
@@ -58,6 +66,45 @@ WITH outcome AS (
     + TALLY_CTES
     + "SELECT count(*), array_remove(array_agg(DISTINCT workflow_id), NULL) FROM moved"
 )
+
+# Built-in types whose handlers are pure, in-process and quick. A first delivery of a chunk of them
+# is run without a claim: read (_PEEK), run, then one statement moves assigned -> outcome, on the
+# attempt the read saw. That writes each task row once instead of twice and commits once per chunk
+# (measured: the claim was ~40% of the database time of a 2,000-task echo chunk). Safe because
+# the move is conditional (a concurrent duplicate counts once) and running them twice is harmless;
+# a redelivered message (its worker died mid-chunk) takes the claim path, so attempts and leases
+# still stop a chunk that kills its worker. Downstream calls always take the claim path.
+ONE_STEP_TYPES = frozenset(
+    {"echo", "data_processing", "mass_data_processing", "distributed_analysis", "reporting"}
+)
+
+_PEEK = """
+SELECT t.id, t.type, t.payload_id, t.slice_index, t.attempts + 1, t.timeout_s, t.retries, now()
+  FROM tasks t
+ WHERE t.id = ANY(:ids) AND (t.status = 'assigned') IS TRUE
+   AND (t.bot_id IS NULL
+        OR EXISTS (SELECT 1 FROM bots b WHERE b.id = t.bot_id AND b.status = 'active'))
+"""
+
+
+def _unclaimed_variant(statement: str) -> str:
+    """_RECORD for tasks run without a claim: it also counts the attempt and sets started_at."""
+    changes = [
+        ("lease_expires_at = NULL\n",
+         "lease_expires_at = NULL, attempts = t.attempts + 1,\n"
+         "           started_at = CAST(:started_at AS timestamptz)\n"),
+        ("t.attempts = o.attempt)", "t.attempts + 1 = o.attempt)"),
+        # As in _CLAIM: look the chunk up by id, not the whole assigned backlog by status.
+        ("t.status = ANY(:from_states)", "(t.status = ANY(:from_states)) IS TRUE"),
+    ]  # fmt: skip
+    for old, new in changes:
+        if statement.count(old) != 1:
+            raise AssertionError(f"_RECORD changed; update _unclaimed_variant ({old!r})")
+        statement = statement.replace(old, new)
+    return statement
+
+
+_RECORD_UNCLAIMED = _unclaimed_variant(_RECORD)
 
 
 @dataclass(frozen=True)
@@ -92,11 +139,14 @@ def claim(task_ids: list[int]) -> list[Claimed]:
     return [Claimed(*row) for row in rows]
 
 
-def record_outcomes(outcomes: list[Outcome], from_states: tuple[str, ...]) -> int:
+def record_outcomes(
+    outcomes: list[Outcome], from_states: tuple[str, ...], *, unclaimed_since: Any = None
+) -> int:
     """Move tasks to their outcome and count them, in one statement; commits.
 
     Only tasks still in from_states (and, for a worker, still on the same attempt) move, so the
-    counters never count a task twice. Workflow steps that became ready are released in the same
+    counters never count a task twice. With `unclaimed_since` (tasks run straight from
+    `assigned`), the move also counts the attempt and sets started_at. Workflow steps that became ready are released in the same
     transaction and published after it. Returns how many moved.
     """
     params = {
@@ -107,20 +157,31 @@ def record_outcomes(outcomes: list[Outcome], from_states: tuple[str, ...]) -> in
         "attempts": [o.attempt for o in outcomes],
         "from_states": list(from_states),
     }
-    for attempt in range(3):
+    statement = _RECORD
+    if unclaimed_since is not None:
+        statement, params["started_at"] = _RECORD_UNCLAIMED, unclaimed_since
+    deadline = time.monotonic() + DATABASE_OUTAGE_PATIENCE_SECONDS
+    deadlocks = 0
+    while True:
         try:
-            moved, workflow_ids = db.session.execute(text(_RECORD), params).one()
+            moved, workflow_ids = db.session.execute(text(statement), params).one()
             released = workflows.advance(workflow_ids) if workflow_ids else []
             db.session.commit()
             workflows.publish_steps(released)
             return int(moved)
         except OperationalError as error:
             db.session.rollback()
-            # Two chunks touching the same bots in different orders; the loser simply retries.
-            if not isinstance(error.orig, DeadlockDetected) or attempt == 2:
+            if isinstance(error.orig, DeadlockDetected) and deadlocks < 2:
+                # Two chunks touching the same bots in different orders; the loser retries.
+                deadlocks += 1
+                log.warning("deadlock recording %d outcomes; retrying", len(outcomes))
+            elif is_connection_error(error) and time.monotonic() < deadline:
+                # Hold on to finished work while PostgreSQL restarts rather than drop it and
+                # wait for the lease to expire.
+                log.warning("database unavailable recording %d outcomes; retrying", len(outcomes))
+                time.sleep(1.0)
+            else:
                 raise
-            log.warning("deadlock recording %d outcomes; retrying", len(outcomes))
-    raise AssertionError("unreachable")
 
 
 def run_one(task: Claimed, data: dict[str, Any]) -> Outcome:
@@ -149,15 +210,32 @@ def run_one(task: Claimed, data: dict[str, Any]) -> Outcome:
     return Outcome(task.id, TASK_COMPLETED, result, None, task.attempt)
 
 
-def run_chunk(task_ids: list[int]) -> dict[str, int]:
-    """Claim, run and record one chunk of tasks; returns counts for the log."""
+def run_chunk(task_ids: list[int], redelivered: bool = False) -> dict[str, int]:
+    """Claim, run and record one chunk of tasks; returns counts for the log.
+
+    A first delivery of quick built-in types skips the claim (see ONE_STEP_TYPES).
+    """
     started = time.monotonic()
-    claimed = claim(task_ids)
+    claimed: list[Claimed] = []
+    since = None
+    if not redelivered:
+        rows = db.session.execute(text(_PEEK), {"ids": task_ids}).all()
+        # End the read: no snapshot is held while handlers run, and finished_at is the record's.
+        db.session.rollback()
+        if rows and all(row[1] in ONE_STEP_TYPES for row in rows):
+            claimed, since = [Claimed(*row[:-1]) for row in rows], rows[0][-1]
+        elif not rows:
+            return {"received": len(task_ids), "claimed": 0, "recorded": 0}
+    if since is None:
+        claimed = claim(task_ids)
     if not claimed:
         return {"received": len(task_ids), "claimed": 0, "recorded": 0}
     payloads = load_payloads({task.payload_id for task in claimed})
     outcomes = [run_one(task, payloads.get(task.payload_id, {})) for task in claimed]
-    recorded = record_outcomes(outcomes, from_states=(TASK_RUNNING,))
+    if since is None:
+        recorded = record_outcomes(outcomes, from_states=(TASK_RUNNING,))
+    else:
+        recorded = record_outcomes(outcomes, from_states=(TASK_ASSIGNED,), unclaimed_since=since)
     failed = sum(1 for o in outcomes if o.state == TASK_FAILED)
     log.info(
         "chunk done: %d received, %d claimed, %d recorded, %d failed in %.0f ms",
@@ -168,4 +246,3 @@ def run_chunk(task_ids: list[int]) -> dict[str, int]:
         (time.monotonic() - started) * 1000,
     )
     return {"received": len(task_ids), "claimed": len(claimed), "recorded": recorded}
-
