@@ -6,22 +6,24 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements.stamp
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 QUEUES := L20,advanced,standard
 # Exports DATABASE_URL and REDIS_URL (starting embedded servers if none are configured), then runs
 # the rest of the recipe line with them.
 WITH_SERVICES = exports="$$($(PY) -m deploy.devstack services)" && eval "$$exports" &&
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test lint format migrate worker beat flower services stop-services bench clean
+.PHONY: help venv run test lint format migrate worker beat flower services stop-services bench chaos clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-venv: $(STAMP) ## Create .venv and install requirements-dev.txt (again only when requirements change)
+venv: $(STAMP) ## Create .venv, install requirements-dev.txt and the `orchestrator` CLI (again on changes)
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 run: venv ## Run API, worker and beat with prefixed logs (embedded servers if none configured)
@@ -58,8 +60,11 @@ services: venv ## Ensure PostgreSQL and Redis; print export lines: eval "$(make 
 stop-services: venv ## Stop the embedded PostgreSQL and Redis that `services` left running
 	$(PY) -m deploy.devstack stop
 
-bench: venv ## Run the benchmark (python -m bench)
-	$(PY) -m bench
+bench: venv ## Run the benchmark on a fresh database; writes docs/performance.md (BENCH_ARGS=--quick)
+	$(PY) -m deploy.devstack test -- $(PY) -m bench $(BENCH_ARGS)
+
+chaos: venv ## Fault soak at 50,000 tasks (kill -9, Redis flush/restart, PostgreSQL restart); writes docs/reliability.md
+	$(PY) -m deploy.devstack test -- $(PY) -m bench.chaos
 
 clean: ## Stop embedded servers, remove var/ and caches (keeps .venv)
 	if [ -x $(PY) ]; then $(PY) -m deploy.devstack stop; fi

@@ -2,23 +2,48 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 from app.dispatch import EXECUTE_CHUNK, RECONCILE
 from app.extensions import db
-from app.services import execution, health, reconciler
+from app.services import execution, health, reconciler, registry
 from workers.celery_app import celery
 
+PROBE_SERVICES = "orchestrator.probe_services"
 
-@celery.task(name=EXECUTE_CHUNK)
-def execute_chunk(task_ids: list[int]) -> dict[str, int]:
+log = logging.getLogger(__name__)
+
+
+@celery.task(name=EXECUTE_CHUNK, bind=True)
+def execute_chunk(self, task_ids: list[int]) -> dict[str, int]:
     """Claim, run and record one chunk of tasks."""
+    # Set by the broker when a worker died holding this message: take the safe (claim) path.
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    started = time.monotonic()
+    outcome: dict[str, Any] = {"outcome": "error"}
     try:
-        report = execution.run_chunk(task_ids)
+        report = execution.run_chunk(task_ids, redelivered=redelivered)
+        outcome = {"outcome": "recorded", **report}
         health.note_chunk_completed()
         return report
     finally:
         db.session.remove()
+        # One line per chunk; the request id comes from the message (see AppContextTask).
+        log.info(
+            "chunk %s",
+            outcome["outcome"],
+            extra={
+                "fields": {
+                    "event": "chunk",
+                    "task_count": len(task_ids),
+                    "redelivered": redelivered,
+                    **outcome,
+                    "duration_ms": round((time.monotonic() - started) * 1000, 2),
+                }
+            },
+        )
 
 
 @celery.task(name=RECONCILE)
@@ -26,5 +51,14 @@ def reconcile() -> dict[str, Any]:
     """Recover expired leases and re-publish stranded tasks."""
     try:
         return reconciler.reconcile().__dict__
+    finally:
+        db.session.remove()
+
+
+@celery.task(name=PROBE_SERVICES)
+def probe_services() -> dict[str, int]:
+    """Probe every downstream URL's health path and store state, latency and time."""
+    try:
+        return registry.probe_all()
     finally:
         db.session.remove()

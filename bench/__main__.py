@@ -1,0 +1,110 @@
+"""`python -m bench [--quick] [--runs N]`: start the stack, run the scenarios, write the report.
+
+Needs DATABASE_URL and REDIS_URL naming an empty database and Redis DB (`make bench` runs it under
+`python -m deploy.devstack test --`, which provides both and removes them afterwards).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import load, report, scenarios
+from bench.client import Api, broker, database
+from bench.scenarios import Bench, say
+from bench.stack import Stack
+
+MEMORY_ROUNDS = 10
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM: stop what we started, then leave."""
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="5,000 bots only (under 2 minutes)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per scenario (default 3)")
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    for name in ("DATABASE_URL", "REDIS_URL"):
+        if not os.environ.get(name):
+            parser.error(f"{name} is not set; run it as `make bench`")
+
+    sizes = [5_000] if args.quick else [5_000, 50_000]
+    read_seconds = 3.0 if args.quick else 10.0
+    big = sizes[-1]
+    steps = 7
+    began = time.monotonic()
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+
+    log_dir = Path(tempfile.mkdtemp(prefix="orchestrator-bench-"))
+    env = dict(os.environ, MAX_BOTS="1000000", PYTHONUNBUFFERED="1")
+    stack = Stack(env=env, log_dir=log_dir)
+    try:
+        say(f"Starting the stack (logs in {log_dir})")
+        stack.migrate()
+        stack.start_api()
+        stack.start_worker()
+        b = Bench(stack=stack, api=Api(stack.base_url), db=database(), redis=broker(),
+                  runs=args.runs)  # fmt: skip
+        results: dict = {"quick": args.quick, "runs": args.runs, "sizes": sizes,
+                         "l20_spacing_seconds": scenarios.L20_SPACING_SECONDS,
+                         "single_task_samples": scenarios.SINGLE_TASK_SAMPLES,
+                         "memory_rounds": MEMORY_ROUNDS}  # fmt: skip
+        results["machine"] = report.machine(b.db, b.redis, load.generator())
+
+        results["create"] = [scenarios.create_swarms(b, n, f"[1/{steps}]") for n in sizes]
+        results["single_task"] = scenarios.single_task(b, f"[2/{steps}]")
+        results["mass_action"] = [scenarios.mass_action(b, n, f"[3/{steps}]") for n in sizes]
+        stack.start_baseline_worker()
+        results["baseline"] = [scenarios.baseline(b, n, f"[4/{steps}]") for n in sizes]
+        stack.stop("baseline")
+        results["priority"] = scenarios.priority(b, big, f"[5/{steps}]")
+        results["reads"] = scenarios.reads(b, big, read_seconds, 32, f"[6/{steps}]")
+        results["memory"] = scenarios.worker_memory(b, big, MEMORY_ROUNDS, f"[7/{steps}]")
+    except Interrupted as stopped:
+        say(f"{stopped} received; stopping the stack")
+        return 130
+    except Exception:
+        for name, process in stack.processes.items():
+            say(f"--- last lines of {name} ---\n" + "\n".join(process.log().splitlines()[-30:]))
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stack.stop_all()
+        say("Stopped the stack")
+    shutil.rmtree(log_dir, ignore_errors=True)
+
+    results["elapsed_seconds"] = time.monotonic() - began
+    results["finished_at"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    table = report.rows(results)
+    results["table"] = [row.__dict__ for row in table]
+    say(f"Raw results: {report.write_json(results).relative_to(report.ROOT)}")
+    if args.quick:
+        say("Quick mode: docs/performance.md left as it is")
+    else:
+        say(f"Report: {report.write_doc(results, table).relative_to(report.ROOT)}")
+    say(f"Finished in {results['elapsed_seconds']:.0f} s")
+    print(report.render_table(table))
+    for line in report.misses(table):
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,300 @@
+"""Medians, goals and the two outputs: bench/results/*.json and docs/performance.md."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "performance.md"
+RESULTS = ROOT / "bench" / "results"
+# Everything below this line in docs/performance.md is written by hand and kept on every run.
+NOTES_MARKER = (
+    "<!-- Hand-written notes below: bench/report.py keeps everything after this line. -->"
+)
+SMALL, LARGE = 5_000, 50_000
+
+
+@dataclass
+class Row:
+    """One line of the table."""
+
+    scenario: str
+    n: str
+    value: float | None
+    unit: str
+    goal: str = "—"
+    met: bool | None = None
+
+    def shown(self) -> str:
+        if self.value is None:
+            return "—"
+        if self.unit == "s":
+            return f"{self.value:.3f} s" if self.value < 10 else f"{self.value:.1f} s"
+        if self.unit == "ms":
+            return f"{self.value:.1f} ms"
+        if self.unit == "x":
+            return f"{self.value:.2f}×" if self.value < 10 else f"{self.value:.1f}×"
+        if self.unit == "MB":
+            return f"{self.value:.0f} MB"
+        if self.unit == "%":
+            return f"{self.value:+.1f} %"
+        if self.unit == "req/s":
+            return f"{self.value:,.0f} req/s"
+        return f"{self.value:g} {self.unit}"
+
+    def verdict(self) -> str:
+        return {True: "yes", False: "**no**", None: ""}[self.met]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def machine(db, redis, generator: str) -> dict[str, Any]:
+    """What the numbers were measured on."""
+    with db.cursor() as cur:
+        cur.execute("SHOW server_version")
+        pg = cur.fetchone()[0]
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory_gb = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory_gb = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    versions = {}
+    for package in ("Flask", "flask-smorest", "SQLAlchemy", "psycopg2-binary", "celery", "kombu",
+                    "redis", "gunicorn"):  # fmt: skip
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    import os
+
+    return {
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gb": memory_gb,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "postgresql": pg,
+        "redis": redis.info("server")["redis_version"],
+        "load_generator": generator,
+        "packages": versions,
+    }
+
+
+def _goal(value: float | None, limit: float, at_most: bool, applies: bool) -> bool | None:
+    if value is None or not applies:
+        return None
+    return value <= limit if at_most else value >= limit
+
+
+def rows(results: dict[str, Any]) -> list[Row]:
+    """The table, from the raw results."""
+    quick = results["quick"]
+    sizes = results["sizes"]
+    big = sizes[-1]
+    full = big == LARGE and not quick
+    out: list[Row] = []
+
+    create = {c["n"]: median(c["seconds"]) for c in results["create"]}
+    for n in sizes:
+        goal = n == LARGE
+        out.append(Row("Create swarm, all ids answered", f"{n:,}", create[n], "s",
+                       "≤ 1.0 s" if goal else "—", _goal(create[n], 1.0, True, goal)))  # fmt: skip
+    if SMALL in create and LARGE in create:
+        ratio = create[LARGE] / create[SMALL]
+        out.append(Row("Creation cost ratio 50,000 ÷ 5,000", "", ratio, "x", "≤ 12",
+                       _goal(ratio, 12, True, True)))  # fmt: skip
+
+    mass = {m["n"]: m for m in results["mass_action"]}
+    base = {m["n"]: median(m["completed_seconds"]) for m in results["baseline"]}
+    accepted = {n: median(m["accepted_seconds"]) for n, m in mass.items()}
+    done = {n: median(m["completed_seconds"]) for n, m in mass.items()}
+    for n in sizes:
+        goal = n == LARGE
+        out.append(Row("Mass-action (echo): 202 received", f"{n:,}", accepted[n], "s",
+                       "≤ 0.5 s" if goal else "—", _goal(accepted[n], 0.5, True, goal)))  # fmt: skip
+        out.append(Row("Mass-action (echo): all executed and counted", f"{n:,}", done[n], "s",
+                       "≤ 2.0 s" if goal else "—", _goal(done[n], 2.0, True, goal)))  # fmt: skip
+        out.append(Row("Plain-Celery baseline: N apply_async no-ops, all run", f"{n:,}",
+                       base[n], "s"))  # fmt: skip
+        out.append(Row("Ours ÷ baseline (end-to-end time ratio)", f"{n:,}", done[n] / base[n],
+                       "x", "≤ 0.067 (1/15)" if goal else "—",
+                       _goal(done[n] / base[n], 1 / 15, True, goal)))  # fmt: skip
+        out.append(Row("Speed-up over baseline (baseline ÷ ours)", f"{n:,}", base[n] / done[n],
+                       "x", "≥ 15×" if goal else "—",
+                       _goal(base[n] / done[n], 15, False, goal)))  # fmt: skip
+    if SMALL in mass and LARGE in mass:
+        for label, table in (("202", accepted), ("end-to-end", done)):
+            ratio = table[LARGE] / table[SMALL]
+            out.append(Row(f"Mass-action cost ratio 50,000 ÷ 5,000 ({label})", "", ratio, "x",
+                           "≤ 12", _goal(ratio, 12, True, True)))  # fmt: skip
+
+    prio = results["priority"]
+    p50 = median([r["p50_seconds"] for r in prio["runs"]])
+    p99 = median([r["p99_seconds"] for r in prio["runs"]])
+    n = f"{prio['n']:,} standard queued"
+    out.append(Row("L20 task: time to start, p50", n, p50, "s"))
+    out.append(Row("L20 task: time to start, p99", n, p99, "s", "≤ 1.0 s",
+                   _goal(p99, 1.0, True, full)))  # fmt: skip
+
+    rd = results["reads"]
+    trivial = median([r["rps"] for r in rd["endpoints"]["GET /docs (trivial)"]])
+    n = f"{rd['n']:,} bots"
+    for name, runs in rd["endpoints"].items():
+        rps = median([r["rps"] for r in runs])
+        is_trivial = "trivial" in name
+        out.append(Row(f"{name}: throughput", n, rps, "req/s"))
+        out.append(Row(f"{name}: p50", n, median([r["p50_ms"] for r in runs]), "ms"))
+        p99 = median([r["p99_ms"] for r in runs])
+        out.append(Row(f"{name}: p99", n, p99, "ms", "—" if is_trivial else "≤ 25 ms",
+                       None if is_trivial else _goal(p99, 25, True, full)))  # fmt: skip
+        if not is_trivial:
+            out.append(Row(f"{name}: throughput ÷ trivial endpoint's", n, rps / trivial, "x",
+                           "≥ 0.5", _goal(rps / trivial, 0.5, False, full)))  # fmt: skip
+
+    single = results["single_task"]["runs"]
+    out.append(
+        Row(
+            "Single task at idle (echo), p50",
+            "1",
+            median([r["p50_seconds"] * 1000 for r in single]),
+            "ms",
+        )
+    )
+    out.append(
+        Row(
+            "Single task at idle (echo), p99",
+            "1",
+            median([r["p99_seconds"] * 1000 for r in single]),
+            "ms",
+        )
+    )
+
+    big_create = next(c for c in results["create"] if c["n"] == big)
+    peak = max(big_create["api_worker_peak_rss_mb"])
+    out.append(Row("gunicorn worker peak RSS while creating a swarm", f"{big:,}", peak, "MB",
+                   "< 250 MB", _goal(peak, 250, True, full)))  # fmt: skip
+    mem = results["memory"]
+    tasks = f"{mem['tasks']:,} tasks"
+    out.append(Row("Celery worker RSS (main + pool) before", tasks, mem["before_mb"], "MB"))
+    out.append(Row("Celery worker RSS (main + pool) after", tasks, mem["after_mb"], "MB"))
+    out.append(Row("Celery worker RSS growth", tasks, mem["growth_percent"], "%", "≤ +10 %",
+                   _goal(mem["growth_percent"], 10, True, full)))  # fmt: skip
+    return out
+
+
+def misses(table: list[Row]) -> list[str]:
+    """One line per missed goal: by how much."""
+    lines = []
+    for row in table:
+        if row.met is not False or row.value is None:
+            continue
+        limit = float(row.goal.split()[1].replace("×", "").replace("(1/15)", "").strip("+"))
+        if row.goal.startswith("≥"):
+            how = f"{row.value / limit:.0%} of the goal"
+        else:
+            how = f"{row.value / limit:.2f}× the limit"
+        lines.append(
+            f"- {row.scenario} ({row.n or 'ratio'}): {row.shown()} against {row.goal}: {how}."
+        )
+    return lines
+
+
+def write_json(results: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / ("quick.json" if results["quick"] else "latest.json")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def render_table(table: list[Row]) -> str:
+    lines = ["| scenario | N | median | goal | met? |", "|---|---:|---:|---|---|"]
+    for row in table:
+        lines.append(f"| {row.scenario} | {row.n} | {row.shown()} | {row.goal} | {row.verdict()} |")
+    return "\n".join(lines)
+
+
+def write_doc(results: dict[str, Any], table: list[Row]) -> Path:
+    """docs/performance.md: the generated part, then the hand-written notes kept from before."""
+    notes = ""
+    if DOC.exists() and NOTES_MARKER in DOC.read_text():
+        notes = DOC.read_text().split(NOTES_MARKER, 1)[1].lstrip("\n")
+    m = results["machine"]
+    rd = results["reads"]
+    missed = misses(table)
+    text = f"""# Performance
+
+Generated by `make bench` (`python -m bench`) on {results["finished_at"]}, in {results["elapsed_seconds"]:.0f} s;
+raw samples in `bench/results/latest.json`. Every figure is the **median of {results["runs"]} runs**.
+
+**Machine:** {m["cores"]} cores ({m["cpu"]}), {m["memory_gb"]} GB RAM, Linux {m["kernel"]};
+Python {m["python"]}, PostgreSQL {m["postgresql"]}, Redis {m["redis"]},
+{", ".join(f"{k} {v}" for k, v in m["packages"].items())}. Load generator: {m["load_generator"]}.
+
+**Stack:** gunicorn with 2 sync workers (`gunicorn.conf.py`, access log on), one
+`celery -A workers worker -Q L20,advanced,standard --concurrency 2 --loglevel INFO`, PostgreSQL and
+Redis on loopback, exactly as `make run` starts them; the benchmark and the load generator run on
+the same {m["cores"]} cores.
+
+## Results
+
+{render_table(table)}
+
+{"All goals met." if not missed else "Goals missed:" + chr(10) + chr(10) + chr(10).join(missed)}
+
+## Method
+
+1. **Swarm creation**: `POST /swarms` with `count` N (tier standard), timed until the whole answer
+   with N ids has been read; a new swarm each run. A thread samples the VmRSS of both gunicorn
+   workers every 5 ms during the request (and reads VmHWM after), for the peak-RSS row.
+2. **Mass-action**: `POST /swarms/{{id}}/tasks` `{{"type": "echo"}}` on a fresh N-bot swarm; time to
+   the 202, then `GET /swarms/{{id}}` every 20 ms until `total_tasks_completed` has grown by N.
+3. **Baseline**: `bench/baseline.py` (not part of the service): N `apply_async` calls of the no-op
+   task `bench.noop`, one message each, consumed by a separate `celery -A bench.baseline worker`
+   with the same concurrency (2), prefetch (1) and `acks_late` (it loads `celeryconfig`); timed from
+   the first publish until its queue and Redis's `unacked` hash are both empty (with `acks_late`, a
+   message leaves `unacked` only after its task ran). Measured in the same run as ours.
+4. **Priority**: a mass-action of {results["priority"]["n"]:,} standard echo tasks, then
+   {len(results["priority"]["runs"][0]["waits"])} tasks for one L20 bot via `POST /bots/{{id}}/tasks`,
+   one every {int(results["l20_spacing_seconds"] * 1000)} ms; the wait of each is `started_at`
+   (read from PostgreSQL, microseconds) minus the wall-clock time the request was sent. The
+   standard backlog when each L20 task was sent is in the JSON (`standard_backlog_at_send`).
+5. **Reads**: with {rd["n"]:,} bots present and the stack idle, {m["load_generator"]} from a
+   second process, {rd["connections"]} connections, {rd["seconds"]:.0f} s per endpoint and run:
+   `GET /bots/{{id}}` (1,000 random ids of one swarm), `GET /swarms/{{id}}`, `GET /bots/stats`, and
+   `GET /docs` as the trivial endpoint (the Swagger UI page: a small template, no database and
+   no Redis; 0.2 ms in-process, against 0.8-1.2 ms for the read endpoints).
+6. **Single task**: `POST /bots/{{id}}/tasks` (echo) on the idle stack, {results["single_task_samples"]}
+   tasks one after another per run; latency is `finished_at` (PostgreSQL) minus the time sent.
+7. **Memory**: VmRSS of the Celery main process plus its pool children (from `/proc`), before
+   and after {results["memory"]["tasks"]:,} echo tasks given as mass-actions of
+   {results["memory"]["tasks"] // results["memory_rounds"]:,} to one swarm (measured once, after
+   the other scenarios, so the worker is warm).
+
+The stack gets `MAX_BOTS=1000000`, because every run creates a new swarm and retired bots keep
+their rows; everything else is the service's default configuration.
+
+{NOTES_MARKER}
+
+{notes}"""
+    DOC.write_text(text.rstrip() + "\n")
+    return DOC

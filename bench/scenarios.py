@@ -1,0 +1,314 @@
+"""The measured scenarios. Each returns raw samples; report.py turns them into medians and goals."""
+
+from __future__ import annotations
+
+import random
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench import load
+from bench.client import Api
+from bench.stack import Stack, proc_status_kb
+
+SWARM_CAPABILITIES = ["data_processing", "analytics"]
+L20_TASKS = 20
+# Gap between two L20 assignments: 20 of them are sent within about half a second, while the
+# standard backlog is still queued.
+L20_SPACING_SECONDS = 0.025
+SINGLE_TASK_SAMPLES = 30
+
+
+def say(message: str) -> None:
+    """One progress line on stderr."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100)."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+@dataclass
+class Bench:
+    """Everything the scenarios share: the stack, an HTTP client, the database and Redis."""
+
+    stack: Stack
+    api: Api
+    db: Any
+    redis: Any
+    runs: int
+    swarms: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def wait_idle(self, timeout: float = 300.0) -> None:
+        """Until no task is open and the broker holds nothing: runs never overlap."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.db.cursor() as cur:
+                cur.execute("SELECT count(*) FROM tasks WHERE status IN ('assigned', 'running')")
+                open_tasks = cur.fetchone()[0]
+            queued = sum(self.redis.llen(q) for q in ("L20", "advanced", "standard", "bench_noop"))
+            if open_tasks == 0 and queued == 0 and self.redis.hlen("unacked") == 0:
+                return
+            time.sleep(0.05)
+        raise TimeoutError("the stack did not become idle")
+
+
+# --- 1. swarm creation ---------------------------------------------------------------------------
+
+
+def create_swarms(b: Bench, n: int, label: str) -> dict[str, Any]:
+    """POST /swarms count=n, until the answer with all n ids is in; one new swarm per run."""
+    seconds, hwm_mb = [], []
+    created = b.swarms.setdefault(n, [])
+    for run in range(b.runs):
+        say(f"{label} create {n} bots: run {run + 1}/{b.runs}")
+        body = {"name": f"bench-{n}-{run}", "count": n, "tier": "standard",
+                "capabilities": SWARM_CAPABILITIES}  # fmt: skip
+        peak = _PeakRss(b.stack.api_worker_pids())
+        started = time.perf_counter()
+        document = b.api.call("POST", "/swarms", body, expect=201)
+        seconds.append(time.perf_counter() - started)
+        peak.stop()
+        if len(document["bot_ids"]) != n:
+            raise RuntimeError(f"asked for {n} bots, got {len(document['bot_ids'])} ids")
+        created.append({"id": document["id"], "bot_ids": random.sample(document["bot_ids"], 1000)})
+        hwm_mb.append(peak.max_mb)
+    return {"n": n, "seconds": seconds, "api_worker_peak_rss_mb": hwm_mb}
+
+
+class _PeakRss:
+    """Samples the VmRSS of some processes every 5 ms in a thread; the highest one seen, in MB."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids, self.max_kb = pids, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.max_kb = max([self.max_kb] + [proc_status_kb(p, "VmRSS") for p in self.pids])
+            self._stop.wait(0.005)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        # VmHWM catches a peak shorter than the sampling interval.
+        self.max_kb = max([self.max_kb] + [proc_status_kb(p, "VmHWM") for p in self.pids])
+
+    @property
+    def max_mb(self) -> float:
+        return self.max_kb / 1024
+
+
+# --- 2. mass-action --------------------------------------------------------------------------
+
+
+def mass_action(b: Bench, n: int, label: str) -> dict[str, Any]:
+    """POST /swarms/{id}/tasks (echo) on a fresh n-bot swarm: time to the 202, time until counted."""
+    accepted, done = [], []
+    for run in range(b.runs):
+        say(f"{label} mass-action {n}: run {run + 1}/{b.runs}")
+        b.wait_idle()
+        swarm_id = b.swarms[n][run % len(b.swarms[n])]["id"]
+        target = b.api.call("GET", f"/swarms/{swarm_id}")["total_tasks_completed"] + n
+        started = time.perf_counter()
+        answer = b.api.call("POST", f"/swarms/{swarm_id}/tasks",
+                            {"type": "echo", "data": {"run": run}}, expect=202)  # fmt: skip
+        accepted.append(time.perf_counter() - started)
+        if answer["assignments"] != n:
+            raise RuntimeError(f"mass-action assigned {answer['assignments']} tasks, not {n}")
+        b.api.wait_for(
+            f"/swarms/{swarm_id}",
+            lambda doc, t=target: doc["total_tasks_completed"] >= t,
+            timeout=600,
+            interval=0.02,
+        )
+        done.append(time.perf_counter() - started)
+    return {"n": n, "accepted_seconds": accepted, "completed_seconds": done}
+
+
+# --- 3. plain-Celery baseline ----------------------------------------------------------------
+
+
+def baseline(b: Bench, n: int, label: str) -> dict[str, Any]:
+    """n apply_async calls of a no-op, one message each, until the worker has run them all."""
+    from bench.baseline import QUEUE, noop
+
+    seconds, publish = [], []
+    for run in range(b.runs):
+        say(f"{label} plain-Celery baseline {n}: run {run + 1}/{b.runs}")
+        b.wait_idle()
+        started = time.perf_counter()
+        for i in range(n):
+            noop.apply_async((i,))
+        publish.append(time.perf_counter() - started)
+        # acks_late: a message leaves `unacked` only after its task has run.
+        while b.redis.llen(QUEUE) or b.redis.hlen("unacked"):
+            time.sleep(0.01)
+        seconds.append(time.perf_counter() - started)
+    return {"n": n, "completed_seconds": seconds, "publish_seconds": publish}
+
+
+# --- 4. priority -----------------------------------------------------------------------------
+
+
+def priority(b: Bench, n: int, label: str) -> dict[str, Any]:
+    """With n standard tasks queued, assign L20 tasks one by one; time from request to start."""
+    bot = b.api.call("POST", "/bots", {"name": "bench-l20", "tier": "L20",
+                                       "capabilities": []}, expect=201)  # fmt: skip
+    per_run = []
+    for run in range(b.runs):
+        say(f"{label} L20 behind {n} standard tasks: run {run + 1}/{b.runs}")
+        b.wait_idle()
+        swarm_id = b.swarms[n][run % len(b.swarms[n])]["id"]
+        b.api.call("POST", f"/swarms/{swarm_id}/tasks", {"type": "echo", "data": {}}, expect=202)
+        sent: list[tuple[int, float, int]] = []
+        for _ in range(L20_TASKS):
+            backlog = _standard_backlog(b)
+            at = time.time()
+            answer = b.api.call("POST", f"/bots/{bot['id']}/tasks",
+                                {"type": "echo", "data": {}}, expect=202)  # fmt: skip
+            sent.append((int(answer["task_id"].removeprefix("task-")), at, backlog))
+            time.sleep(L20_SPACING_SECONDS)
+        waits = []
+        for task_id, at, _ in sent:
+            started_at = _wait_started(b, task_id)
+            waits.append(started_at - at)
+        per_run.append(
+            {
+                "p50_seconds": percentile(waits, 50),
+                "p99_seconds": percentile(waits, 99),
+                "waits": waits,
+                "standard_backlog_at_send": [backlog for _, _, backlog in sent],
+            }
+        )
+    b.wait_idle()
+    return {"n": n, "runs": per_run}
+
+
+def _standard_backlog(b: Bench) -> int:
+    with b.db.cursor() as cur:
+        cur.execute("SELECT count(*) FROM tasks WHERE status = 'assigned' AND tier = 'standard'")
+        return int(cur.fetchone()[0])
+
+
+def _wait_started(b: Bench, task_id: int, timeout: float = 120.0) -> float:
+    """started_at (epoch seconds, microsecond precision) straight from PostgreSQL."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with b.db.cursor() as cur:
+            cur.execute(
+                "SELECT extract(epoch FROM started_at) FROM tasks WHERE id = %s", (task_id,)
+            )
+            value = cur.fetchone()[0]
+        if value is not None:
+            return float(value)
+        time.sleep(0.01)
+    raise TimeoutError(f"task-{task_id} did not start within {timeout:.0f} s")
+
+
+# --- 5. reads --------------------------------------------------------------------------------
+
+
+def reads(b: Bench, n: int, seconds: float, connections: int, label: str) -> dict[str, Any]:
+    """Requests/s and latency of the read endpoints under load from a second process."""
+    swarm = b.swarms[n][0]
+    endpoints = {
+        "GET /bots/{id}": [f"/bots/{bot_id}" for bot_id in swarm["bot_ids"]],
+        "GET /swarms/{id}": [f"/swarms/{s['id']}" for s in b.swarms[n]],
+        "GET /bots/stats": ["/bots/stats"],
+        "GET /docs (trivial)": ["/docs"],
+    }
+    b.wait_idle()
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in endpoints}
+    for run in range(b.runs):
+        for name, paths in endpoints.items():
+            say(f"{label} reads at {n} bots, {name}: run {run + 1}/{b.runs}")
+            results[name].append(load.run(b.stack.base_url, paths, seconds, connections))
+    return {"n": n, "seconds": seconds, "connections": connections,
+            "generator": load.generator(), "endpoints": results}  # fmt: skip
+
+
+# --- 6. single task at idle ------------------------------------------------------------------
+
+
+def single_task(b: Bench, label: str) -> dict[str, Any]:
+    """POST /bots/{id}/tasks (echo) on an idle stack until the task is completed."""
+    bot = b.api.call("POST", "/bots", {"name": "bench-single", "tier": "standard",
+                                       "capabilities": []}, expect=201)  # fmt: skip
+    per_run = []
+    for run in range(b.runs):
+        say(f"{label} single task at idle: run {run + 1}/{b.runs}")
+        b.wait_idle()
+        latencies = []
+        for _ in range(SINGLE_TASK_SAMPLES):
+            at = time.time()
+            answer = b.api.call("POST", f"/bots/{bot['id']}/tasks",
+                                {"type": "echo", "data": {"x": 1}}, expect=202)  # fmt: skip
+            task_id = int(answer["task_id"].removeprefix("task-"))
+            latencies.append(_wait_finished(b, task_id) - at)
+        per_run.append({"p50_seconds": percentile(latencies, 50),
+                        "p99_seconds": percentile(latencies, 99), "latencies": latencies})  # fmt: skip
+    return {"runs": per_run}
+
+
+def _wait_finished(b: Bench, task_id: int, timeout: float = 60.0) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with b.db.cursor() as cur:
+            cur.execute(
+                "SELECT status, extract(epoch FROM finished_at) FROM tasks WHERE id = %s",
+                (task_id,),
+            )
+            status, finished = cur.fetchone()
+        if status == "completed":
+            return float(finished)
+        if status in ("failed", "cancelled"):
+            raise RuntimeError(f"task-{task_id} ended {status}")
+        time.sleep(0.002)
+    raise TimeoutError(f"task-{task_id} not completed within {timeout:.0f} s")
+
+
+# --- 7. memory -------------------------------------------------------------------------------
+
+
+def worker_memory(b: Bench, n: int, rounds: int, label: str) -> dict[str, Any]:
+    """Celery worker RSS (main + pool) before and after rounds x n echo tasks on one swarm."""
+    swarm_id = b.swarms[n][0]["id"]
+    b.wait_idle()
+    before_kb = b.stack.worker_rss_kb()
+    samples_mb, seconds = [], []
+    for i in range(rounds):
+        say(f"{label} worker memory: mass-action {i + 1}/{rounds} of {n} tasks")
+        target = b.api.call("GET", f"/swarms/{swarm_id}")["total_tasks_completed"] + n
+        started = time.perf_counter()
+        b.api.call("POST", f"/swarms/{swarm_id}/tasks", {"type": "echo", "data": {"i": i}},
+                   expect=202)  # fmt: skip
+        b.api.wait_for(
+            f"/swarms/{swarm_id}",
+            lambda doc, t=target: doc["total_tasks_completed"] >= t,
+            timeout=600,
+            interval=0.05,
+        )
+        seconds.append(time.perf_counter() - started)
+        samples_mb.append(b.stack.worker_rss_kb() / 1024)
+    b.wait_idle()
+    after_kb = b.stack.worker_rss_kb()
+    api_hwm = [proc_status_kb(pid, "VmHWM") / 1024 for pid in b.stack.api_worker_pids()]
+    return {
+        "tasks": n * rounds,
+        "before_mb": before_kb / 1024,
+        "after_mb": after_kb / 1024,
+        "growth_percent": (after_kb - before_kb) / before_kb * 100,
+        "rss_after_each_round_mb": samples_mb,
+        "round_seconds": seconds,
+        "median_round_seconds": statistics.median(seconds),
+        "api_worker_lifetime_peak_mb": max(api_hwm) if api_hwm else None,
+    }
