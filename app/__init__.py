@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import logging
-
 import redis
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.config import Settings
 from app.errors import register_error_handlers
 from app.extensions import db, migrate, rest_api
+from app.logging import configure_logging, register_request_logging
+from app.services import task_types
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -41,7 +42,13 @@ def create_app(settings: Settings | None = None) -> Flask:
         OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
     )
     app.json.sort_keys = False
-    _configure_logging()
+    configure_logging(settings.log_format)
+    if settings.proxy_hops:
+        # Only the address and scheme: nginx passes a client's X-Forwarded-Host through unchanged.
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops
+        )
+    task_types.load_plugins(list(settings.task_type_plugins))
 
     db.init_app(app)
     migrate.init_app(app, db, directory=str(_migrations_dir()))
@@ -49,11 +56,15 @@ def create_app(settings: Settings | None = None) -> Flask:
         settings.redis_url, socket_timeout=2, socket_connect_timeout=2
     )
 
+    # First, so its after_request hook runs last and times the others too.
+    register_request_logging(app)
     rest_api.init_app(app)
-    from app.api import register_blueprints
+    from app.api import dashboard, register_blueprints
     from app.api.idempotency import register_idempotency
 
     register_blueprints(rest_api)
+    # A plain Flask blueprint: HTML for people, kept out of the OpenAPI document.
+    app.register_blueprint(dashboard.bp)
     # After rest_api.init_app, so these replace flask-smorest's own error handler.
     register_error_handlers(app)
     register_idempotency(app)
@@ -68,10 +79,3 @@ def _migrations_dir():
     from pathlib import Path
 
     return Path(__file__).resolve().parent.parent / "migrations"
-
-
-def _configure_logging() -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 
 from celery import Celery
 
+from app.logging import current_request_id
 from app.tiers import queue_for
 
 log = logging.getLogger(__name__)
@@ -35,11 +36,18 @@ def publish_chunks(task_ids: Sequence[int], tier: str, chunk_size: int) -> int:
     committed and the reconciler publishes them once Redis answers again.
     """
     sent = 0
+    # The worker logs each chunk under the id of the request that caused it.
+    request_id = current_request_id()
+    headers = {"request_id": request_id} if request_id else None
     try:
         with celery.producer_or_acquire() as producer:
             for chunk in chunked(task_ids, chunk_size):
                 celery.send_task(
-                    EXECUTE_CHUNK, args=[chunk], queue=queue_for(tier), producer=producer
+                    EXECUTE_CHUNK,
+                    args=[chunk],
+                    queue=queue_for(tier),
+                    producer=producer,
+                    headers=headers,
                 )
                 sent += 1
     except Exception as error:  # kombu raises several unrelated types for a dead broker

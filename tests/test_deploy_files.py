@@ -129,13 +129,18 @@ def test_gunicorn_follows_port_variable(monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_nginx_matches_service_limits_and_upstreams() -> None:
     conf = (ROOT / "deploy" / "nginx.conf").read_text()
-    assert re.search(rf"server api:{DEFAULTS.port};", conf)
-    assert "flower:5555" in conf
-    size = re.search(r"client_max_body_size (\d+)m;", conf)
-    assert size and int(size.group(1)) * 1024 * 1024 == DEFAULTS.max_body_bytes
-    assert (
-        "./deploy/nginx.conf:/etc/nginx/nginx.conf:ro" in compose()["services"]["nginx"]["volumes"]
-    )
+    assert "server ${API_UPSTREAM};" in conf
+    assert "client_max_body_size ${MAX_BODY};" in conf
+    assert "set $flower_upstream ${FLOWER_UPSTREAM};" in conf
+    nginx = compose()["services"]["nginx"]
+    assert "./deploy/nginx.conf:/etc/nginx/templates/default.conf.template:ro" in nginx["volumes"]
+    assert nginx["environment"]["API_UPSTREAM"] == f"api:{DEFAULTS.port}"
+    assert nginx["environment"]["FLOWER_UPSTREAM"] == "flower:5555"
+    # nginx and the app read the body limit from one variable, with the app's default.
+    app_env = next(iter(app_services().values()))["environment"]
+    expected = f"${{MAX_BODY_BYTES:-{DEFAULTS.max_body_bytes}}}"
+    assert nginx["environment"]["MAX_BODY"] == app_env["MAX_BODY_BYTES"] == expected
+    assert app_env["PROXY_HOPS"] == "1"
 
 
 def test_ci_runs_make_test() -> None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from celery import Task
+from celery.signals import setup_logging
 from flask import Flask
 
 from app import create_app
+from app.config import Settings
 from app.dispatch import celery
+from app.logging import configure_logging, request_id_context
 
 _flask_app: Flask | None = None
 
@@ -25,8 +28,16 @@ class AppContextTask(Task):
     abstract = True
 
     def __call__(self, *args, **kwargs):
-        with flask_app().app_context():
+        # The publisher put its request's id in the message headers (app/dispatch.py); Celery
+        # exposes custom headers as attributes of the task request.
+        with flask_app().app_context(), request_id_context(self.request.get("request_id")):
             return super().__call__(*args, **kwargs)
+
+
+@setup_logging.connect
+def _setup_logging(loglevel=None, **_kwargs) -> None:
+    """Replace Celery's log setup with the service's (LOG_FORMAT); Celery then leaves it alone."""
+    configure_logging(Settings.from_env().log_format, loglevel or "INFO", own=True)
 
 
 celery.Task = AppContextTask
