@@ -15,7 +15,8 @@ COPY requirements.txt .
 RUN pip install -r requirements.txt
 
 COPY . .
-RUN mkdir -p data && chown orchestrator:orchestrator data
+# metrics: PROMETHEUS_MULTIPROC_DIR; a volume mounted there starts with this owner.
+RUN mkdir -p data metrics && chown orchestrator:orchestrator data metrics
 
 USER orchestrator
 EXPOSE 5003

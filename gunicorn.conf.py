@@ -16,3 +16,10 @@ accesslog = "-"
 errorlog = "-"
 # Each worker builds its own app, so no database or Redis connection is shared across a fork.
 preload_app = False
+
+
+def child_exit(server, worker):
+    """A worker died: let prometheus_client forget its live gauges (app/metrics.py)."""
+    from app.metrics import mark_process_dead
+
+    mark_process_dead(worker.pid)

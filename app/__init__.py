@@ -56,18 +56,27 @@ def create_app(settings: Settings | None = None) -> Flask:
         settings.redis_url, socket_timeout=2, socket_connect_timeout=2
     )
 
-    # First, so its after_request hook runs last and times the others too.
-    register_request_logging(app)
-    rest_api.init_app(app)
-    from app.api import dashboard, register_blueprints
+    from app.api import dashboard, metrics, register_blueprints
+    from app.api.audit import register_audit
+    from app.api.auth import register_auth
     from app.api.idempotency import register_idempotency
+    from app.api.limits import register_body_limits, register_limits
 
+    # Request hooks run in the order registered: log, authenticate, then everything that may
+    # depend on who is calling (rate limits per key, body checks, idempotency keys).
+    register_request_logging(app)
+    register_auth(app)
+    rest_api.init_app(app)
     register_blueprints(rest_api)
     # A plain Flask blueprint: HTML for people, kept out of the OpenAPI document.
     app.register_blueprint(dashboard.bp)
+    app.register_blueprint(metrics.bp)  # GET /metrics, for Prometheus
     # After rest_api.init_app, so these replace flask-smorest's own error handler.
     register_error_handlers(app)
+    register_limits(app)
+    register_body_limits(app)
     register_idempotency(app)
+    register_audit(app)
 
     from app.cli import register_commands
 

@@ -5,9 +5,55 @@ from __future__ import annotations
 import click
 from flask import Flask
 
+from app.errors import ServiceError
+from app.models import ROLES
+from app.services import keys
+from app.services.ids import iso
+
 
 def register_commands(app: Flask) -> None:
     """Add the service's commands to `flask`."""
+
+    keys_group = click.Group("keys", help="Create, list and revoke API keys.")
+    app.cli.add_command(keys_group)
+
+    @keys_group.command("create")
+    @click.option("--name", required=True, help="A name to tell the key apart (unique).")
+    @click.option("--role", type=click.Choice(ROLES), default="operator", show_default=True)
+    @click.option("--tenant", default=None, help="Limit the key to this tenant's resources.")
+    def create_key_command(name: str, role: str, tenant: str | None) -> None:
+        """Create a key and print it once; only its hash is stored."""
+        try:
+            key, plaintext = keys.create_key(name, role, tenant)
+        except ServiceError as error:
+            raise click.ClickException(error.message) from None
+        click.echo(plaintext)
+        click.echo(
+            f"created {key.role} key {key.name!r}"
+            + (f" for tenant {key.tenant!r}" if key.tenant else "")
+            + "; store it now, it cannot be shown again",
+            err=True,
+        )
+
+    @keys_group.command("list")
+    def list_keys_command() -> None:
+        """List keys: name, role, tenant, prefix, created, revoked."""
+        for key in keys.list_keys():
+            state = f"revoked {iso(key.revoked_at)}" if key.revoked_at else "active"
+            click.echo(
+                f"{key.name}\t{key.role}\t{key.tenant or '-'}\t{key.prefix}…"
+                f"\t{iso(key.created_at)}\t{state}"
+            )
+
+    @keys_group.command("revoke")
+    @click.argument("name")
+    def revoke_key_command(name: str) -> None:
+        """Revoke a key by name; it stops working at once."""
+        try:
+            keys.revoke_key(name)
+        except ServiceError as error:
+            raise click.ClickException(error.message) from None
+        click.echo(f"revoked {name!r}")
 
     @app.cli.command("reconcile")
     def reconcile_command() -> None:

@@ -7,9 +7,10 @@ message naming the variable, rather than failing later in a request.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 # The six downstream AI services of the spec: variable name -> service name.
 SERVICE_URL_VARIABLES: dict[str, str] = {
@@ -46,7 +47,18 @@ KNOWN_VARIABLES: tuple[str, ...] = (
     "BREAKER_FAILURES",
     "BREAKER_COOLDOWN_S",
     "LOG_FORMAT",
+    "ADMIN_API_KEY",
+    "ANONYMOUS_ROLE",
+    "RATE_LIMIT",
+    "RATE_LIMIT_HEAVY",
+    "TENANT_MAX_BOTS",
+    "URL_ALLOWLIST",
+    "MAX_JSON_DEPTH",
     "PROXY_HOPS",
+    "METRICS_PUBLIC",
+    "METRICS_TOKEN",
+    "PROMETHEUS_MULTIPROC_DIR",
+    "WORKER_METRICS_PORT",
     *SERVICE_URL_VARIABLES,
 )
 
@@ -95,6 +107,34 @@ def _urls(env: dict[str, str], name: str) -> list[str]:
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"{name} must hold http(s) URLs separated by commas, got {url!r}")
     return urls
+
+
+def _rate(env: dict[str, str], name: str, default: str) -> str:
+    raw = env.get(name, default).strip()
+    if raw and not re.fullmatch(r"\d+\s*(/|per)\s*\d*\s*(second|minute|hour|day)s?", raw):
+        raise ConfigError(f"{name} must look like '100 per minute' or '10/second', got {raw!r}")
+    return raw
+
+
+def _allowlist(env: dict[str, str]) -> tuple[str, ...]:
+    raw = env.get("URL_ALLOWLIST")
+    if raw is not None:
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    # By default runtime URLs may point where the environment's service URLs point.
+    hosts = {
+        urlsplit(url).hostname for variable in SERVICE_URL_VARIABLES for url in _urls(env, variable)
+    }
+    return tuple(sorted(host for host in hosts if host))
+
+
+def _directory(env: dict[str, str], name: str) -> Path | None:
+    raw = env.get(name)
+    if not raw:
+        return None
+    path = Path(raw)
+    if not path.is_dir() or not os.access(path, os.W_OK):
+        raise ConfigError(f"{name} must name an existing writable directory, got {raw!r}")
+    return path
 
 
 def _database_url(env: dict[str, str]) -> str:
@@ -157,9 +197,27 @@ class Settings:
     service_urls: dict[str, list[str]] = field(default_factory=dict)
     # `json` (one object a line, for log collectors) or `text` (for reading in a terminal).
     log_format: str = "json"
+    # A key that is always an admin key (ADMIN_API_KEY); the role callers without a key get
+    # (ANONYMOUS_ROLE, unset: none, every route but /health needs a key).
+    admin_api_key: str | None = None
+    anonymous_role: str | None = None
+    # flask-limiter rate strings per API key; "" turns a limit off.
+    rate_limit: str = "1000 per second"
+    rate_limit_heavy: str = "60 per minute"
+    tenant_max_bots: int | None = None
+    # Hosts, .domains and CIDR networks that URLs registered at runtime may point to.
+    url_allowlist: tuple[str, ...] = ()
+    max_json_depth: int = 32
     # Proxies in front of the app whose X-Forwarded-For/-Proto to trust: 0 behind none (the
     # headers are ignored, so a client cannot forge its address), 1 behind nginx.
     proxy_hops: int = 0
+    # GET /metrics: open to anyone (METRICS_PUBLIC=1), else only with METRICS_TOKEN as a bearer
+    # token, else 404. The directory where processes share counters (prometheus_client's
+    # multiprocess mode), and the port a Celery worker serves them on (see app/metrics.py).
+    metrics_public: bool = False
+    metrics_token: str | None = None
+    metrics_dir: Path | None = None
+    worker_metrics_port: int | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -185,5 +243,17 @@ class Settings:
                 service: _urls(env, variable) for variable, service in SERVICE_URL_VARIABLES.items()
             },
             log_format=_choice(env, "LOG_FORMAT", "json", ("json", "text")),
+            admin_api_key=env.get("ADMIN_API_KEY") or None,
+            anonymous_role=_choice(env, "ANONYMOUS_ROLE", "", ("", "viewer", "operator", "admin"))
+            or None,
+            rate_limit=_rate(env, "RATE_LIMIT", "1000 per second"),
+            rate_limit_heavy=_rate(env, "RATE_LIMIT_HEAVY", "60 per minute"),
+            tenant_max_bots=_int(env, "TENANT_MAX_BOTS", 0, 0, 10_000_000) or None,
+            url_allowlist=_allowlist(env),
+            max_json_depth=_int(env, "MAX_JSON_DEPTH", 32, 2, 1000),
             proxy_hops=_int(env, "PROXY_HOPS", 0, 0, 10),
+            metrics_public=_choice(env, "METRICS_PUBLIC", "0", ("0", "1")) == "1",
+            metrics_token=env.get("METRICS_TOKEN") or None,
+            metrics_dir=_directory(env, "PROMETHEUS_MULTIPROC_DIR"),
+            worker_metrics_port=_int(env, "WORKER_METRICS_PORT", 0, 0, 65535) or None,
         )

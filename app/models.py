@@ -1,7 +1,9 @@
 """The tables: PostgreSQL is the system of record for bots, swarms, tasks and workflows.
 
 Bots, swarms and payloads are never deleted (retiring keeps the row), so the 50,000-row inserts
-carry no foreign-key checks on them: each would cost a per-row trigger. Counters on bots and
+carry no foreign-key checks on them: each would cost a per-row trigger. Workflows are never deleted
+either, and a workflow's steps are inserted in the workflow's own transaction, so
+tasks.workflow_id has no foreign key (migration 0005). Counters on bots and
 swarms change only in SQL (`SET n = n + k`) inside the statements of
 app/services; bot_census holds live-bot tallies so that stats never count 50,000 rows.
 """
@@ -61,6 +63,7 @@ class Swarm(db.Model):
     tier: Mapped[str] = mapped_column(String(16), nullable=False)
     capabilities: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False)
     status: Mapped[str] = mapped_column(String(16), nullable=False)
+    tenant: Mapped[str | None] = mapped_column(String(64))
     # Next slice position for bots added by scaling up; positions are never reused.
     next_position: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
     created_at: Mapped[datetime] = _created_at()
@@ -79,6 +82,7 @@ class Bot(db.Model):
     capabilities: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False)
     status: Mapped[str] = mapped_column(String(16), nullable=False)
     swarm_id: Mapped[str | None] = mapped_column(String(40))
+    tenant: Mapped[str | None] = mapped_column(String(64))
     # The bot's slice of a distributed dataset within its swarm.
     position: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = _created_at()
@@ -88,14 +92,22 @@ class Bot(db.Model):
     failed_tasks: Mapped[int] = _counter()
     cancelled_tasks: Mapped[int] = _counter()
 
-    __table_args__ = (Index("ix_bots_swarm_status", "swarm_id", "status"),)
+    __table_args__ = (
+        Index("ix_bots_swarm_status", "swarm_id", "status"),
+        # A tenant key's stats and lists read only that tenant's bots.
+        Index("ix_bots_tenant", "tenant", postgresql_where=text("tenant IS NOT NULL")),
+        # Half-empty pages: the counter updates of mass-actions and outcomes stay HOT (0005).
+        {"postgresql_with": {"fillfactor": 50}},
+    )
 
 
 class BotCensus(db.Model):
-    """How many bots each (swarm, tier, status) holds; '' stands for bots outside any swarm."""
+    """How many bots each (tenant, swarm, tier, status) holds; '' stands for no tenant, and for
+    bots outside any swarm."""
 
     __tablename__ = "bot_census"
 
+    tenant: Mapped[str] = mapped_column(String(64), primary_key=True, server_default=text("''"))
     swarm_id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tier: Mapped[str] = mapped_column(String(16), primary_key=True)
     status: Mapped[str] = mapped_column(String(16), primary_key=True)
@@ -129,6 +141,7 @@ class Workflow(db.Model):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     priority: Mapped[str] = mapped_column(String(16), nullable=False)
     tier: Mapped[str] = mapped_column(String(16), nullable=False)
+    tenant: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), nullable=False, server_default=text("'active'"))
     # The steps as requested (names, dependencies, options), in step order.
     spec: Mapped[list[dict[str, Any]]] = mapped_column(
@@ -155,7 +168,7 @@ class Task(db.Model):
     status: Mapped[str] = mapped_column(String(16), nullable=False)
     bot_id: Mapped[str | None] = mapped_column(String(40))
     swarm_id: Mapped[str | None] = mapped_column(String(40))
-    workflow_id: Mapped[str | None] = mapped_column(ForeignKey("workflows.id"))
+    workflow_id: Mapped[str | None] = mapped_column(String(40))
     step: Mapped[int | None] = mapped_column(Integer)
     payload_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
     slice_index: Mapped[int | None] = mapped_column(Integer)
@@ -174,7 +187,13 @@ class Task(db.Model):
 
     __table_args__ = (
         Index("ix_tasks_bot", "bot_id", "id"),
-        Index("ix_tasks_workflow", "workflow_id", "step"),
+        # Partial: mass-action rows (no workflow) add no entry (0005).
+        Index(
+            "ix_tasks_workflow",
+            "workflow_id",
+            "step",
+            postgresql_where=text("workflow_id IS NOT NULL"),
+        ),
         # The reconciler's view: only open tasks, so it stays small however long history grows.
         Index(
             "ix_tasks_open",

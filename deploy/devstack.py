@@ -46,6 +46,8 @@ VAR_DIR = Path("var")
 PG_DIR = VAR_DIR / "postgres"
 REDIS_DIR = VAR_DIR / "redis"
 BEAT_SCHEDULE = VAR_DIR / "celerybeat-schedule"
+# Where API and worker processes share their Prometheus counters (emptied at every `run`).
+METRICS_DIR = VAR_DIR / "metrics"
 RUN_DATABASE = "orchestrator"
 LOOPBACK = "127.0.0.1"
 LOCAL_PG_URL = f"postgresql://postgres@{LOOPBACK}:5432/postgres"
@@ -856,6 +858,13 @@ def supervise(env: dict[str, str], processes: list[tuple[str, list[str]]], port:
         supervisor.stop_all()
 
 
+def fresh_metrics_dir() -> str:
+    """An empty var/metrics: every process of the run starts together, so old counts go."""
+    shutil.rmtree(METRICS_DIR, ignore_errors=True)
+    METRICS_DIR.mkdir(parents=True)
+    return str(METRICS_DIR.resolve())
+
+
 def cmd_run() -> int:
     """Ensure servers, migrate, then run API, worker and beat until Ctrl-C or a child exits."""
     stack = contextlib.ExitStack()
@@ -866,6 +875,7 @@ def cmd_run() -> int:
         VAR_DIR.mkdir(exist_ok=True)
         env = dict(os.environ, DATABASE_URL=database.url, REDIS_URL=broker.url)
         env["PYTHONUNBUFFERED"] = "1"  # child output arrives line by line, not in blocks
+        env.setdefault("PROMETHEUS_MULTIPROC_DIR", fresh_metrics_dir())
         port = int(settings(env).port)
         return supervise(env, service_processes(), port)
     except Stopped as stopped:

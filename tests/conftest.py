@@ -7,11 +7,14 @@ DATABASE_URL and REDIS_URL; each test starts from empty tables and an empty Redi
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 from pathlib import Path
 
 import pytest
 import redis as redis_lib
+from flask import Flask
+from flask.testing import FlaskClient
 from flask_migrate import upgrade
 from sqlalchemy import text
 
@@ -24,7 +27,7 @@ from tests.workers import WorkerProcess
 
 SAMPLE_DATA = Path(__file__).resolve().parent.parent / "data"
 TABLES = (
-    "idempotency_keys, tasks, task_payloads, workflows, bots, swarms, bot_census, counters, "
+    "api_keys, audit_log, idempotency_keys, tasks, task_payloads, workflows, bots, swarms, bot_census, counters, "
     "services, service_endpoints"
 )
 
@@ -45,6 +48,51 @@ def sample_data_dir(tmp_path_factory) -> Path:
     return target
 
 
+# This run's admin key (ADMIN_API_KEY): the test client sends it unless a test says otherwise.
+# Kept in the environment so that every import of this module (pytest's, and `tests.conftest`
+# from a test module) agrees on it.
+ADMIN_KEY = os.environ.setdefault(
+    "ORCHESTRATOR_TEST_ADMIN_KEY", "orch_test_" + secrets.token_urlsafe(16)
+)
+
+
+class KeyedClient(FlaskClient):
+    """A test client that authenticates with the admin key unless given its own credentials."""
+
+    def open(self, *args, **kwargs):
+        headers = dict(kwargs.pop("headers", None) or {})
+        if not any(name in headers for name in ("Authorization", "X-API-Key")):
+            headers["Authorization"] = f"Bearer {ADMIN_KEY}"
+        return super().open(*args, headers=headers, **kwargs)
+
+
+# Every app a test builds (some build their own, with other settings) gets the keyed client.
+Flask.test_client_class = KeyedClient
+
+
+@pytest.fixture(scope="session", autouse=True)
+def requests_authenticate_on_loopback(tmp_path_factory):
+    """`requests` reads NETRC: code that calls the service over HTTP (the spec's snippets word for
+    word, the CLI, load generators) sends the admin key as HTTP Basic user name, as a user's
+    ~/.netrc would."""
+    netrc = tmp_path_factory.mktemp("netrc") / "netrc"
+    netrc.write_text(
+        "".join(
+            f"machine {host} login {ADMIN_KEY} password -\n" for host in ("127.0.0.1", "localhost")
+        )
+    )
+    netrc.chmod(0o600)
+    # Apps and processes the tests start from the environment know the same admin key.
+    previous = {name: os.environ.get(name) for name in ("NETRC", "ADMIN_API_KEY")}
+    os.environ.update(NETRC=str(netrc), ADMIN_API_KEY=ADMIN_KEY)
+    yield
+    for name, value in previous.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(scope="session")
 def test_env(sample_data_dir) -> dict[str, str]:
     """The environment every app and worker of this run uses."""
@@ -53,6 +101,7 @@ def test_env(sample_data_dir) -> dict[str, str]:
         "REDIS_URL": _require("REDIS_URL"),
         "DATA_DIR": str(sample_data_dir),
         "MAX_BOTS": "50000",
+        "ADMIN_API_KEY": ADMIN_KEY,
     }
 
 
@@ -88,6 +137,12 @@ def clean_state(app):
 @pytest.fixture()
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture()
+def anonymous_client(app):
+    """A client that sends no key."""
+    return FlaskClient(app, app.response_class, use_cookies=True)
 
 
 @pytest.fixture()

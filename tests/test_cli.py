@@ -235,7 +235,9 @@ def test_a_server_that_never_answers_times_out_with_exit_3() -> None:
     assert "did not answer GET /bots/stats within 0.5 s" in result.stderr
 
 
-def test_api_key_is_sent_as_a_bearer_token() -> None:
+def test_api_key_is_sent_as_a_bearer_token(monkeypatch) -> None:
+    # Without a key the client sends nothing of its own; no netrc either, for this check.
+    monkeypatch.delenv("NETRC", raising=False)
     seen: list[str | None] = []
 
     def echo_headers(environ, start_response):

@@ -19,6 +19,7 @@ from werkzeug.serving import make_server
 from app.extensions import db
 from app.services import dashboard, execution
 from app.services.task_types import TASK_TYPES
+from tests.conftest import ADMIN_KEY
 from tests.plugins import faults
 from tests.workers import WorkerProcess
 
@@ -205,9 +206,9 @@ def test_browser_shows_a_running_mass_action(live_server, sleepy_worker, tmp_pat
         pytest.fail(f"no progress in 30 s; worker log:\n{sleepy_worker.log()[-3000:]}")
     assert figures[sleepers]["completed"] < 1_000, "finished too soon to watch it running"
 
-    dom = _run_chromium(
-        f"{live_server}/dashboard", tmp_path / "profile", "--virtual-time-budget=5000", "--dump-dom"
-    )
+    # The key rides in the fragment, which the page keeps and the browser never sends.
+    page = f"{live_server}/dashboard#key={ADMIN_KEY}"
+    dom = _run_chromium(page, tmp_path / "profile", "--virtual-time-budget=5000", "--dump-dom")
 
     polls = re.search(r'<body[^>]*data-polls="(\d+)"', dom)
     assert polls and int(polls.group(1)) >= 1, (
@@ -225,7 +226,7 @@ def test_browser_shows_a_running_mass_action(live_server, sleepy_worker, tmp_pat
 
     SCREENSHOT.parent.mkdir(exist_ok=True)
     _run_chromium(
-        f"{live_server}/dashboard",
+        page,
         tmp_path / "profile-shot",
         "--virtual-time-budget=3000",
         "--window-size=1280,880",

@@ -20,6 +20,7 @@ import requests
 
 from app.config import Settings
 from deploy.devstack import free_port
+from tests.conftest import ADMIN_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMIT = Settings.from_env({}).max_body_bytes
@@ -153,8 +154,9 @@ def _request(port: int, method: str, path: str, body: bytes | None = None, heade
     connection = http.client.HTTPConnection(
         "127.0.0.1", port, timeout=30, source_address=(CLIENT_ADDRESS, 0)
     )
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}", **(headers or {})}
     try:
-        connection.request(method, path, body=body, headers=headers or {})
+        connection.request(method, path, body=body, headers=headers)
         response = connection.getresponse()
         return response.status, dict(response.getheaders()), response.read()
     finally:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from celery import Task
-from celery.signals import setup_logging
+from celery.signals import setup_logging, worker_ready
 from flask import Flask
 
-from app import create_app
+from app import create_app, metrics
 from app.config import Settings
 from app.dispatch import celery
 from app.logging import configure_logging, request_id_context
@@ -38,6 +38,14 @@ class AppContextTask(Task):
 def _setup_logging(loglevel=None, **_kwargs) -> None:
     """Replace Celery's log setup with the service's (LOG_FORMAT); Celery then leaves it alone."""
     configure_logging(Settings.from_env().log_format, loglevel or "INFO", own=True)
+
+
+@worker_ready.connect
+def _serve_metrics(**_kwargs) -> None:
+    """With WORKER_METRICS_PORT, serve the pool's counted events to Prometheus (app/metrics.py)."""
+    port = Settings.from_env().worker_metrics_port
+    if port:
+        metrics.serve_worker_metrics(port)
 
 
 celery.Task = AppContextTask

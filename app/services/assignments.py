@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import select, text
 
+from app import metrics
 from app.dispatch import publish_chunks
 from app.errors import Conflict, NotFound
 from app.extensions import db
@@ -20,6 +21,7 @@ from app.models import (
     Bot,
     Swarm,
     Task,
+    Workflow,
 )
 from app.services import execution
 from app.services.ids import utcnow
@@ -31,6 +33,7 @@ from app.services.task_types import (
     require_capability,
     require_runnable,
 )
+from app.services.tenancy import visible
 
 # One task row per active bot of the swarm, and the bots' totals, in one statement.
 _ASSIGN_TO_SWARM = """
@@ -82,7 +85,7 @@ def assign_to_bot(bot_id: str, type_name: str, data: dict[str, Any]) -> Assignme
     """Give one task to one active bot, then publish it."""
     task_type = get_task_type(type_name)
     bot = db.session.get(Bot, bot_id, with_for_update=True)
-    if bot is None:
+    if bot is None or not visible(bot.tenant):
         raise NotFound(f"Bot {bot_id!r} not found.")
     if bot.status != BOT_ACTIVE:
         raise Conflict(f"Bot {bot_id!r} is {bot.status}; only active bots take tasks.")
@@ -110,6 +113,7 @@ def assign_to_bot(bot_id: str, type_name: str, data: dict[str, Any]) -> Assignme
     db.session.flush()
     task_id, tier = task.id, task.tier
     db.session.commit()
+    metrics.count_assigned(tier, type_name)
     publish_chunks([task_id], tier, 1)
     return Assignment(task_id=task_id, bot_id=bot_id, task_type=type_name, assigned_at=now)
 
@@ -118,7 +122,7 @@ def assign_to_swarm(swarm_id: str, type_name: str, data: dict[str, Any]) -> Mass
     """Give one task to every active bot of a swarm: one INSERT ... SELECT, few messages."""
     task_type = get_task_type(type_name)
     swarm = db.session.get(Swarm, swarm_id, with_for_update=True)
-    if swarm is None:
+    if swarm is None or not visible(swarm.tenant):
         raise NotFound(f"Swarm {swarm_id!r} not found.")
     if swarm.status != BOT_ACTIVE:
         raise Conflict(f"Swarm {swarm_id!r} is {swarm.status}; only active swarms take tasks.")
@@ -143,6 +147,7 @@ def assign_to_swarm(swarm_id: str, type_name: str, data: dict[str, Any]) -> Mass
     )
     tier = swarm.tier
     db.session.commit()
+    metrics.count_assigned(tier, type_name, len(task_ids))
     publish_chunks(task_ids, tier, task_type.chunk_size)
     return MassAssignment(
         swarm_id=swarm_id, task_type=type_name, assignments=len(task_ids), assigned_at=now
@@ -166,7 +171,7 @@ def complete_task(bot_id: str, task_id: int, result: Any) -> Task:
 def get_bot_task(bot_id: str, task_id: int) -> Task:
     """A task of the given bot, or 404."""
     task = db.session.get(Task, task_id)
-    if task is None or task.bot_id != bot_id:
+    if task is None or task.bot_id != bot_id or not visible(_owner(task)):
         raise NotFound(f"Task task-{task_id} of bot {bot_id!r} not found.")
     return task
 
@@ -185,16 +190,26 @@ def cancel_task(task_id: int) -> Task:
 
 
 def get_task(task_id: int) -> Task:
-    """Any task by id, or 404."""
+    """Any task by id, or 404 (also another tenant's)."""
     task = db.session.get(Task, task_id)
-    if task is None:
+    if task is None or not visible(_owner(task)):
         raise NotFound(f"Task task-{task_id} not found.")
     return task
 
 
+def _owner(task: Task) -> str | None:
+    """The tenant of the bot or workflow a task belongs to."""
+    if task.bot_id is not None:
+        return db.session.scalar(select(Bot.tenant).where(Bot.id == task.bot_id))
+    if task.workflow_id is not None:
+        return db.session.scalar(select(Workflow.tenant).where(Workflow.id == task.workflow_id))
+    return None
+
+
 def list_bot_tasks(bot_id: str, limit: int, after: int | None, status: str | None) -> list[Task]:
     """A page of a bot's tasks, newest first."""
-    if db.session.get(Bot, bot_id) is None:
+    bot = db.session.get(Bot, bot_id)
+    if bot is None or not visible(bot.tenant):
         raise NotFound(f"Bot {bot_id!r} not found.")
     query = select(Task).where(Task.bot_id == bot_id).order_by(Task.id.desc()).limit(limit)
     if after is not None:

@@ -12,6 +12,7 @@ from app.models import BOT_ACTIVE, BOT_PAUSED, BOT_RETIRED, LIVE_BOT_STATES, Bot
 from app.services import assignments, capacity, census
 from app.services.ids import new_id, utcnow
 from app.services.tally import add_to_counters_sql
+from app.services.tenancy import current_tenant, visible
 
 
 @dataclass(frozen=True)
@@ -25,13 +26,15 @@ class BotFilter:
 
 
 def create_bot(name: str, tier: str, capabilities: list[str]) -> Bot:
-    """Create one active bot, within capacity."""
-    capacity.reserve(1)
+    """Create one active bot, within capacity, owned by the caller's tenant."""
+    tenant = current_tenant()
+    capacity.reserve(1, tenant)
     now = utcnow()
     bot = Bot(
         id=new_id("bot"),
         name=name,
         tier=tier,
+        tenant=tenant,
         capabilities=capabilities,
         status=BOT_ACTIVE,
         created_at=now,
@@ -42,16 +45,16 @@ def create_bot(name: str, tier: str, capabilities: list[str]) -> Bot:
         cancelled_tasks=0,
     )
     db.session.add(bot)
-    census.add_bots(None, tier, BOT_ACTIVE, 1)
+    census.add_bots(None, tier, BOT_ACTIVE, 1, tenant)
     db.session.execute(text(add_to_counters_sql("VALUES ('bots_created', 1)")))
     db.session.commit()
     return bot
 
 
-def get_bot(bot_id: str) -> Bot:
-    """The bot, or 404."""
-    bot = db.session.get(Bot, bot_id)
-    if bot is None:
+def get_bot(bot_id: str, *, lock: bool = False) -> Bot:
+    """The bot, or 404 (also when it belongs to another tenant); `lock` holds its row."""
+    bot = db.session.get(Bot, bot_id, with_for_update=lock)
+    if bot is None or not visible(bot.tenant):
         raise NotFound(f"Bot {bot_id!r} not found.")
     return bot
 
@@ -59,6 +62,8 @@ def get_bot(bot_id: str) -> Bot:
 def list_bots(filters: BotFilter, limit: int, after: str | None) -> list[Bot]:
     """A page of bots in id order, starting after the cursor."""
     query = select(Bot).order_by(Bot.id).limit(limit)
+    if current_tenant() is not None:
+        query = query.where(Bot.tenant == current_tenant())
     if after:
         query = query.where(Bot.id > after)
     if filters.tier:

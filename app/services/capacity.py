@@ -18,8 +18,9 @@ def max_bots() -> int:
     return current_app.config["SETTINGS"].max_bots
 
 
-def reserve(count: int) -> None:
-    """Take the capacity lock for this transaction and refuse if `count` more bots do not fit.
+def reserve(count: int, tenant: str | None = None) -> None:
+    """Take the capacity lock for this transaction and refuse if `count` more bots do not fit,
+    in the service's capacity or in the tenant's quota (TENANT_MAX_BOTS).
 
     The lock is held until commit, so two concurrent creations can never both see room that only
     one of them fits in.
@@ -32,3 +33,13 @@ def reserve(count: int) -> None:
             capacity_remaining=max(remaining, 0),
             requested=count,
         )
+    quota = current_app.config["SETTINGS"].tenant_max_bots
+    if tenant is not None and quota is not None:
+        tenant_remaining = quota - census.live_bots(tenant)
+        if count > tenant_remaining:
+            raise OverCapacity(
+                f"Tenant {tenant!r} has room for {max(tenant_remaining, 0)} more bots of its "
+                f"quota of {quota}; {count} were asked for.",
+                capacity_remaining=max(tenant_remaining, 0),
+                requested=count,
+            )

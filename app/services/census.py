@@ -1,4 +1,5 @@
-"""Live-bot tallies by (swarm, tier, status), kept in step with every bot insert and status change.
+"""Live-bot tallies by (tenant, swarm, tier, status), kept in step with every bot insert and
+status change.
 
 Stats and capacity read these few rows instead of counting 50,000 bots. Every change to a bot's
 status goes through change_bot_status, which moves the tallies in the same statement.
@@ -12,38 +13,49 @@ from sqlalchemy import text
 
 from app.extensions import db
 from app.models import LIVE_BOT_STATES
+from app.services.tenancy import census_key
 
 _ADD = """
-INSERT INTO bot_census (swarm_id, tier, status, n) VALUES (:swarm_id, :tier, :status, :n)
-ON CONFLICT (swarm_id, tier, status) DO UPDATE SET n = bot_census.n + excluded.n
+INSERT INTO bot_census (tenant, swarm_id, tier, status, n)
+VALUES (:tenant, :swarm_id, :tier, :status, :n)
+ON CONFLICT (tenant, swarm_id, tier, status) DO UPDATE SET n = bot_census.n + excluded.n
 """
 
 # `target` selects and locks the bots to change; their tallies move from the old to the new status.
 _CHANGE = """
 WITH target AS (
-    SELECT id, coalesce(swarm_id, '') AS swarm_key, tier, status AS old_status
+    SELECT id, coalesce(tenant, '') AS tenant_key, coalesce(swarm_id, '') AS swarm_key, tier,
+           status AS old_status
       FROM bots WHERE {where} AND status = ANY(:from_states)
      ORDER BY id FOR UPDATE
 ), changed AS (
     UPDATE bots b SET status = :to_state FROM target WHERE b.id = target.id
-    RETURNING target.swarm_key, target.tier, target.old_status
+    RETURNING target.tenant_key, target.swarm_key, target.tier, target.old_status
 ), moves AS (
-    SELECT swarm_key, tier, old_status AS status, -count(*) AS n FROM changed GROUP BY 1, 2, 3
+    SELECT tenant_key, swarm_key, tier, old_status AS status, -count(*) AS n
+      FROM changed GROUP BY 1, 2, 3, 4
     UNION ALL
-    SELECT swarm_key, tier, :to_state, count(*) FROM changed GROUP BY 1, 2
+    SELECT tenant_key, swarm_key, tier, :to_state, count(*) FROM changed GROUP BY 1, 2, 3
 ), tallied AS (
-    INSERT INTO bot_census (swarm_id, tier, status, n)
-    SELECT swarm_key, tier, status, sum(n) FROM moves GROUP BY 1, 2, 3
-    ON CONFLICT (swarm_id, tier, status) DO UPDATE SET n = bot_census.n + excluded.n
+    INSERT INTO bot_census (tenant, swarm_id, tier, status, n)
+    SELECT tenant_key, swarm_key, tier, status, sum(n) FROM moves GROUP BY 1, 2, 3, 4
+    ON CONFLICT (tenant, swarm_id, tier, status) DO UPDATE SET n = bot_census.n + excluded.n
 )
 SELECT id FROM target
 """
 
 
-def add_bots(swarm_id: str | None, tier: str, status: str, n: int) -> None:
+def add_bots(swarm_id: str | None, tier: str, status: str, n: int, tenant: str | None) -> None:
     """Count n new bots in the tallies."""
     db.session.execute(
-        text(_ADD), {"swarm_id": swarm_id or "", "tier": tier, "status": status, "n": n}
+        text(_ADD),
+        {
+            "tenant": census_key(tenant),
+            "swarm_id": swarm_id or "",
+            "tier": tier,
+            "status": status,
+            "n": n,
+        },
     )
 
 
@@ -61,12 +73,15 @@ def change_bot_status(
     return [row[0] for row in rows]
 
 
-def live_bots() -> int:
-    """Bots that count against capacity (active or paused)."""
+def live_bots(tenant: str | None = None) -> int:
+    """Bots that count against capacity (active or paused), of one tenant or of all."""
     return int(
         db.session.execute(
-            text("SELECT coalesce(sum(n), 0) FROM bot_census WHERE status = ANY(:live)"),
-            {"live": list(LIVE_BOT_STATES)},
+            text(
+                "SELECT coalesce(sum(n), 0) FROM bot_census WHERE status = ANY(:live)"
+                " AND (CAST(:tenant AS text) IS NULL OR tenant = :tenant)"
+            ),
+            {"live": list(LIVE_BOT_STATES), "tenant": tenant},
         ).scalar_one()
     )
 

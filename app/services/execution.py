@@ -18,6 +18,7 @@ from psycopg2.errors import DeadlockDetected
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
+from app import metrics
 from app.errors import is_connection_error
 from app.extensions import db
 from app.handlers import TaskFailed, TaskInput
@@ -60,11 +61,14 @@ WITH outcome AS (
       FROM outcome o
      WHERE t.id = o.id AND t.status = ANY(:from_states)
        AND (o.attempt IS NULL OR t.attempts = o.attempt)
-    RETURNING t.bot_id, t.swarm_id, t.status, t.workflow_id
+    RETURNING t.bot_id, t.swarm_id, t.status, t.workflow_id,
+              t.tier, t.type, t.assigned_at, t.started_at, t.finished_at
 )
 """
     + TALLY_CTES
-    + "SELECT count(*), array_remove(array_agg(DISTINCT workflow_id), NULL) FROM moved"
+    + "SELECT count(*), array_remove(array_agg(DISTINCT workflow_id), NULL), "
+    + metrics.MOVED_SUMMARY_SQL
+    + " FROM moved"
 )
 
 # Built-in types whose handlers are pure, in-process and quick. A first delivery of a chunk of them
@@ -164,9 +168,10 @@ def record_outcomes(
     deadlocks = 0
     while True:
         try:
-            moved, workflow_ids = db.session.execute(text(statement), params).one()
+            moved, workflow_ids, summary = db.session.execute(text(statement), params).one()
             released = workflows.advance(workflow_ids) if workflow_ids else []
             db.session.commit()
+            metrics.record_moved(summary)
             workflows.publish_steps(released)
             return int(moved)
         except OperationalError as error:

@@ -33,6 +33,7 @@ import requests
 from flask import current_app
 from sqlalchemy import select, text
 
+from app import metrics
 from app.clients.downstream import (
     DownstreamBadResponse,
     DownstreamError,
@@ -443,7 +444,7 @@ def _one_round(view: ServiceView, payload: dict[str, Any], timeout: float) -> di
         if not breaker.allow(url, trial_ttl):
             continue
         try:
-            with _slot(view, timeout):
+            with _slot(view, timeout), metrics.downstream_call(view.name, url):
                 result = call_service([url], view.path, payload, timeout=timeout, retries=0)
         except ServiceBusy:
             raise

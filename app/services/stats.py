@@ -10,17 +10,39 @@ from app.extensions import db
 from app.models import BOT_ACTIVE, LIVE_BOT_STATES
 from app.services.capacity import max_bots
 from app.services.ids import iso, utcnow
+from app.services.tenancy import current_tenant
 from app.tiers import TIERS
+
+# A tenant's totals come from its own bots' counters (service totals are not kept per tenant);
+# the partial index on bots.tenant keeps this to the tenant's rows.
+_TENANT_TOTALS = """
+SELECT 'bots_created', count(*) FROM bots WHERE tenant = :tenant
+UNION ALL SELECT 'tasks_completed', coalesce(sum(completed_tasks), 0) FROM bots WHERE tenant = :tenant
+UNION ALL SELECT 'tasks_assigned', coalesce(sum(total_tasks), 0) FROM bots WHERE tenant = :tenant
+UNION ALL SELECT 'tasks_failed', coalesce(sum(failed_tasks), 0) FROM bots WHERE tenant = :tenant
+"""
 
 
 def bot_stats() -> dict[str, Any]:
-    """The figures of GET /bots/stats."""
+    """The figures of GET /bots/stats; a tenant key sees only its tenant's bots and tasks."""
+    tenant = current_tenant()
     census = db.session.execute(
-        text("SELECT tier, status, sum(n) FROM bot_census GROUP BY tier, status")
+        text(
+            "SELECT tier, status, sum(n) FROM bot_census"
+            " WHERE CAST(:tenant AS text) IS NULL OR tenant = :tenant GROUP BY tier, status"
+        ),
+        {"tenant": tenant},
     ).all()
-    counters = dict(db.session.execute(text("SELECT name, value FROM counters")).all())
+    if tenant is None:
+        counters = dict(db.session.execute(text("SELECT name, value FROM counters")).all())
+    else:
+        counters = dict(db.session.execute(text(_TENANT_TOTALS), {"tenant": tenant}).all())
     swarm_count = db.session.execute(
-        text("SELECT count(*) FROM swarms WHERE status <> 'retired'")
+        text(
+            "SELECT count(*) FROM swarms WHERE status <> 'retired'"
+            " AND (CAST(:tenant AS text) IS NULL OR tenant = :tenant)"
+        ),
+        {"tenant": tenant},
     ).scalar_one()
     live = sum(int(n) for _, status, n in census if status in LIVE_BOT_STATES)
     distribution = {tier: 0 for tier in TIERS}

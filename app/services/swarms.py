@@ -12,15 +12,16 @@ from app.models import BOT_ACTIVE, BOT_PAUSED, BOT_RETIRED, LIVE_BOT_STATES, Swa
 from app.services import assignments, capacity, census
 from app.services.ids import SQL_NEW_BOT_ID, new_id, utcnow
 from app.services.tally import add_to_counters_sql
+from app.services.tenancy import current_tenant, visible
 
 SWARM_ACTIVE, SWARM_PAUSED, SWARM_RETIRED = BOT_ACTIVE, BOT_PAUSED, BOT_RETIRED
 
 # One INSERT for the whole swarm; positions number the bots' dataset slices.
 _INSERT_BOTS = f"""
-INSERT INTO bots (id, name, tier, capabilities, status, swarm_id, position, created_at,
+INSERT INTO bots (id, name, tier, capabilities, status, swarm_id, tenant, position, created_at,
                   last_active)
-SELECT {SQL_NEW_BOT_ID}, :name || '-' || (g + 1), :tier, :capabilities, :status, :swarm_id, g,
-       :now, :now
+SELECT {SQL_NEW_BOT_ID}, :name || '-' || (g + 1), :tier, :capabilities, :status, :swarm_id,
+       :tenant, g, :now, :now
   FROM generate_series(CAST(:first AS int), CAST(:first AS int) + :count - 1) AS g
 RETURNING id
 """
@@ -46,12 +47,14 @@ def create_swarm(
     name: str, count: int, tier: str, capabilities: list[str]
 ) -> tuple[Swarm, list[str]]:
     """Create a swarm of `count` active bots in one statement; returns it with the bot ids."""
-    capacity.reserve(count)
+    tenant = current_tenant()
+    capacity.reserve(count, tenant)
     now = utcnow()
     swarm = Swarm(
         id=new_id("swarm"),
         name=name,
         tier=tier,
+        tenant=tenant,
         capabilities=capabilities,
         status=SWARM_ACTIVE,
         next_position=count,
@@ -77,6 +80,7 @@ def _insert_bots(swarm: Swarm, first: int, count: int, now) -> list[str]:
             "capabilities": swarm.capabilities,
             "status": BOT_ACTIVE if swarm.status == SWARM_ACTIVE else BOT_PAUSED,
             "swarm_id": swarm.id,
+            "tenant": swarm.tenant,
             "first": first,
             "count": count,
             "now": now,
@@ -84,7 +88,11 @@ def _insert_bots(swarm: Swarm, first: int, count: int, now) -> list[str]:
     )
     bot_ids = [row[0] for row in rows]
     census.add_bots(
-        swarm.id, swarm.tier, BOT_ACTIVE if swarm.status == SWARM_ACTIVE else BOT_PAUSED, count
+        swarm.id,
+        swarm.tier,
+        BOT_ACTIVE if swarm.status == SWARM_ACTIVE else BOT_PAUSED,
+        count,
+        swarm.tenant,
     )
     db.session.execute(
         text(add_to_counters_sql("VALUES ('bots_created', CAST(:n AS bigint))")), {"n": count}
@@ -93,9 +101,9 @@ def _insert_bots(swarm: Swarm, first: int, count: int, now) -> list[str]:
 
 
 def get_swarm(swarm_id: str, *, lock: bool = False) -> Swarm:
-    """The swarm, or 404; `lock` holds its row until commit."""
+    """The swarm, or 404 (also another tenant's); `lock` holds its row until commit."""
     swarm = db.session.get(Swarm, swarm_id, with_for_update=lock)
-    if swarm is None:
+    if swarm is None or not visible(swarm.tenant):
         raise NotFound(f"Swarm {swarm_id!r} not found.")
     return swarm
 
@@ -117,6 +125,8 @@ def _view(swarm: Swarm) -> SwarmView:
 def list_swarms(limit: int, after: str | None, status: str | None) -> list[SwarmView]:
     """A page of swarms in id order, starting after the cursor."""
     query = select(Swarm).order_by(Swarm.id).limit(limit)
+    if current_tenant() is not None:
+        query = query.where(Swarm.tenant == current_tenant())
     if after:
         query = query.where(Swarm.id > after)
     if status:
@@ -149,7 +159,7 @@ def update_swarm(swarm_id: str, count: int | None, status: str | None) -> SwarmV
 def _scale(swarm: Swarm, count: int) -> None:
     live = _view(swarm).bot_count
     if count > live:
-        capacity.reserve(count - live)
+        capacity.reserve(count - live, swarm.tenant)
         _insert_bots(swarm, first=swarm.next_position, count=count - live, now=utcnow())
         swarm.next_position += count - live
     elif count < live:

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import select, text
 
+from app import metrics
 from app.dispatch import publish_chunks
 from app.errors import Conflict, Invalid, NotFound
 from app.extensions import db
@@ -40,6 +41,7 @@ from app.services.ids import new_id, utcnow
 from app.services.payloads import load_payloads, store_payload
 from app.services.tally import TALLY_CTES
 from app.services.task_types import chunk_size_of, get_task_type, require_runnable
+from app.services.tenancy import current_tenant, visible
 from app.tiers import PRIORITY_TIERS
 
 FAIL_WORKFLOW, CONTINUE = "fail_workflow", "continue"
@@ -111,6 +113,7 @@ def orchestrate(steps: list[StepSpec], priority: str, deadline_s: float) -> Work
         id=new_id("wf"),
         priority=priority,
         tier=tier,
+        tenant=current_tenant(),
         status=WORKFLOW_ACTIVE,
         spec=spec,
         deadline_at=now + timedelta(seconds=deadline_s),
@@ -342,6 +345,7 @@ def _settle(workflow: Workflow, status: str, error: str | None) -> None:
 def publish_steps(released: list[tuple[int, str, str]]) -> None:
     """Publish released steps (after the commit that released them)."""
     for task_id, type_name, tier in released:
+        metrics.count_assigned(tier, type_name)
         publish_chunks([task_id], tier, chunk_size_of(type_name))
 
 
@@ -349,9 +353,9 @@ def publish_steps(released: list[tuple[int, str, str]]) -> None:
 
 
 def get_workflow(workflow_id: str) -> WorkflowView:
-    """The workflow with its steps, or 404."""
+    """The workflow with its steps, or 404 (also another tenant's)."""
     workflow = db.session.get(Workflow, workflow_id)
-    if workflow is None:
+    if workflow is None or not visible(workflow.tenant):
         raise NotFound(f"Task {workflow_id!r} not found.")
     steps = db.session.scalars(
         select(Task).where(Task.workflow_id == workflow_id).order_by(Task.step)
@@ -362,7 +366,7 @@ def get_workflow(workflow_id: str) -> WorkflowView:
 def cancel_workflow(workflow_id: str) -> WorkflowView:
     """Cancel durably: steps not yet started never start. Repeating it changes nothing."""
     workflow = db.session.get(Workflow, workflow_id, with_for_update=True)
-    if workflow is None:
+    if workflow is None or not visible(workflow.tenant):
         raise NotFound(f"Task {workflow_id!r} not found.")
     if workflow.status == WORKFLOW_ACTIVE:
         _cancel_unstarted(workflow_id)

@@ -152,8 +152,19 @@
     put("swarms", swarms(data.swarms));
   }
 
+  // The API key comes in the page's fragment (/dashboard#key=...), which browsers never send to
+  // the server or write into logs; it is kept for this tab only.
+  var fragmentKey = /(?:^#|&)key=([^&]+)/.exec(window.location.hash);
+  if (fragmentKey) {
+    sessionStorage.setItem("orchestratorKey", decodeURIComponent(fragmentKey[1]));
+    history.replaceState(null, "", window.location.pathname + window.location.search);
+  }
+  var apiKey = sessionStorage.getItem("orchestratorKey");
+  var requestHeaders = { Accept: "application/json" };
+  if (apiKey) requestHeaders.Authorization = "Bearer " + apiKey;
+
   function poll() {
-    fetch(url, { headers: { Accept: "application/json" }, cache: "no-store" })
+    fetch(url, { headers: requestHeaders, cache: "no-store" })
       .then(function (response) {
         if (!response.ok) throw new Error("HTTP " + response.status);
         return response.json();

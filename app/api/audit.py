@@ -1,0 +1,61 @@
+"""/audit: the log of control actions, for admins; and the hook that writes it."""
+
+from __future__ import annotations
+
+from flask import Flask, g, request
+from flask_smorest import Blueprint
+from marshmallow import Schema, fields, validate
+
+from app.api.schemas import MAX_PAGE, Timestamp
+from app.services import audit
+
+blp = Blueprint("audit", __name__, description="Audit log of control actions (admin)")
+
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class AuditPage(Schema):
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=MAX_PAGE))
+    before = fields.Integer(validate=validate.Range(min=1))
+
+
+class AuditOut(Schema):
+    id = fields.Integer()
+    at = Timestamp()
+    key_name = fields.String(allow_none=True)
+    tenant = fields.String(allow_none=True)
+    action = fields.String()
+    method = fields.String()
+    path = fields.String()
+    status = fields.Integer()
+    remote_addr = fields.String(allow_none=True)
+
+
+@blp.route("/audit", methods=["GET"])
+@blp.arguments(AuditPage, location="query")
+def list_audit(query):
+    """Newest first; page with `before` (the last id seen)."""
+    items = audit.entries(query["limit"], query.get("before"), tenant=None)
+    return {
+        "items": AuditOut().dump(items, many=True),
+        "limit": query["limit"],
+        "next_before": items[-1].id if len(items) == query["limit"] else None,
+    }
+
+
+def register_audit(app: Flask) -> None:
+    """Record every successful write (create, scale, pause, delete, assign, registry change)."""
+
+    @app.after_request
+    def _record(response):
+        if request.method in WRITE_METHODS and request.endpoint and response.status_code < 400:
+            audit.record(
+                key_name=g.get("api_key_name"),
+                tenant=g.get("tenant"),
+                action=request.endpoint,
+                method=request.method,
+                path=request.path,
+                status=response.status_code,
+                remote_addr=request.remote_addr,
+            )
+        return response
