@@ -5,12 +5,17 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import secrets
 import time
 from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg2
 import redis
+
+# The admin key the bench's stack is started with; in the environment so that the load
+# generator's subprocess uses the same one.
+API_KEY = os.environ.setdefault("BENCH_API_KEY", "orch_bench_" + secrets.token_urlsafe(16))
 
 
 class Api:
@@ -24,7 +29,9 @@ class Api:
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """Send one request and read the whole answer; (status, parsed JSON)."""
         payload = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
         for attempt in range(2):
             if self._conn is None:
                 self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)

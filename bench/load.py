@@ -19,6 +19,10 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from bench.client import API_KEY
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 
 
@@ -57,6 +61,7 @@ def _run_wrk(base_url: str, paths: list[str], seconds: float, connections: int) 
         quoted = ", ".join(json.dumps(p) for p in paths)
         script.write(
             f"local paths = {{{quoted}}}\n"
+            f'wrk.headers["Authorization"] = "Bearer {API_KEY}"\n'
             "request = function()\n"
             "  return wrk.format('GET', paths[math.random(#paths)])\n"
             "end\n"
@@ -102,7 +107,7 @@ def _python_load(base_url: str, paths: list[str], seconds: float, connections: i
         while time.monotonic() < stop_at:
             started = time.perf_counter()
             try:
-                conn.request("GET", random.choice(paths))
+                conn.request("GET", random.choice(paths), headers=AUTH)
                 response = conn.getresponse()
                 response.read()
                 if response.status >= 400:

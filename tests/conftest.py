@@ -102,6 +102,8 @@ def test_env(sample_data_dir) -> dict[str, str]:
         "DATA_DIR": str(sample_data_dir),
         "MAX_BOTS": "50000",
         "ADMIN_API_KEY": ADMIN_KEY,
+        # The stand-in AI services the tests start listen on loopback.
+        "URL_ALLOWLIST": "127.0.0.1",
     }
 
 

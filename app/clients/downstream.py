@@ -62,6 +62,7 @@ def call_service(
     retries: int = 2,
     backoff: float = 0.2,
     session: requests.Session | None = None,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """POST payload as JSON to the first URL that answers; return the decoded JSON reply."""
     if not urls:
@@ -73,7 +74,7 @@ def call_service(
             time.sleep(_backoff_delay(backoff, round_number))
         for base in urls:
             try:
-                return _attempt(session, _join(base, path), payload, timeout)
+                return _attempt(session, _join(base, path), payload, timeout, headers)
             except DownstreamError as error:
                 if not error.retryable:
                     raise
@@ -83,12 +84,16 @@ def call_service(
 
 
 def _attempt(
-    session: requests.Session, url: str, payload: dict[str, Any], timeout: float
+    session: requests.Session,
+    url: str,
+    payload: dict[str, Any],
+    timeout: float,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     started = time.monotonic()
     try:
         response = session.post(
-            url, json=payload, timeout=(timeout, timeout), allow_redirects=False
+            url, json=payload, headers=headers, timeout=(timeout, timeout), allow_redirects=False
         )
         return _decode(response, url)
     except DownstreamError as error:

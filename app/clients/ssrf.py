@@ -96,3 +96,20 @@ def check_url(url: str, allowlist: Allowlist, resolve=socket.getaddrinfo) -> lis
         if _is_internal(address) and not allowlist.admits(address):
             raise UnsafeURL(f"{host!r} resolves to the internal address {address}")
     return addresses
+
+
+def pinned(url: str, addresses: list[Address]) -> tuple[str, dict[str, str]]:
+    """The URL to connect to so the checked address is the one reached, with its headers.
+
+    Plain http is sent to the address itself with the original Host header, so a second DNS
+    answer cannot differ from the checked one. https keeps the name: certificate verification
+    already refuses a server that is not the named host.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not addresses:
+        return url, {}
+    address = addresses[0]
+    host = f"[{address}]" if address.version == 6 else str(address)
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    host_header = parts.netloc.rsplit("@", 1)[-1]
+    return parts._replace(netloc=netloc).geturl(), {"Host": host_header}

@@ -40,6 +40,7 @@ from app.clients.downstream import (
     DownstreamHTTPError,
     call_service,
 )
+from app.clients.ssrf import Allowlist, UnsafeURL, check_url, pinned
 from app.config import SERVICE_URL_VARIABLES, Settings
 from app.errors import Invalid, NotFound
 from app.extensions import db
@@ -369,8 +370,34 @@ def _checked_urls(urls: list[str]) -> list[str]:
             raise Invalid(f"{raw!r} is not an http(s) URL.", field="urls")
         if url in checked:
             raise Invalid(f"{url!r} is listed twice.", field="urls")
+        if url not in _trusted_urls():
+            try:
+                check_url(url, _allowlist())
+            except UnsafeURL as error:
+                raise Invalid(f"{url!r} may not be called: {error}.", field="urls") from None
         checked.append(url)
     return checked
+
+
+def _trusted_urls() -> set[str]:
+    """URLs from the environment: the operator's own, called without the allowlist check."""
+    settings = current_app.config["SETTINGS"]
+    return {url for urls in settings.service_urls.values() for url in urls}
+
+
+def _allowlist() -> Allowlist:
+    return Allowlist.parse(list(current_app.config["SETTINGS"].url_allowlist))
+
+
+def _target(url: str) -> tuple[str, dict[str, str]]:
+    """Where to connect for `url`: checked again at call time unless the environment set it."""
+    if url in _trusted_urls():
+        return url, {}
+    try:
+        addresses = check_url(url, _allowlist())
+    except UnsafeURL as error:
+        raise DownstreamError(f"{url} may not be called: {error}", retryable=False) from None
+    return pinned(url, addresses)
 
 
 def _checked_path(path: str, name: str) -> str:
@@ -444,8 +471,11 @@ def _one_round(view: ServiceView, payload: dict[str, Any], timeout: float) -> di
         if not breaker.allow(url, trial_ttl):
             continue
         try:
+            target, headers = _target(url)
             with _slot(view, timeout), metrics.downstream_call(view.name, url):
-                result = call_service([url], view.path, payload, timeout=timeout, retries=0)
+                result = call_service(
+                    [target], view.path, payload, timeout=timeout, retries=0, headers=headers
+                )
         except ServiceBusy:
             raise
         except DownstreamError as error:
@@ -517,7 +547,8 @@ class _Probe:
 
 def probe_all() -> dict[str, int]:
     """GET every URL's health path (in parallel, short timeout) and store what answered. Commits."""
-    targets = [(view, url) for view in _load_all() for url in view.urls]
+    # Where to connect is decided here, in the app context; the probes run in threads.
+    targets = [(view, url, _probe_target(url)) for view in _load_all() for url in view.urls]
     probed_at = utcnow()
     results: list[_Probe] = []
     if targets:
@@ -533,11 +564,26 @@ def probe_all() -> dict[str, int]:
     return {"probed": len(results), "healthy": healthy, "unhealthy": len(results) - healthy}
 
 
-def _probe(view: ServiceView, url: str) -> _Probe:
+def _probe_target(url: str) -> tuple[str, dict[str, str]] | str:
+    try:
+        return _target(url)
+    except DownstreamError as error:
+        return str(error)
+
+
+def _probe(view: ServiceView, url: str, connect: tuple[str, dict[str, str]] | str) -> _Probe:
     target = url.rstrip("/") + "/" + view.health_path.lstrip("/")
+    if isinstance(connect, str):
+        return _Probe(view.name, url, ENDPOINT_UNHEALTHY, None, connect)
+    base, headers = connect
     started = time.monotonic()
     try:
-        response = requests.get(target, timeout=PROBE_TIMEOUT_S, allow_redirects=False)
+        response = requests.get(
+            base.rstrip("/") + "/" + view.health_path.lstrip("/"),
+            headers=headers,
+            timeout=PROBE_TIMEOUT_S,
+            allow_redirects=False,
+        )
     except requests.RequestException as exc:
         return _Probe(view.name, url, ENDPOINT_UNHEALTHY, None, f"{type(exc).__name__}")
     latency_ms = round((time.monotonic() - started) * 1000, 1)
