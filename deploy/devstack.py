@@ -819,6 +819,16 @@ def service_processes() -> list[tuple[str, list[str]]]:
     ]  # fmt: skip
 
 
+_generated_admin_key: str | None = None
+
+
+def announce_admin_key(url: str) -> None:
+    """Print the admin key made for this run (never one the user set)."""
+    if _generated_admin_key:
+        say(f"Admin API key for this run (set ADMIN_API_KEY to choose one): {_generated_admin_key}")
+        say(f"  curl -H 'Authorization: Bearer {_generated_admin_key}' {url}/bots/stats")
+
+
 def announce_when_healthy(port: int) -> None:
     """Print the service URL once /health answers, or say that it did not within 30 s."""
     url = f"http://{LOOPBACK}:{port}"
@@ -827,9 +837,11 @@ def announce_when_healthy(port: int) -> None:
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2):
                 say(f"Orchestrator Service is up: {url}")
+                announce_admin_key(url)
                 return
         except urllib.error.HTTPError as error:
             say(f"Orchestrator Service is up: {url} (/health answered {error.code})")
+            announce_admin_key(url)
             return
         except (urllib.error.URLError, OSError):
             time.sleep(0.5)
@@ -876,6 +888,11 @@ def cmd_run() -> int:
         env = dict(os.environ, DATABASE_URL=database.url, REDIS_URL=broker.url)
         env["PYTHONUNBUFFERED"] = "1"  # child output arrives line by line, not in blocks
         env.setdefault("PROMETHEUS_MULTIPROC_DIR", fresh_metrics_dir())
+        if not env.get("ADMIN_API_KEY"):
+            # Like a notebook server's token: made for this run, printed once it is up.
+            env["ADMIN_API_KEY"] = "orch_" + secrets.token_urlsafe(32)
+            global _generated_admin_key
+            _generated_admin_key = env["ADMIN_API_KEY"]
         port = int(settings(env).port)
         return supervise(env, service_processes(), port)
     except Stopped as stopped:
