@@ -7,6 +7,7 @@ against real HTTP servers on loopback standing in for the AI services.
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 from sqlalchemy import text
@@ -285,3 +286,122 @@ def test_overdue_workflow_fails_at_its_deadline(client):
     done = client.get(f"/task/{workflow['task_id']}").get_json()
     assert done["status"] == "failed" and done["error"] == "deadline exceeded"
     assert done["steps"][0]["status"] == "cancelled"
+
+
+# ---- steps that run on a swarm ---------------------------------------------------------------
+
+
+def _swarm(client, count: int, capabilities: list[str]) -> str:
+    body = {"name": "analysts", "count": count, "tier": "advanced", "capabilities": capabilities}
+    response = client.post("/swarms", json=body)
+    assert response.status_code == 201
+    return response.get_json()["id"]
+
+
+def test_swarm_step_runs_as_a_mass_action_and_aggregates_its_results(client):
+    swarm_id = _swarm(client, 50, ["analytics"])
+    workflow = client.post(
+        "/orchestrate",
+        json={
+            "tasks": [
+                {
+                    "name": "sentiment",
+                    "type": "distributed_analysis",
+                    "swarm_id": swarm_id,
+                    "params": {
+                        "dataset": "large_dataset.csv",
+                        "analysis_type": "sentiment",
+                        "chunk_size": 100,
+                    },
+                },
+                {
+                    "name": "report",
+                    "type": "echo",
+                    "depends_on": ["sentiment"],
+                    "params": {"positive": {"$ref": "steps.sentiment.result.totals.positive"}},
+                },
+            ]
+        },
+    ).get_json()
+    assert workflow["steps"][0]["status"] == "running"  # its 50 tasks are queued
+    assert (
+        db.session.execute(
+            text("SELECT count(*) FROM tasks WHERE workflow_id = :w AND bot_id IS NOT NULL"),
+            {"w": workflow["task_id"]},
+        ).scalar_one()
+        == 50
+    )
+
+    run_to_the_end()
+    done = client.get(f"/task/{workflow['task_id']}").get_json()
+    assert done["status"] == "completed"
+    sentiment = steps_by_name(done)["sentiment"]["result"]
+    assert (sentiment["tasks"], sentiment["completed"], sentiment["failed"]) == (50, 50, 0)
+    totals = sentiment["totals"]
+    assert totals["rows"] == 5000  # 50 slices of 100 rows cover the whole file
+    assert totals["positive"] + totals["negative"] + totals["neutral"] == 5000
+    assert steps_by_name(done)["report"]["result"] == {"echo": {"positive": totals["positive"]}}
+    swarm = client.get(f"/swarms/{swarm_id}").get_json()
+    assert swarm["total_tasks_completed"] == 50
+
+
+def test_cancelling_a_workflow_ends_its_swarm_step_and_the_tasks_not_started(client):
+    swarm_id = _swarm(client, 30, [])
+    workflow = client.post(
+        "/orchestrate",
+        json={"tasks": [{"name": "all", "type": "echo", "swarm_id": swarm_id}]},
+    ).get_json()
+    assert client.delete(f"/task/{workflow['task_id']}").status_code == 200
+    rows = dict(
+        db.session.execute(
+            text("SELECT status, count(*) FROM tasks WHERE workflow_id = :w GROUP BY status"),
+            {"w": workflow["task_id"]},
+        ).all()
+    )
+    assert rows == {"cancelled": 31}
+    assert run_ready_steps() == 0
+    swarm = client.get(f"/swarms/{swarm_id}").get_json()
+    assert swarm["total_tasks_assigned"] == 30
+    bot = client.get(f"/bots?swarm_id={swarm_id}&limit=1").get_json()["items"][0]
+    assert bot["pending_tasks"] == 0
+
+
+def test_a_swarm_step_needs_a_swarm_that_can_run_it(client):
+    unknown = client.post(
+        "/orchestrate", json={"tasks": [{"type": "echo", "swarm_id": "swarm-nope"}]}
+    )
+    assert unknown.status_code == 404
+    swarm_id = _swarm(client, 3, [])
+    lacking = client.post(
+        "/orchestrate",
+        json={"tasks": [{"type": "distributed_analysis", "swarm_id": swarm_id}]},
+    )
+    assert lacking.status_code == 422
+    assert "analytics" in lacking.get_json()["error"]["message"]
+    assert db.session.execute(text("SELECT count(*) FROM workflows")).scalar_one() == 0
+
+
+def test_cancel_while_workers_are_down_then_start_them_nothing_cancelled_runs(client, test_env):
+    from tests.workers import WorkerProcess, queue_lengths
+
+    workflow = client.post(
+        "/orchestrate",
+        json={"tasks": [{"name": "a", "type": "echo"}, {"name": "b", "type": "echo"}]},
+    ).get_json()
+    assert sum(queue_lengths(test_env["REDIS_URL"]).values()) == 2  # published, nobody consumes
+    assert client.delete(f"/task/{workflow['task_id']}").status_code == 200
+
+    worker = WorkerProcess(test_env)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 20
+        while sum(queue_lengths(test_env["REDIS_URL"]).values()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sum(queue_lengths(test_env["REDIS_URL"]).values()) == 0  # the messages arrived
+        reconcile()
+        time.sleep(0.5)
+    finally:
+        worker.stop()
+    rows = db.session.execute(text("SELECT status, attempts, started_at FROM tasks")).all()
+    assert rows == [("cancelled", 0, None), ("cancelled", 0, None)]
+    assert client.get(f"/task/{workflow['task_id']}").get_json()["status"] == "cancelled"

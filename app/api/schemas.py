@@ -119,6 +119,7 @@ class Step(Schema):
     on_failure = fields.String(
         load_default="fail_workflow", validate=validate.OneOf(["fail_workflow", "continue"])
     )
+    swarm_id = fields.String(validate=validate.Length(min=1, max=64))
 
 
 class Orchestrate(Schema):

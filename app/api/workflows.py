@@ -24,6 +24,7 @@ def orchestrate(body):
             timeout_s=step.get("timeout_s"),
             retries=step.get("retries"),
             on_failure=step["on_failure"],
+            swarm_id=step.get("swarm_id"),
         )
         for step in body["tasks"]
     ]

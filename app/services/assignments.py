@@ -42,8 +42,10 @@ WITH targets AS (
      WHERE swarm_id = :swarm_id AND status = 'active'
     RETURNING id, position
 )
-INSERT INTO tasks (type, tier, status, bot_id, swarm_id, payload_id, slice_index, assigned_at)
-SELECT :type, :tier, 'assigned', id, :swarm_id, :payload_id, position, :now
+INSERT INTO tasks (type, tier, status, bot_id, swarm_id, payload_id, slice_index, assigned_at,
+                   workflow_id, step)
+SELECT :type, :tier, 'assigned', id, :swarm_id, :payload_id, position, :now,
+       :workflow_id, :step
   FROM targets ORDER BY position
 RETURNING id
 """
@@ -121,6 +123,21 @@ def assign_to_bot(bot_id: str, type_name: str, data: dict[str, Any]) -> Assignme
 def assign_to_swarm(swarm_id: str, type_name: str, data: dict[str, Any]) -> MassAssignment:
     """Give one task to every active bot of a swarm: one INSERT ... SELECT, few messages."""
     task_type = get_task_type(type_name)
+    swarm = lock_swarm_for(swarm_id, type_name)
+    now = utcnow()
+    task_ids = insert_swarm_tasks(swarm, type_name, store_payload(data), now)
+    tier = swarm.tier
+    db.session.commit()
+    metrics.count_assigned(tier, type_name, len(task_ids))
+    publish_chunks(task_ids, tier, task_type.chunk_size)
+    return MassAssignment(
+        swarm_id=swarm_id, task_type=type_name, assignments=len(task_ids), assigned_at=now
+    )
+
+
+def lock_swarm_for(swarm_id: str, type_name: str) -> Swarm:
+    """The swarm, locked, if it may take tasks of this type now (404, 409 or 422 otherwise)."""
+    task_type = get_task_type(type_name)
     swarm = db.session.get(Swarm, swarm_id, with_for_update=True)
     if swarm is None or not visible(swarm.tenant):
         raise NotFound(f"Swarm {swarm_id!r} not found.")
@@ -128,15 +145,28 @@ def assign_to_swarm(swarm_id: str, type_name: str, data: dict[str, Any]) -> Mass
         raise Conflict(f"Swarm {swarm_id!r} is {swarm.status}; only active swarms take tasks.")
     require_capability(task_type, swarm.capabilities, f"Swarm {swarm_id!r}")
     require_runnable(task_type)
-    now = utcnow()
+    return swarm
+
+
+def insert_swarm_tasks(
+    swarm: Swarm,
+    type_name: str,
+    payload_id: int,
+    now: datetime,
+    workflow_id: str | None = None,
+    step: int | None = None,
+) -> list[int]:
+    """One task per active bot of a locked swarm, counted; the caller commits and publishes."""
     rows = db.session.execute(
         text(_ASSIGN_TO_SWARM),
         {
             "swarm_id": swarm.id,
             "type": type_name,
             "tier": swarm.tier,
-            "payload_id": store_payload(data),
+            "payload_id": payload_id,
             "now": now,
+            "workflow_id": workflow_id,
+            "step": step,
         },
     )
     task_ids = [row[0] for row in rows]
@@ -145,13 +175,7 @@ def assign_to_swarm(swarm_id: str, type_name: str, data: dict[str, Any]) -> Mass
         text(add_to_counters_sql("VALUES ('tasks_assigned', CAST(:n AS bigint))")),
         {"n": len(task_ids)},
     )
-    tier = swarm.tier
-    db.session.commit()
-    metrics.count_assigned(tier, type_name, len(task_ids))
-    publish_chunks(task_ids, tier, task_type.chunk_size)
-    return MassAssignment(
-        swarm_id=swarm_id, task_type=type_name, assignments=len(task_ids), assigned_at=now
-    )
+    return task_ids
 
 
 def complete_task(bot_id: str, task_id: int, result: Any) -> Task:

@@ -12,6 +12,7 @@ A step's `params` may refer to a dependency's result with `{"$ref": "steps.<name
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -20,7 +21,7 @@ from sqlalchemy import select, text
 
 from app import metrics
 from app.dispatch import publish_chunks
-from app.errors import Conflict, Invalid, NotFound
+from app.errors import Conflict, Invalid, NotFound, ServiceError
 from app.extensions import db
 from app.models import (
     NOT_STARTED_TASK_STATES,
@@ -37,6 +38,7 @@ from app.models import (
     Task,
     Workflow,
 )
+from app.services import assignments
 from app.services.ids import new_id, utcnow
 from app.services.payloads import load_payloads, store_payload
 from app.services.tally import TALLY_CTES
@@ -61,6 +63,53 @@ WITH moved AS (
 )
 
 
+# A swarm step's tasks: how many are still open, and how they ended.
+_SWARM_STEP_PROGRESS = """
+SELECT count(*) AS total,
+       count(*) FILTER (WHERE status IN ('waiting', 'assigned', 'running')) AS open,
+       count(*) FILTER (WHERE status = 'completed') AS completed,
+       count(*) FILTER (WHERE status = 'failed') AS failed,
+       count(*) FILTER (WHERE status = 'cancelled') AS cancelled
+  FROM tasks WHERE workflow_id = :workflow_id AND step = :step AND bot_id IS NOT NULL
+"""
+
+# The aggregated result: every numeric top-level field of the tasks' results, summed.
+_SWARM_STEP_TOTALS = """
+SELECT field.key, sum(CAST(field.value AS numeric))
+  FROM tasks t, jsonb_each(t.result) AS field
+ WHERE t.workflow_id = :workflow_id AND t.step = :step AND t.bot_id IS NOT NULL
+   AND t.status = 'completed' AND jsonb_typeof(t.result) = 'object'
+   AND jsonb_typeof(field.value) = 'number'
+ GROUP BY field.key
+"""
+
+_FINISH_SWARM_STEP = (
+    """
+WITH moved AS (
+    UPDATE tasks SET status = :state, result = CAST(:result AS jsonb), error = :error,
+                     finished_at = now()
+     WHERE id = :id AND status = 'running'
+    RETURNING bot_id, swarm_id, status
+)
+"""
+    + TALLY_CTES
+    + "SELECT count(*) FROM moved"
+)
+
+_CANCEL_SWARM_STEPS = (
+    """
+WITH moved AS (
+    UPDATE tasks SET status = 'cancelled', finished_at = now()
+     WHERE workflow_id = :workflow_id AND bot_id IS NULL AND status = 'running'
+       AND lease_expires_at IS NULL
+    RETURNING bot_id, swarm_id, status
+)
+"""
+    + TALLY_CTES
+    + "SELECT count(*) FROM moved"
+)
+
+
 @dataclass(frozen=True)
 class StepSpec:
     """One requested step."""
@@ -72,6 +121,17 @@ class StepSpec:
     timeout_s: float | None = None
     retries: int | None = None
     on_failure: str = FAIL_WORKFLOW
+    # Run the step as a mass-action on this swarm; it completes when all its tasks have.
+    swarm_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Release:
+    """Tasks a workflow made ready, to publish once the transaction that made them commits."""
+
+    task_ids: list[int]
+    type: str
+    tier: str
 
 
 @dataclass(frozen=True)
@@ -107,6 +167,8 @@ def orchestrate(steps: list[StepSpec], priority: str, deadline_s: float) -> Work
     spec = _checked_spec(steps)
     for step in steps:
         require_runnable(get_task_type(step.type))
+        if step.swarm_id:
+            assignments.lock_swarm_for(step.swarm_id, step.type)
     tier = PRIORITY_TIERS[priority]
     now = utcnow()
     workflow = Workflow(
@@ -137,10 +199,26 @@ def orchestrate(steps: list[StepSpec], priority: str, deadline_s: float) -> Work
     ]
     db.session.add_all(tasks)
     db.session.flush()
-    ready = [(task.id, task.type, tier) for task in tasks if task.status == TASK_ASSIGNED]
+    ready = [_start(task, spec) for task in tasks if task.status == TASK_ASSIGNED]
     db.session.commit()
     publish_steps(ready)
     return WorkflowView(workflow, tasks)
+
+
+def _start(step: Task, spec: list[dict[str, Any]]) -> Release:
+    """Hand a ready step to the pool: itself, or for a swarm step one task per active bot."""
+    swarm_id = spec[step.step].get("swarm_id")
+    if not swarm_id:
+        return Release([step.id], step.type, step.tier)
+    swarm = assignments.lock_swarm_for(swarm_id, step.type)
+    now = utcnow()
+    ids = assignments.insert_swarm_tasks(
+        swarm, step.type, step.payload_id, now, step.workflow_id, step.step
+    )
+    # The step itself is never published: it is running while its tasks are, and `advance`
+    # completes it once the last of them ends.
+    step.status, step.started_at = TASK_RUNNING, now
+    return Release(ids, step.type, swarm.tier)
 
 
 def _checked_spec(steps: list[StepSpec]) -> list[dict[str, Any]]:
@@ -167,6 +245,7 @@ def _checked_spec(steps: list[StepSpec]) -> list[dict[str, Any]]:
             "type": step.type,
             "depends_on": list(step.depends_on),
             "on_failure": step.on_failure,
+            "swarm_id": step.swarm_id,
         }
         for name, step in zip(names, steps, strict=True)
     ]
@@ -249,11 +328,11 @@ def _lookup(ref: str, results: dict[str, Any]) -> Any:
 # ---- advancing -----------------------------------------------------------------------------
 
 
-def advance(workflow_ids: list[str]) -> list[tuple[int, str, str]]:
-    """Release steps whose dependencies completed, skip those that can no longer run, and
-    settle finished workflows. Runs inside the caller's transaction; returns the steps to publish
-    after it commits, as (task id, type, tier)."""
-    released: list[tuple[int, str, str]] = []
+def advance(workflow_ids: list[str]) -> list[Release]:
+    """Release steps whose dependencies completed, skip those that can no longer run, finish
+    swarm steps whose tasks all ended, and settle finished workflows. Runs inside the caller's
+    transaction; returns what to publish after it commits."""
+    released: list[Release] = []
     workflows = db.session.scalars(
         select(Workflow)
         .where(Workflow.id.in_(workflow_ids), Workflow.status == WORKFLOW_ACTIVE)
@@ -265,11 +344,12 @@ def advance(workflow_ids: list[str]) -> list[tuple[int, str, str]]:
     return released
 
 
-def _advance_one(workflow: Workflow) -> list[tuple[int, str, str]]:
-    steps = db.session.scalars(
-        select(Task).where(Task.workflow_id == workflow.id).order_by(Task.step)
-    ).all()
+def _advance_one(workflow: Workflow) -> list[Release]:
+    steps = _steps_of(workflow.id)
     spec = workflow.spec
+    for step in steps:
+        if step.status == TASK_RUNNING and spec[step.step].get("swarm_id"):
+            _finish_swarm_step_if_done(step)
     by_name = {spec[step.step]["name"]: step for step in steps}
     fatal = [s for s in steps if s.status == TASK_FAILED and spec[s.step]["on_failure"] != CONTINUE]
     if fatal:
@@ -280,7 +360,7 @@ def _advance_one(workflow: Workflow) -> list[tuple[int, str, str]]:
         )
         return []
 
-    released: list[tuple[int, str, str]] = []
+    released: list[Release] = []
     ended = False
     results = {name: step.result for name, step in by_name.items() if step.status == TASK_COMPLETED}
     for step in steps:
@@ -292,8 +372,8 @@ def _advance_one(workflow: Workflow) -> list[tuple[int, str, str]]:
             ended = True
         elif all(dep.status == TASK_COMPLETED for dep in deps):
             try:
-                released.append(_release(step, results))
-            except UnresolvedReference as error:
+                released.append(_release(step, results, spec))
+            except (UnresolvedReference, ServiceError) as error:
                 _end_steps(workflow.id, [step.step], TASK_FAILED, str(error))
                 ended = True
     if ended:
@@ -307,14 +387,57 @@ def _advance_one(workflow: Workflow) -> list[tuple[int, str, str]]:
     return released
 
 
-def _release(step: Task, results: dict[str, Any]) -> tuple[int, str, str]:
+def _release(step: Task, results: dict[str, Any], spec: list[dict[str, Any]]) -> Release:
     params = load_payloads({step.payload_id})[step.payload_id]
     resolved = resolve_refs(params, results)
     if resolved != params:
         step.payload_id = store_payload(resolved)
     step.status = TASK_ASSIGNED
     step.assigned_at = utcnow()
-    return (step.id, step.type, step.tier)
+    return _start(step, spec)
+
+
+def _steps_of(workflow_id: str) -> list[Task]:
+    """The workflow's own step rows (a swarm step's tasks carry its step number and a bot)."""
+    return list(
+        db.session.scalars(
+            select(Task)
+            .where(Task.workflow_id == workflow_id, Task.bot_id.is_(None))
+            .order_by(Task.step)
+        )
+    )
+
+
+def _finish_swarm_step_if_done(step: Task) -> None:
+    counts = db.session.execute(
+        text(_SWARM_STEP_PROGRESS), {"workflow_id": step.workflow_id, "step": step.step}
+    ).one()
+    if counts.open:
+        return
+    totals = dict(
+        db.session.execute(
+            text(_SWARM_STEP_TOTALS), {"workflow_id": step.workflow_id, "step": step.step}
+        ).all()
+    )
+    result = {
+        "tasks": counts.total,
+        "completed": counts.completed,
+        "failed": counts.failed,
+        "cancelled": counts.cancelled,
+        "totals": {key: float(value) if value % 1 else int(value) for key, value in totals.items()},
+    }
+    every_task_failed = counts.total > 0 and counts.failed == counts.total
+    db.session.flush()
+    db.session.execute(
+        text(_FINISH_SWARM_STEP),
+        {
+            "id": step.id,
+            "state": TASK_FAILED if every_task_failed else TASK_COMPLETED,
+            "result": json.dumps(result),
+            "error": "every task of the swarm step failed" if every_task_failed else None,
+        },
+    )
+    db.session.expire(step)
 
 
 def _end_steps(workflow_id: str, steps: list[int], to_state: str, error: str | None) -> None:
@@ -332,8 +455,10 @@ def _end_steps(workflow_id: str, steps: list[int], to_state: str, error: str | N
 
 
 def _cancel_unstarted(workflow_id: str) -> None:
-    steps = db.session.scalars(select(Task.step).where(Task.workflow_id == workflow_id)).all()
-    _end_steps(workflow_id, list(steps), TASK_CANCELLED, None)
+    """Cancel every step (and swarm-step task) not started; swarm steps in progress end too."""
+    steps = [step.step for step in _steps_of(workflow_id)]
+    _end_steps(workflow_id, steps, TASK_CANCELLED, None)
+    db.session.execute(text(_CANCEL_SWARM_STEPS), {"workflow_id": workflow_id})
 
 
 def _settle(workflow: Workflow, status: str, error: str | None) -> None:
@@ -342,11 +467,11 @@ def _settle(workflow: Workflow, status: str, error: str | None) -> None:
     workflow.finished_at = utcnow()
 
 
-def publish_steps(released: list[tuple[int, str, str]]) -> None:
+def publish_steps(released: list[Release]) -> None:
     """Publish released steps (after the commit that released them)."""
-    for task_id, type_name, tier in released:
-        metrics.count_assigned(tier, type_name)
-        publish_chunks([task_id], tier, chunk_size_of(type_name))
+    for release in released:
+        metrics.count_assigned(release.tier, release.type, len(release.task_ids))
+        publish_chunks(release.task_ids, release.tier, chunk_size_of(release.type))
 
 
 # ---- reading and cancelling ----------------------------------------------------------------
@@ -357,10 +482,7 @@ def get_workflow(workflow_id: str) -> WorkflowView:
     workflow = db.session.get(Workflow, workflow_id)
     if workflow is None or not visible(workflow.tenant):
         raise NotFound(f"Task {workflow_id!r} not found.")
-    steps = db.session.scalars(
-        select(Task).where(Task.workflow_id == workflow_id).order_by(Task.step)
-    ).all()
-    return WorkflowView(workflow, list(steps))
+    return WorkflowView(workflow, _steps_of(workflow_id))
 
 
 def cancel_workflow(workflow_id: str) -> WorkflowView:
