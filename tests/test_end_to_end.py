@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 from sqlalchemy import text
 
 from app.extensions import db
-
-
-def wait_for(condition, timeout: float = 60.0, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
+from tests.workers import wait_for
 
 
 def test_mass_action_runs_every_task_once_and_counts_exactly(client, worker):
@@ -31,7 +20,7 @@ def test_mass_action_runs_every_task_once_and_counts_exactly(client, worker):
         body = client.get(f"/swarms/{swarm['id']}").get_json()
         return body if body["total_tasks_completed"] == 3000 else None
 
-    body = wait_for(done)
+    body = wait_for(done, timeout=60.0)
     assert body["average_tasks_per_bot"] == 1.0
     rows = db.session.execute(
         text("SELECT status, count(*), max(attempts) FROM tasks GROUP BY status")

@@ -12,7 +12,6 @@ import io
 import os
 import re
 import threading
-import time
 
 import pytest
 from sqlalchemy import text
@@ -21,7 +20,7 @@ from werkzeug.serving import make_server
 from app import create_app
 from app.config import Settings
 from app.extensions import db
-from tests.workers import WorkerProcess
+from tests.workers import WorkerProcess, wait_for
 
 ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 MAX_BOTS = 50_000
@@ -131,16 +130,6 @@ print(f"Avg tasks/bot: {swarm['average_tasks_per_bot']}")
 
 
 # ---- helpers ---------------------------------------------------------------------------------
-
-
-def wait_for(condition, timeout: float = 30.0, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import csv
 import random
 import re
 import threading
-import time
 
 import pytest
 from sqlalchemy import text
@@ -15,20 +14,10 @@ from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 from app.extensions import db
 from app.services import assignments
 from app.services.ids import parse_task_id
-from tests.workers import WorkerProcess, queue_lengths
+from tests.workers import WorkerProcess, queue_lengths, wait_for
 
 ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 CAPABILITIES = ["data_processing", "analytics", "reporting"]
-
-
-def wait_for(condition, timeout: float = 30.0, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def create_bot(client, tier: str = "standard", capabilities=CAPABILITIES) -> dict:

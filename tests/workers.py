@@ -85,3 +85,14 @@ def queue_lengths(redis_url: str) -> dict[str, int]:
     """Messages waiting per tier queue."""
     client = redis.Redis.from_url(redis_url)
     return {queue: client.llen(queue) for queue in TIER_QUEUES}
+
+
+def wait_for(condition, timeout: float = 30.0, interval: float = 0.1):
+    """Poll `condition` until it returns something truthy (and return that), or fail."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
