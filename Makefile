@@ -13,7 +13,7 @@ QUEUES := L20,advanced,standard
 WITH_SERVICES = exports="$$($(PY) -m deploy.devstack services)" && eval "$$exports" &&
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test lint format migrate worker beat flower services stop-services bench chaos clean
+.PHONY: help venv run test fuzz lint format migrate worker beat flower services stop-services bench chaos clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -32,6 +32,9 @@ run: venv ## Run API, worker and beat with prefixed logs (embedded servers if no
 test: venv ## ruff check, then pytest on a fresh database and Redis DB (PYTEST_ARGS=...)
 	$(VENV)/bin/ruff check .
 	$(PY) -m deploy.devstack test -- $(PY) -m pytest -q $(PYTEST_ARGS)
+
+fuzz: venv ## Schemathesis on every operation of /openapi.json with FUZZ_EXAMPLES (200) examples each
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-200} $(PY) -m deploy.devstack test -- $(PY) -m pytest -q tests/test_fuzz.py $(PYTEST_ARGS)
 
 lint: venv ## ruff check and ruff format --check
 	$(VENV)/bin/ruff check .

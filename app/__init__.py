@@ -66,6 +66,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     # depend on who is calling (rate limits per key, body checks, idempotency keys).
     register_request_logging(app)
     register_auth(app)
+    from app.api.schemas import ErrorResponse
+
+    # Before init_app, which documents every error status with it.
+    rest_api.ERROR_SCHEMA = ErrorResponse
     rest_api.init_app(app)
     register_blueprints(rest_api)
     # A plain Flask blueprint: HTML for people, kept out of the OpenAPI document.

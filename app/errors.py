@@ -89,6 +89,10 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException):
+        if error.response is not None:
+            # Built by whoever raised it, already in our shape: the rate limiter's 429 with
+            # Retry-After (app/api/limits.py).
+            return error.response
         status = error.code or 500
         details: dict[str, Any] = {}
         # flask-smorest/webargs put marshmallow's field messages here.
@@ -106,7 +110,9 @@ def register_error_handlers(app: Flask) -> None:
             422: "The request is not valid.",
         }.get(status, error.description or error.name)
         code = error.name.lower().replace(" ", "_")
-        return jsonify(error_body(status, code, message, **details)), status
+        # Allow on a 405, as RFC 9110 requires.
+        headers = [(name, value) for name, value in error.get_headers() if name != "Content-Type"]
+        return jsonify(error_body(status, code, message, **details)), status, headers
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception):

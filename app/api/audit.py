@@ -31,8 +31,15 @@ class AuditOut(Schema):
     remote_addr = fields.String(allow_none=True)
 
 
+class AuditList(Schema):
+    items = fields.List(fields.Nested(AuditOut))
+    limit = fields.Integer()
+    next_before = fields.Integer(allow_none=True)
+
+
 @blp.route("/audit", methods=["GET"])
 @blp.arguments(AuditPage, location="query")
+@blp.alt_response(200, schema=AuditList, description="Newest first", success=True)
 def list_audit(query):
     """Newest first; page with `before` (the last id seen)."""
     items = audit.entries(query["limit"], query.get("before"), tenant=None)

@@ -6,12 +6,14 @@ from flask_smorest import Blueprint
 
 from app.api.schemas import (
     BotCreate,
+    BotList,
     BotOut,
     BotPage,
     BotUpdate,
     TaskAssign,
     TaskAssigned,
     TaskComplete,
+    TaskList,
     TaskOut,
     TaskPage,
     page_of,
@@ -33,6 +35,7 @@ def create_bot(body):
 
 @blp.route("/bots", methods=["GET"])
 @blp.arguments(BotPage, location="query")
+@blp.alt_response(200, schema=BotList, description="A page of bots", success=True)
 def list_bots(query):
     """List bots, filtered by tier, status, swarm or capability; paginate with `after`."""
     filters = bots.BotFilter(
@@ -46,6 +49,7 @@ def list_bots(query):
 
 
 @blp.route("/bots/stats")
+@blp.alt_response(200, description="Totals, tiers, capacity and utilisation", success=True)
 def bot_stats():
     """Service-wide bot and task statistics."""
     return stats.bot_stats()
@@ -83,6 +87,7 @@ def assign_task(body, bot_id):
 
 @blp.route("/bots/<bot_id>/tasks", methods=["GET"])
 @blp.arguments(TaskPage, location="query")
+@blp.alt_response(200, schema=TaskList, description="A page of the bot's tasks", success=True)
 def list_tasks(query, bot_id):
     """A bot's tasks, newest first; paginate with `after`."""
     after = query.get("after")

@@ -72,12 +72,68 @@ def json_depth_exceeds(document: object, limit: int) -> bool:
     return False
 
 
+NUL_MESSAGE = "Must not contain NUL (\\u0000)."
+NON_FINITE_MESSAGE = "Must be a finite number (NaN and Infinity are not JSON)."
+
+
+def unstorable_fields(document: object) -> dict[str, object]:
+    """Where the JSON document holds what PostgreSQL cannot store, in marshmallow's shape of field
+    messages ({"tasks": {"0": {"params": {"x": [...]}}}}); empty when nothing does.
+
+    NUL (U+0000) fits neither text nor jsonb, and NaN or Infinity (which Python's json module
+    reads, though JSON has neither) not jsonb: either would fail deep in a query as a 500.
+    """
+    fields: dict[str, object] = {}
+    stack: list[tuple[object, tuple[str, ...]]] = [(document, ())]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, dict):
+            for key, child in value.items():
+                if "\x00" in key:
+                    _mark(fields, (*path, key), NUL_MESSAGE)
+                else:
+                    stack.append((child, (*path, key)))
+        elif isinstance(value, list):
+            stack.extend((child, (*path, str(index))) for index, child in enumerate(value))
+        elif isinstance(value, str) and "\x00" in value:
+            _mark(fields, path or ("_body",), NUL_MESSAGE)
+        elif isinstance(value, float) and not math.isfinite(value):
+            _mark(fields, path or ("_body",), NON_FINITE_MESSAGE)
+    return fields
+
+
+def _mark(fields: dict[str, object], path: tuple[str, ...], message: str) -> None:
+    node = fields
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):  # a parent already marked: keep that message
+            return
+        node = child
+    node[path[-1]] = [message]
+
+
 def register_body_limits(app: Flask) -> None:
-    """Refuse JSON bodies nested deeper than MAX_JSON_DEPTH with 422 (size is MAX_BODY_BYTES)."""
+    """Refuse with 422 JSON bodies nested deeper than MAX_JSON_DEPTH and values PostgreSQL cannot
+    store, in a body or a query string (a path holding NUL is 404); size is MAX_BODY_BYTES."""
     limit = app.config["SETTINGS"].max_json_depth
 
     @app.before_request
-    def _limit_nesting():
+    def _refuse_nul_in_url():
+        if "\x00" in request.path:
+            return jsonify(error_body(404, "not_found", "No such resource.")), 404
+        names = {
+            name if "\x00" not in name else "_query"
+            for name, value in request.args.items(multi=True)
+            if "\x00" in name or "\x00" in value
+        }
+        if names:
+            fields = {"query": {name: [NUL_MESSAGE] for name in sorted(names)}}
+            body = error_body(422, "invalid_value", "The request is not valid.", fields=fields)
+            return jsonify(body), 422
+        return None
+
+    @app.before_request
+    def _check_json_body():
         if request.method not in ("POST", "PUT", "PATCH") or not request.is_json:
             return None
         try:
@@ -90,5 +146,9 @@ def register_body_limits(app: Flask) -> None:
             too_deep = json_depth_exceeds(document, limit)
         if too_deep:
             body = error_body(422, "too_deep", f"JSON nested deeper than {limit} levels.")
+            return jsonify(body), 422
+        fields = unstorable_fields(document)
+        if fields:
+            body = error_body(422, "invalid_value", "The request is not valid.", fields=fields)
             return jsonify(body), 422
         return None

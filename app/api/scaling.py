@@ -36,6 +36,7 @@ class ScalingQuery(Schema):
 @blp.route("/scaling", methods=["GET"])
 @blp.arguments(ScalingQuery, location="query")
 @blp.doc(summary="Recommended workers per tier and in all, from backlog, waits and throughput")
+@blp.alt_response(200, description="Recommended workers per tier and for the pool", success=True)
 def get_scaling(query):
     policy = scaling.Policy(
         target_drain_seconds=query["target_drain_s"],

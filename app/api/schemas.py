@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from flask import current_app
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 from app.models import BOT_ACTIVE, BOT_PAUSED
 from app.services.ids import iso, task_public_id
@@ -277,6 +277,42 @@ class WorkflowOut(Schema):
             step["name"] = names.get(step["step"])
             step["depends_on"] = deps.get(step["step"], [])
         return steps
+
+
+class ErrorDetail(Schema):
+    """The `error` object of every refusal; domain errors add their own details."""
+
+    class Meta:
+        unknown = INCLUDE  # known_types, capacity_remaining, missing_variable, ...
+
+    status = fields.Integer(required=True)
+    code = fields.String(required=True)
+    message = fields.String(required=True)
+    field_messages = fields.Dict(data_key="fields", metadata={"description": "per field"})
+
+
+class ErrorResponse(Schema):
+    """Every error answer (app/errors.py): what /openapi.json documents for 4xx and 5xx."""
+
+    error = fields.Nested(ErrorDetail, required=True)
+
+
+class BotList(Schema):
+    items = fields.List(fields.Nested(BotOut))
+    limit = fields.Integer()
+    next_after = fields.String(allow_none=True)
+
+
+class SwarmList(Schema):
+    items = fields.List(fields.Nested(SwarmOut))
+    limit = fields.Integer()
+    next_after = fields.String(allow_none=True)
+
+
+class TaskList(Schema):
+    items = fields.List(fields.Nested(TaskOut))
+    limit = fields.Integer()
+    next_after = fields.String(allow_none=True)
 
 
 def page_of(items: list[Any], schema: Schema, limit: int, cursor) -> dict[str, Any]:

@@ -11,6 +11,7 @@ blp = Blueprint("services", __name__, description="Service discovery for the AI 
 
 
 @blp.route("/services", methods=["GET"])
+@blp.alt_response(200, description="`items`: every service, as ServiceOut", success=True)
 def list_services():
     """Every service: URLs in failover order, each URL's last probe and circuit breaker."""
     return {"items": ServiceOut().dump(registry.list_services(), many=True)}

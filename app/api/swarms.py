@@ -11,6 +11,7 @@ from app.api.schemas import (
     MassAssigned,
     SwarmCreate,
     SwarmCreated,
+    SwarmList,
     SwarmOut,
     SwarmPage,
     SwarmUpdate,
@@ -51,6 +52,7 @@ def create_swarm(body):
 
 @blp.route("/swarms", methods=["GET"])
 @blp.arguments(SwarmPage, location="query")
+@blp.alt_response(200, schema=SwarmList, description="A page of swarms", success=True)
 def list_swarms(query):
     """List swarms; paginate with `after`."""
     items = swarms.list_swarms(query["limit"], query.get("after"), query.get("status"))

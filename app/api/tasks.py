@@ -19,7 +19,11 @@ def _row_id(task_id: str) -> int:
     return row_id
 
 
+TASK_OR_WORKFLOW = "A task (`task-…`, as TaskOut with `data`) or a workflow (`wf-…`, WorkflowOut)"
+
+
 @blp.route("/task/<task_id>", methods=["GET"])
+@blp.alt_response(200, description=TASK_OR_WORKFLOW, success=True)
 def get_task(task_id):
     """A task (`task-…`) with its data and result, or a workflow (`wf-…`) with its steps."""
     if task_id.startswith(WORKFLOW_PREFIX):
@@ -31,6 +35,7 @@ def get_task(task_id):
 
 
 @blp.route("/task/<task_id>", methods=["DELETE"])
+@blp.alt_response(200, description=TASK_OR_WORKFLOW, success=True)
 def cancel_task(task_id):
     """Cancel a workflow or a task that has not started; started work runs to its end."""
     if task_id.startswith(WORKFLOW_PREFIX):
@@ -39,6 +44,7 @@ def cancel_task(task_id):
 
 
 @blp.route("/task/<task_id>/cancel", methods=["POST"])
+@blp.alt_response(200, description=TASK_OR_WORKFLOW, success=True)
 def cancel_task_by_post(task_id):
     """The same as DELETE /task/{task_id}, for clients that cannot send DELETE."""
     return cancel_task(task_id)
