@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.tiers import TIER_QUEUES
+from bench.client import API_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
@@ -135,7 +136,11 @@ class Stack:
         while time.monotonic() < deadline:
             self._check_alive("api")
             with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{self.base_url}/task-types", timeout=2):
+                # The bench's admin key: without one the API answers 401 (app/api/auth.py).
+                ready = urllib.request.Request(
+                    f"{self.base_url}/task-types", headers={"Authorization": f"Bearer {API_KEY}"}
+                )
+                with urllib.request.urlopen(ready, timeout=2):
                     # Both workers must have booted before anything is measured.
                     if len(self.api_worker_pids()) >= workers:
                         return

@@ -398,6 +398,10 @@ def test_tenant_quota_stops_a_tenant_at_tenant_max_bots_and_no_one_else(quota_ap
     stats = ok(client.get("/bots/stats", headers=admin), 200)
     assert stats["live_bots"] == 700
     assert stats["capacity_remaining"] == 50_000 - 700
+    # A tenant sees what it can still create: its quota is the limit, not the service's room.
+    a_stats = ok(client.get("/bots/stats", headers=a), 200)
+    assert (a_stats["live_bots"], a_stats["capacity_remaining"]) == (100, 0)
+    assert a_stats["utilization_percent"] == 100.0
 
     # Retiring one of A's bots gives A room for exactly one more.
     a_bot = ok(client.get("/bots?limit=1", headers=a), 200)["items"][0]["id"]

@@ -42,21 +42,22 @@ _CLAIM = """
 UPDATE tasks t
    SET status = 'running', attempts = t.attempts + 1, started_at = now(),
        lease_expires_at = now() + make_interval(secs => :lease)
- WHERE t.id = ANY(:ids) AND (t.status = 'assigned') IS TRUE
+ WHERE t.id = ANY(CAST(:ids AS bigint[])) AND (t.status = 'assigned') IS TRUE
    AND (t.bot_id IS NULL
         OR EXISTS (SELECT 1 FROM bots b WHERE b.id = t.bot_id AND b.status = 'active'))
 RETURNING t.id, t.type, t.payload_id, t.slice_index, t.attempts, t.timeout_s, t.retries
 """
 
+# The outcomes arrive as one JSON document (see _outcomes_json): one string parameter instead of
+# five arrays whose every element psycopg2 would quote in Python.
 _RECORD = (
     """
 WITH outcome AS (
-    SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:states AS text[]),
-                         CAST(:results AS text[]), CAST(:errors AS text[]),
-                         CAST(:attempts AS int[])) AS o(id, state, result, error, attempt)
+    SELECT * FROM jsonb_to_recordset(CAST(:outcomes AS jsonb))
+        AS o(id bigint, state text, result jsonb, error text, attempt int)
 ), moved AS (
     UPDATE tasks t
-       SET status = o.state, result = CAST(o.result AS jsonb), error = o.error,
+       SET status = o.state, result = o.result, error = o.error,
            finished_at = now(), lease_expires_at = NULL
       FROM outcome o
      WHERE t.id = o.id AND t.status = ANY(:from_states)
@@ -85,7 +86,7 @@ ONE_STEP_TYPES = frozenset(
 _PEEK = """
 SELECT t.id, t.type, t.payload_id, t.slice_index, t.attempts + 1, t.timeout_s, t.retries, now()
   FROM tasks t
- WHERE t.id = ANY(:ids) AND (t.status = 'assigned') IS TRUE
+ WHERE t.id = ANY(CAST(:ids AS bigint[])) AND (t.status = 'assigned') IS TRUE
    AND (t.bot_id IS NULL
         OR EXISTS (SELECT 1 FROM bots b WHERE b.id = t.bot_id AND b.status = 'active'))
 """
@@ -135,10 +136,30 @@ class Outcome:
     attempt: int | None
 
 
+def _id_array(task_ids: list[int]) -> str:
+    """The ids as one PostgreSQL array literal: a single string for psycopg2 to quote."""
+    return "{" + ",".join(map(str, task_ids)) + "}"
+
+
+def _outcomes_json(outcomes: list[Outcome]) -> str:
+    """The outcomes as a JSON array of objects for jsonb_to_recordset; absent keys read as NULL."""
+    rows = []
+    for o in outcomes:
+        row: dict[str, Any] = {"id": o.task_id, "state": o.state}
+        if o.result is not None:
+            row["result"] = o.result
+        if o.error is not None:
+            row["error"] = o.error
+        if o.attempt is not None:
+            row["attempt"] = o.attempt
+        rows.append(row)
+    return json.dumps(rows)
+
+
 def claim(task_ids: list[int]) -> list[Claimed]:
     """Take the still-assigned tasks among task_ids, with a lease; commits."""
     lease = current_app.config["SETTINGS"].task_lease_seconds
-    rows = db.session.execute(text(_CLAIM), {"ids": task_ids, "lease": lease}).all()
+    rows = db.session.execute(text(_CLAIM), {"ids": _id_array(task_ids), "lease": lease}).all()
     db.session.commit()
     return [Claimed(*row) for row in rows]
 
@@ -153,14 +174,7 @@ def record_outcomes(
     `assigned`), the move also counts the attempt and sets started_at. Workflow steps that became ready are released in the same
     transaction and published after it. Returns how many moved.
     """
-    params = {
-        "ids": [o.task_id for o in outcomes],
-        "states": [o.state for o in outcomes],
-        "results": [None if o.result is None else json.dumps(o.result) for o in outcomes],
-        "errors": [o.error for o in outcomes],
-        "attempts": [o.attempt for o in outcomes],
-        "from_states": list(from_states),
-    }
+    params = {"outcomes": _outcomes_json(outcomes), "from_states": list(from_states)}
     statement = _RECORD
     if unclaimed_since is not None:
         statement, params["started_at"] = _RECORD_UNCLAIMED, unclaimed_since
@@ -189,9 +203,11 @@ def record_outcomes(
                 raise
 
 
-def run_one(task: Claimed, data: dict[str, Any]) -> Outcome:
+def run_one(task: Claimed, data: dict[str, Any], data_dir: Any = None) -> Outcome:
     """Run one claimed task's handler and say how it ended."""
     task_type = TASK_TYPES.get(task.type)
+    if data_dir is None:
+        data_dir = current_app.config["SETTINGS"].data_dir
     try:
         if task_type is None:
             raise TaskFailed(f"unknown task type {task.type!r}")
@@ -200,7 +216,7 @@ def run_one(task: Claimed, data: dict[str, Any]) -> Outcome:
                 task_type=task.type,
                 data=data,
                 slice_index=task.slice_index,
-                data_dir=current_app.config["SETTINGS"].data_dir,
+                data_dir=data_dir,
                 timeout=task.timeout,
                 retries=task.retries,
             )
@@ -224,7 +240,7 @@ def run_chunk(task_ids: list[int], redelivered: bool = False) -> dict[str, int]:
     claimed: list[Claimed] = []
     since = None
     if not redelivered:
-        rows = db.session.execute(text(_PEEK), {"ids": task_ids}).all()
+        rows = db.session.execute(text(_PEEK), {"ids": _id_array(task_ids)}).all()
         # End the read: no snapshot is held while handlers run, and finished_at is the record's.
         db.session.rollback()
         if rows and all(row[1] in ONE_STEP_TYPES for row in rows):
@@ -236,7 +252,8 @@ def run_chunk(task_ids: list[int], redelivered: bool = False) -> dict[str, int]:
     if not claimed:
         return {"received": len(task_ids), "claimed": 0, "recorded": 0}
     payloads = load_payloads({task.payload_id for task in claimed})
-    outcomes = [run_one(task, payloads.get(task.payload_id, {})) for task in claimed]
+    data_dir = current_app.config["SETTINGS"].data_dir
+    outcomes = [run_one(task, payloads.get(task.payload_id, {}), data_dir) for task in claimed]
     if since is None:
         recorded = record_outcomes(outcomes, from_states=(TASK_RUNNING,))
     else:

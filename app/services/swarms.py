@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
 from app.errors import Conflict, NotFound
 from app.extensions import db
-from app.models import BOT_ACTIVE, BOT_PAUSED, BOT_RETIRED, LIVE_BOT_STATES, Swarm
+from app.models import BOT_ACTIVE, BOT_PAUSED, BOT_RETIRED, LIVE_BOT_STATES, BotCensus, Swarm
 from app.services import assignments, capacity, census
 from app.services.ids import SQL_NEW_BOT_ID, new_id, utcnow
 from app.services.tally import add_to_counters_sql
@@ -109,8 +109,24 @@ def get_swarm(swarm_id: str, *, lock: bool = False) -> Swarm:
 
 
 def view_swarm(swarm_id: str) -> SwarmView:
-    """The swarm with its live tallies."""
-    return _view(get_swarm(swarm_id))
+    """The swarm with its live tallies, read in one query."""
+    row = db.session.execute(_VIEW.where(Swarm.id == swarm_id)).first()
+    if row is None or not visible(row[0].tenant):
+        raise NotFound(f"Swarm {swarm_id!r} not found.")
+    swarm, bot_count, active_bots = row
+    return SwarmView(swarm=swarm, bot_count=int(bot_count), active_bots=int(active_bots))
+
+
+def _tally_of(states: tuple[str, ...]):
+    """The swarm's bots in these states, from bot_census, as a correlated scalar subquery."""
+    return (
+        select(func.coalesce(func.sum(BotCensus.n), 0))
+        .where(BotCensus.swarm_id == Swarm.id, BotCensus.status.in_(states))
+        .scalar_subquery()
+    )
+
+
+_VIEW = select(Swarm, _tally_of(LIVE_BOT_STATES), _tally_of((BOT_ACTIVE,)))
 
 
 def _view(swarm: Swarm) -> SwarmView:
