@@ -29,7 +29,10 @@ def upgrade():
         sa.Column("key_hash", sa.String(length=64), nullable=False),
         sa.Column("prefix", sa.String(length=16), nullable=False),
         sa.Column(
-            "created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
         ),
         sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id"),
@@ -39,7 +42,9 @@ def upgrade():
     op.create_table(
         "audit_log",
         sa.Column("id", sa.BigInteger(), sa.Identity(), nullable=False),
-        sa.Column("at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column(
+            "at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+        ),
         sa.Column("key_name", sa.String(length=100), nullable=True),
         sa.Column("tenant", sa.String(length=64), nullable=True),
         sa.Column("action", sa.String(length=64), nullable=False),
@@ -59,9 +64,7 @@ def upgrade():
         sa.Column("tenant", sa.String(length=64), server_default=sa.text("''"), nullable=False),
     )
     op.drop_constraint("bot_census_pkey", "bot_census", type_="primary")
-    op.create_primary_key(
-        "bot_census_pkey", "bot_census", ["tenant", "swarm_id", "tier", "status"]
-    )
+    op.create_primary_key("bot_census_pkey", "bot_census", ["tenant", "swarm_id", "tier", "status"])
 
 
 def downgrade():
