@@ -54,8 +54,10 @@ beat: venv ## Run Celery beat (periodic jobs); schedule file in var/
 	mkdir -p var
 	$(WITH_SERVICES) $(VENV)/bin/celery -A workers beat --loglevel INFO --schedule var/celerybeat-schedule
 
-flower: venv ## Run Flower, the Celery dashboard, on http://127.0.0.1:5555
-	$(WITH_SERVICES) $(VENV)/bin/celery -A workers flower --port=5555
+flower: venv ## Run Flower on http://127.0.0.1:5555 (basic auth: FLOWER_USER, FLOWER_PASSWORD)
+	@test -n "$$FLOWER_PASSWORD" || { echo "Set FLOWER_PASSWORD (and optionally FLOWER_USER) for Flower's basic auth"; exit 2; }
+	$(WITH_SERVICES) $(VENV)/bin/celery -A workers flower --address=127.0.0.1 --port=5555 \
+		--basic-auth="$${FLOWER_USER:-flower}:$$FLOWER_PASSWORD"
 
 services: venv ## Ensure PostgreSQL and Redis; print export lines: eval "$(make -s services)"
 	@$(PY) -m deploy.devstack services

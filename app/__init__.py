@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import redis
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -61,13 +63,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.api.auth import register_auth
     from app.api.idempotency import register_idempotency
     from app.api.limits import register_body_limits, register_limits
+    from app.api.schemas import ErrorResponse
 
     # Request hooks run in the order registered: log, authenticate, then everything that may
     # depend on who is calling (rate limits per key, body checks, idempotency keys).
     register_request_logging(app)
     register_auth(app)
-    from app.api.schemas import ErrorResponse
-
     # Before init_app, which documents every error status with it.
     rest_api.ERROR_SCHEMA = ErrorResponse
     rest_api.init_app(app)
@@ -88,7 +89,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     return app
 
 
-def _migrations_dir():
-    from pathlib import Path
-
+def _migrations_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "migrations"

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 from flask import Flask, g, request
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
+from sqlalchemy.exc import DBAPIError
 
 from app.api.schemas import MAX_PAGE, Timestamp
 from app.services import audit
+
+log = logging.getLogger(__name__)
 
 blp = Blueprint("audit", __name__, description="Audit log of control actions (admin)")
 
@@ -56,13 +61,19 @@ def register_audit(app: Flask) -> None:
     @app.after_request
     def _record(response):
         if request.method in WRITE_METHODS and request.endpoint and response.status_code < 400:
-            audit.record(
-                key_name=g.get("api_key_name"),
-                tenant=g.get("tenant"),
-                action=request.endpoint,
-                method=request.method,
-                path=request.path,
-                status=response.status_code,
-                remote_addr=request.remote_addr,
-            )
+            entry = {
+                "key_name": g.get("api_key_name"),
+                "tenant": g.get("tenant"),
+                "action": request.endpoint,
+                "method": request.method,
+                "path": request.path,
+                "status": response.status_code,
+                "remote_addr": request.remote_addr,
+            }
+            try:
+                audit.record(**entry)
+            except DBAPIError:
+                # The action is done and committed; PostgreSQL went away just after. Answer it,
+                # and keep the entry in the log instead.
+                log.error("audit entry not stored (database unavailable): %s", entry)
         return response

@@ -8,13 +8,17 @@ may retry those for real.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 
 from flask import Flask, Response, g, jsonify, request
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from app.errors import error_body
 from app.extensions import db
+
+log = logging.getLogger(__name__)
 
 HEADER = "Idempotency-Key"
 WAIT_FOR_FIRST_SECONDS = 30.0
@@ -42,25 +46,37 @@ def register_idempotency(app: Flask) -> None:
         key = g.pop("idempotency_key", None)
         if key is None:
             return response
-        with db.engine.begin() as connection:
-            if response.status_code >= 500:
-                connection.execute(text("DELETE FROM idempotency_keys WHERE key = :k"), {"k": key})
-            else:
-                connection.execute(
-                    text("UPDATE idempotency_keys SET status_code = :s, body = :b WHERE key = :k"),
-                    {"k": key, "s": response.status_code, "b": response.get_data(as_text=True)},
-                )
+        try:
+            with db.engine.begin() as connection:
+                if response.status_code >= 500:
+                    connection.execute(
+                        text("DELETE FROM idempotency_keys WHERE key = :k"), {"k": key}
+                    )
+                else:
+                    connection.execute(
+                        text(
+                            "UPDATE idempotency_keys SET status_code = :s, body = :b WHERE key = :k"
+                        ),
+                        {"k": key, "s": response.status_code, "b": response.get_data(as_text=True)},
+                    )
+        except DBAPIError:
+            # The database went away after the request's own commit: the answer still goes
+            # out; a retry with this key waits, then gets 409 rather than a second creation.
+            log.error("could not store the answer for Idempotency-Key %r", key)
         return response
 
     @app.teardown_request
     def _release_on_crash(error: BaseException | None) -> None:
         key = g.pop("idempotency_key", None)
         if key is not None:
-            with db.engine.begin() as connection:
-                connection.execute(
-                    text("DELETE FROM idempotency_keys WHERE key = :k AND status_code IS NULL"),
-                    {"k": key},
-                )
+            try:
+                with db.engine.begin() as connection:
+                    connection.execute(
+                        text("DELETE FROM idempotency_keys WHERE key = :k AND status_code IS NULL"),
+                        {"k": key},
+                    )
+            except DBAPIError:
+                log.error("could not release Idempotency-Key %r after a failed request", key)
 
 
 def _fingerprint() -> str:

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from flask import current_app
 from psycopg2.errors import DeadlockDetected
 from sqlalchemy import text
@@ -48,29 +49,45 @@ UPDATE tasks t
 RETURNING t.id, t.type, t.payload_id, t.slice_index, t.attempts, t.timeout_s, t.retries
 """
 
-# The outcomes arrive as one JSON document (see _outcomes_json): one string parameter instead of
-# five arrays whose every element psycopg2 would quote in Python.
-_RECORD = (
+
+def _record_statement(*, claimed: bool) -> str:
+    """The statement that moves a chunk's tasks to their outcomes and counts them.
+
+    The outcomes arrive as one JSON document (see _outcomes_json): one string parameter instead
+    of five arrays whose every element psycopg2 would quote in Python. Claimed tasks must still be
+    on the attempt the worker claimed; tasks run straight from `assigned` (ONE_STEP_TYPES) count
+    their attempt and start time here instead.
     """
+    if claimed:
+        also_set, attempt_now = "", "t.attempts"
+    else:
+        also_set = ", attempts = t.attempts + 1, started_at = CAST(:started_at AS timestamptz)"
+        attempt_now = "t.attempts + 1"
+    return (
+        f"""
 WITH outcome AS (
     SELECT * FROM jsonb_to_recordset(CAST(:outcomes AS jsonb))
         AS o(id bigint, state text, result jsonb, error text, attempt int)
 ), moved AS (
     UPDATE tasks t
        SET status = o.state, result = o.result, error = o.error,
-           finished_at = now(), lease_expires_at = NULL
+           finished_at = now(), lease_expires_at = NULL{also_set}
       FROM outcome o
-     WHERE t.id = o.id AND t.status = ANY(:from_states)
-       AND (o.attempt IS NULL OR t.attempts = o.attempt)
+     WHERE t.id = o.id AND (t.status = ANY(:from_states)) IS TRUE
+       AND (o.attempt IS NULL OR {attempt_now} = o.attempt)
     RETURNING t.bot_id, t.swarm_id, t.status, t.workflow_id,
               t.tier, t.type, t.assigned_at, t.started_at, t.finished_at
 )
 """
-    + TALLY_CTES
-    + "SELECT count(*), array_remove(array_agg(DISTINCT workflow_id), NULL), "
-    + metrics.MOVED_SUMMARY_SQL
-    + " FROM moved"
-)
+        + TALLY_CTES
+        + "SELECT count(*), array_remove(array_agg(DISTINCT workflow_id), NULL), "
+        + metrics.MOVED_SUMMARY_SQL
+        + " FROM moved"
+    )
+
+
+_RECORD = _record_statement(claimed=True)
+_RECORD_UNCLAIMED = _record_statement(claimed=False)
 
 # Built-in types whose handlers are pure, in-process and quick. A first delivery of a chunk of them
 # is run without a claim: read (_PEEK), run, then one statement moves assigned -> outcome, on the
@@ -90,26 +107,6 @@ SELECT t.id, t.type, t.payload_id, t.slice_index, t.attempts + 1, t.timeout_s, t
    AND (t.bot_id IS NULL
         OR EXISTS (SELECT 1 FROM bots b WHERE b.id = t.bot_id AND b.status = 'active'))
 """
-
-
-def _unclaimed_variant(statement: str) -> str:
-    """_RECORD for tasks run without a claim: it also counts the attempt and sets started_at."""
-    changes = [
-        ("lease_expires_at = NULL\n",
-         "lease_expires_at = NULL, attempts = t.attempts + 1,\n"
-         "           started_at = CAST(:started_at AS timestamptz)\n"),
-        ("t.attempts = o.attempt)", "t.attempts + 1 = o.attempt)"),
-        # As in _CLAIM: look the chunk up by id, not the whole assigned backlog by status.
-        ("t.status = ANY(:from_states)", "(t.status = ANY(:from_states)) IS TRUE"),
-    ]  # fmt: skip
-    for old, new in changes:
-        if statement.count(old) != 1:
-            raise AssertionError(f"_RECORD changed; update _unclaimed_variant ({old!r})")
-        statement = statement.replace(old, new)
-    return statement
-
-
-_RECORD_UNCLAIMED = _unclaimed_variant(_RECORD)
 
 
 @dataclass(frozen=True)
@@ -171,8 +168,8 @@ def record_outcomes(
 
     Only tasks still in from_states (and, for a worker, still on the same attempt) move, so the
     counters never count a task twice. With `unclaimed_since` (tasks run straight from
-    `assigned`), the move also counts the attempt and sets started_at. Workflow steps that became ready are released in the same
-    transaction and published after it. Returns how many moved.
+    `assigned`), the move also counts the attempt and sets started_at. Workflow steps that became
+    ready are released in the same transaction and published after it. Returns how many moved.
     """
     params = {"outcomes": _outcomes_json(outcomes), "from_states": list(from_states)}
     statement = _RECORD
@@ -223,6 +220,9 @@ def run_one(task: Claimed, data: dict[str, Any], data_dir: Any = None) -> Outcom
         )
     except TaskFailed as failure:
         return Outcome(task.id, TASK_FAILED, None, str(failure), task.attempt)
+    except SoftTimeLimitExceeded:
+        # The chunk ran out of time, not this task: leave it to its lease and the reconciler.
+        raise
     except Exception as error:
         # A handler bug must fail its own task, not strand the whole chunk as running.
         log.exception("task-%d (%s) raised", task.id, task.type)
