@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import platform
+import secrets
 import shutil
 import sys
 import tempfile
@@ -101,6 +102,18 @@ claimed.
     )
 
 
+def _authenticate_as_admin(home: Path) -> None:
+    """Start the stack with an admin key and let every `requests` call send it (through NETRC,
+    as a user's ~/.netrc would), so the scenarios' clients are authenticated like real ones."""
+    key = "orch_chaos_" + secrets.token_urlsafe(16)
+    netrc = home / "netrc"
+    netrc.write_text(
+        "".join(f"machine {host} login {key} password -\n" for host in ("127.0.0.1", "localhost"))
+    )
+    netrc.chmod(0o600)
+    os.environ.update(ADMIN_API_KEY=key, NETRC=str(netrc))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__)
     parser.add_argument("--tasks", type=int, default=50_000)
@@ -114,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = scenarios(args.tasks)
     names = args.only or list(chosen)
     home = Path(tempfile.mkdtemp(prefix="orchestrator-chaos-"))
+    _authenticate_as_admin(home)
     # Room for the API clients' own bots next to a swarm of `tasks` bots; the capacity scenario
     # sets its own limit of 50,000.
     stack = FaultStack(home, record_url, max_bots=args.tasks + 10_000)

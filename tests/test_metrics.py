@@ -4,10 +4,7 @@ through one PROMETHEUS_MULTIPROC_DIR, state gauges that agree with the API, and 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,8 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app import metrics
 from deploy.devstack import free_port
 from tests.test_end_to_end import wait_for
-from tests.test_nginx import _stop, _wait_for
-from tests.workers import WorkerProcess
+from tests.workers import WorkerProcess, gunicorn_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 N = 400
@@ -75,30 +71,9 @@ def shared_env(test_env, metrics_dir, image_service) -> dict[str, str]:
 @pytest.fixture()
 def api(shared_env, tmp_path):
     """`gunicorn -c gunicorn.conf.py wsgi:app` with two workers and /metrics open."""
-    port = free_port()
-    log = tmp_path / "gunicorn.log"
-    env = {
-        **os.environ,
-        **shared_env,
-        "PORT": str(port),
-        "WEB_CONCURRENCY": "2",
-        "METRICS_PUBLIC": "1",
-    }
-    with open(log, "w") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-            cwd=ROOT,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for(f"{url}/health", process, log)
+    env = {**shared_env, "WEB_CONCURRENCY": "2", "METRICS_PUBLIC": "1"}
+    with gunicorn_serving(env, tmp_path / "gunicorn.log") as url:
         yield url
-    finally:
-        _stop(process)
 
 
 def test_metrics_add_up_api_and_worker_processes_and_agree_with_the_api(

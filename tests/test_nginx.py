@@ -11,16 +11,15 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import requests
 
 from app.config import Settings
 from deploy.devstack import free_port
 from tests.conftest import ADMIN_KEY
+from tests.workers import gunicorn_serving, stop_process_group, wait_until_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMIT = Settings.from_env({}).max_body_bytes
@@ -39,58 +38,19 @@ def _nginx() -> str:
     return found
 
 
-def _wait_for(url: str, process: subprocess.Popen, log: Path, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args[0]} exited:\n{log.read_text()[-3000:]}")
-        try:
-            requests.get(url, timeout=5)
-            return
-        except requests.RequestException:  # not listening yet, or busy with its first answer
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer in {seconds}s:\n{log.read_text()[-3000:]}")
-
-
-def _stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
 @pytest.fixture(scope="module")
 def gunicorn(test_env, tmp_path_factory):
     """`gunicorn -c gunicorn.conf.py wsgi:app` as deployed behind nginx; yields (url, log path)."""
-    port = free_port()
     log = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
     env = {
-        **os.environ,
         **test_env,
-        "PORT": str(port),
         "WEB_CONCURRENCY": "1",
         "PROXY_HOPS": "1",
         "LOG_FORMAT": "json",
         "MAX_BODY_BYTES": str(LIMIT),
     }
-    with open(log, "w") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-            cwd=ROOT,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for(f"{url}/health", process, log)
+    with gunicorn_serving(env, log) as url:
         yield url, log
-    finally:
-        _stop(process)
 
 
 @pytest.fixture(scope="module")
@@ -143,10 +103,10 @@ def nginx(gunicorn, tmp_path_factory):
             start_new_session=True,
         )
     try:
-        _wait_for(f"http://127.0.0.1:{port}/health", process, log)
+        wait_until_serving(f"http://127.0.0.1:{port}/health", process, log)
         yield port
     finally:
-        _stop(process, signal.SIGQUIT)
+        stop_process_group(process, signal.SIGQUIT)
 
 
 def _request(port: int, method: str, path: str, body: bytes | None = None, headers=None):

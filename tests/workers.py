@@ -7,11 +7,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import redis
+import requests
 
 from app.tiers import TIER_QUEUES
+from deploy.devstack import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,3 +100,49 @@ def wait_for(condition, timeout: float = 30.0, interval: float = 0.1):
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+def wait_until_serving(url: str, process: subprocess.Popen, log: Path, seconds: float = 30):
+    """Poll url until it answers; fail with the process's log if it exits or never does."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited:\n{log.read_text()[-3000:]}")
+        try:
+            requests.get(url, timeout=5)
+            return
+        except requests.RequestException:  # not listening yet, or busy with its first answer
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer in {seconds}s:\n{log.read_text()[-3000:]}")
+
+
+def stop_process_group(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Stop a process started in its own session, and everything it started."""
+    if process.poll() is None:
+        os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@contextmanager
+def gunicorn_serving(env: dict[str, str], log: Path) -> Iterator[str]:
+    """`gunicorn -c gunicorn.conf.py wsgi:app` on a free loopback port; yields its base URL."""
+    port = free_port()
+    with open(log, "w") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+            cwd=ROOT,
+            env={**os.environ, **env, "PORT": str(port)},
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_serving(f"{url}/health", process, log)
+        yield url
+    finally:
+        stop_process_group(process)
