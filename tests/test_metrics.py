@@ -129,7 +129,9 @@ def test_metrics_add_up_api_and_worker_processes_and_agree_with_the_api(
             image = value(
                 found, "orchestrator_tasks_completed_total", tier=TIER, task_type="image_generation"
             )
-            return found if (echo, image) == (N, 1) else None
+            # A chunk's counters and histograms are written one after the other: wait for both.
+            started = value(found, "orchestrator_task_assignment_to_start_seconds_count", tier=TIER)
+            return found if (echo, image, started) == (N, 1, N + 1) else None
 
         found = wait_for(done, timeout=30, interval=0.2)
         worker_side = scrape(f"http://127.0.0.1:{worker_port}")
