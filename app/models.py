@@ -113,6 +113,9 @@ class BotCensus(db.Model):
     status: Mapped[str] = mapped_column(String(16), primary_key=True)
     n: Mapped[int] = _counter()
 
+    # A swarm's tallies are read by swarm id; the primary key leads with the tenant.
+    __table_args__ = (Index("ix_bot_census_swarm", "swarm_id"),)
+
 
 class Counter(db.Model):
     """Service-wide running totals (bots_created, tasks_completed, ...)."""

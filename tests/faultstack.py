@@ -339,8 +339,13 @@ class FaultStack:
                 db.session.remove()
 
     def client(self):
+        """A test client of the stack's app that authenticates as its admin."""
         assert self.app is not None
-        return self.app.test_client()
+        client = self.app.test_client()
+        client.environ_base["HTTP_AUTHORIZATION"] = (
+            f"Bearer {self.app.config['SETTINGS'].admin_api_key}"
+        )
+        return client
 
     # work and measurements
 

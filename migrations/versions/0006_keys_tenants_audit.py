@@ -65,9 +65,12 @@ def upgrade():
     )
     op.drop_constraint("bot_census_pkey", "bot_census", type_="primary")
     op.create_primary_key("bot_census_pkey", "bot_census", ["tenant", "swarm_id", "tier", "status"])
+    # A swarm's tallies are read by swarm id; the primary key now leads with the tenant.
+    op.create_index("ix_bot_census_swarm", "bot_census", ["swarm_id"])
 
 
 def downgrade():
+    op.drop_index("ix_bot_census_swarm", table_name="bot_census")
     op.drop_constraint("bot_census_pkey", "bot_census", type_="primary")
     # Fold the tenants' tallies back into one row per (swarm, tier, status).
     op.execute(
