@@ -29,16 +29,18 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 run: venv ## Run API, worker and beat with prefixed logs (embedded servers if none configured)
 	$(PY) -m deploy.devstack run
 
-test: venv ## ruff check, then pytest on a fresh database and Redis DB (PYTEST_ARGS=...)
+test: venv ## ruff check and mypy, then pytest on a fresh database and Redis DB (PYTEST_ARGS=...)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy app workers
 	$(PY) -m deploy.devstack test -- $(PY) -m pytest -q $(PYTEST_ARGS)
 
 fuzz: venv ## Schemathesis on every operation of /openapi.json with FUZZ_EXAMPLES (200) examples each
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-200} $(PY) -m deploy.devstack test -- $(PY) -m pytest -q tests/test_fuzz.py $(PYTEST_ARGS)
 
-lint: venv ## ruff check and ruff format --check
+lint: venv ## ruff check, ruff format --check and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy app workers
 
 format: venv ## Fix imports and reformat the code with ruff
 	$(VENV)/bin/ruff check --select I --fix .

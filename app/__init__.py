@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         OPENAPI_SWAGGER_UI_PATH="/docs",
         OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
     )
-    app.json.sort_keys = False
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # the default provider has it
     configure_logging(settings.log_format)
     if settings.proxy_hops:
         # Only the address and scheme: nginx passes a client's X-Forwarded-Host through unchanged.

@@ -53,7 +53,7 @@ def register_limits(app: Flask) -> Limiter:
         for endpoint in HEAVY_ENDPOINTS:
             view = app.view_functions.get(endpoint)
             if view is not None:
-                app.view_functions[endpoint] = limiter.limit(
+                app.view_functions[endpoint] = limiter.limit(  # type: ignore[assignment]
                     settings.rate_limit_heavy, key_func=_client_identity
                 )(view)
     return limiter

@@ -100,9 +100,9 @@ def _attempt(
         _log_failure(url, str(error), started)
         raise
     except requests.RequestException as exc:
-        error = _classify(exc, url, timeout)
-        _log_failure(url, str(error), started)
-        raise error from exc
+        classified = _classify(exc, url, timeout)
+        _log_failure(url, str(classified), started)
+        raise classified from exc
 
 
 def _decode(response: requests.Response, url: str) -> dict[str, Any]:

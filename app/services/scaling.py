@@ -141,7 +141,9 @@ def gather_loads() -> dict[str, TierLoad]:
     counts: dict[tuple[str, str], int] = {
         (tier, status): int(n) for tier, status, n in db.session.execute(text(_OPEN_TASKS))
     }
-    oldest = dict(db.session.execute(text(_OLDEST_QUEUED), {"tiers": list(TIERS)}).all())
+    oldest: dict[str, Any] = dict(
+        db.session.execute(text(_OLDEST_QUEUED), {"tiers": list(TIERS)}).all()
+    )
     redis = current_app.extensions["redis"]
     try:
         with redis.pipeline() as pipe:

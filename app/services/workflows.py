@@ -207,7 +207,7 @@ def orchestrate(steps: list[StepSpec], priority: str, deadline_s: float) -> Work
 
 def _start(step: Task, spec: list[dict[str, Any]]) -> Release:
     """Hand a ready step to the pool: itself, or for a swarm step one task per active bot."""
-    swarm_id = spec[step.step].get("swarm_id")
+    swarm_id = spec[_number(step)].get("swarm_id")
     if not swarm_id:
         return Release([step.id], step.type, step.tier)
     swarm = assignments.lock_swarm_for(swarm_id, step.type)
@@ -348,15 +348,19 @@ def _advance_one(workflow: Workflow) -> list[Release]:
     steps = _steps_of(workflow.id)
     spec = workflow.spec
     for step in steps:
-        if step.status == TASK_RUNNING and spec[step.step].get("swarm_id"):
+        if step.status == TASK_RUNNING and spec[_number(step)].get("swarm_id"):
             _finish_swarm_step_if_done(step)
-    by_name = {spec[step.step]["name"]: step for step in steps}
-    fatal = [s for s in steps if s.status == TASK_FAILED and spec[s.step]["on_failure"] != CONTINUE]
+    by_name = {spec[_number(step)]["name"]: step for step in steps}
+    fatal = [
+        s for s in steps if s.status == TASK_FAILED and spec[_number(s)]["on_failure"] != CONTINUE
+    ]
     if fatal:
         first = fatal[0]
         _cancel_unstarted(workflow.id)
         _settle(
-            workflow, WORKFLOW_FAILED, f"step {spec[first.step]['name']!r} failed: {first.error}"
+            workflow,
+            WORKFLOW_FAILED,
+            f"step {spec[_number(first)]['name']!r} failed: {first.error}",
         )
         return []
 
@@ -366,15 +370,17 @@ def _advance_one(workflow: Workflow) -> list[Release]:
     for step in steps:
         if step.status != TASK_WAITING:
             continue
-        deps = [by_name[name] for name in spec[step.step]["depends_on"]]
+        deps = [by_name[name] for name in spec[_number(step)]["depends_on"]]
         if any(dep.status in (TASK_FAILED, TASK_CANCELLED) for dep in deps):
-            _end_steps(workflow.id, [step.step], TASK_CANCELLED, "a dependency did not complete")
+            _end_steps(
+                workflow.id, [_number(step)], TASK_CANCELLED, "a dependency did not complete"
+            )
             ended = True
         elif all(dep.status == TASK_COMPLETED for dep in deps):
             try:
                 released.append(_release(step, results, spec))
             except (UnresolvedReference, ServiceError) as error:
-                _end_steps(workflow.id, [step.step], TASK_FAILED, str(error))
+                _end_steps(workflow.id, [_number(step)], TASK_FAILED, str(error))
                 ended = True
     if ended:
         # An ended step can fail the workflow or end its own dependents: look again.
@@ -397,6 +403,12 @@ def _release(step: Task, results: dict[str, Any], spec: list[dict[str, Any]]) ->
     return _start(step, spec)
 
 
+def _number(step: Task) -> int:
+    """A workflow step's position in its workflow's spec."""
+    assert step.step is not None, f"task-{step.id} is not a workflow step"
+    return step.step
+
+
 def _steps_of(workflow_id: str) -> list[Task]:
     """The workflow's own step rows (a swarm step's tasks carry its step number and a bot)."""
     return list(
@@ -414,7 +426,7 @@ def _finish_swarm_step_if_done(step: Task) -> None:
     ).one()
     if counts.open:
         return
-    totals = dict(
+    totals: dict[str, Any] = dict(
         db.session.execute(
             text(_SWARM_STEP_TOTALS), {"workflow_id": step.workflow_id, "step": step.step}
         ).all()
@@ -456,7 +468,7 @@ def _end_steps(workflow_id: str, steps: list[int], to_state: str, error: str | N
 
 def _cancel_unstarted(workflow_id: str) -> None:
     """Cancel every step (and swarm-step task) not started; swarm steps in progress end too."""
-    steps = [step.step for step in _steps_of(workflow_id)]
+    steps = [_number(step) for step in _steps_of(workflow_id)]
     _end_steps(workflow_id, steps, TASK_CANCELLED, None)
     db.session.execute(text(_CANCEL_SWARM_STEPS), {"workflow_id": workflow_id})
 
