@@ -70,6 +70,17 @@ def register_error_handlers(app: Flask) -> None:
             if not request.is_json:
                 raise UnsupportedMediaType()
 
+    @app.teardown_appcontext
+    def _end_session_quietly(_error: BaseException | None) -> None:
+        # Runs before Flask-SQLAlchemy's own teardown (teardowns run in reverse order). If
+        # PostgreSQL went away after the answer was made, rolling back the request's session
+        # raises; that must not turn a finished answer into a bare 500.
+        try:
+            db.session.remove()
+        except DBAPIError:
+            log.warning("database connection lost while ending the request's session")
+            db.session.registry.clear()
+
     @app.errorhandler(DBAPIError)
     def _database_unavailable(error: DBAPIError):
         _rollback_quietly()
