@@ -9,7 +9,7 @@ from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 from sqlalchemy.exc import DBAPIError
 
-from app.api.schemas import MAX_PAGE, Timestamp
+from app.api.schemas import MAX_PAGE, Timestamp, list_of
 from app.services import audit
 
 log = logging.getLogger(__name__)
@@ -36,10 +36,7 @@ class AuditOut(Schema):
     remote_addr = fields.String(allow_none=True)
 
 
-class AuditList(Schema):
-    items = fields.List(fields.Nested(AuditOut))
-    limit = fields.Integer()
-    next_before = fields.Integer(allow_none=True)
+AuditList = list_of(AuditOut, "AuditList", "next_before", fields.Integer(allow_none=True))
 
 
 @blp.route("/audit", methods=["GET"])

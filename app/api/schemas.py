@@ -297,22 +297,26 @@ class ErrorResponse(Schema):
     error = fields.Nested(ErrorDetail, required=True)
 
 
-class BotList(Schema):
-    items = fields.List(fields.Nested(BotOut))
-    limit = fields.Integer()
-    next_after = fields.String(allow_none=True)
+def list_of(
+    item: type[Schema],
+    name: str,
+    cursor: str = "next_after",
+    cursor_field: fields.Field | None = None,
+) -> type[Schema]:
+    """The schema of a page of `item`s (see page_of), for /openapi.json."""
+    return Schema.from_dict(
+        {
+            "items": fields.List(fields.Nested(item)),
+            "limit": fields.Integer(),
+            cursor: cursor_field or fields.String(allow_none=True),
+        },
+        name=name,
+    )
 
 
-class SwarmList(Schema):
-    items = fields.List(fields.Nested(SwarmOut))
-    limit = fields.Integer()
-    next_after = fields.String(allow_none=True)
-
-
-class TaskList(Schema):
-    items = fields.List(fields.Nested(TaskOut))
-    limit = fields.Integer()
-    next_after = fields.String(allow_none=True)
+BotList = list_of(BotOut, "BotList")
+SwarmList = list_of(SwarmOut, "SwarmList")
+TaskList = list_of(TaskOut, "TaskList")
 
 
 def page_of(items: list[Any], schema: Schema, limit: int, cursor) -> dict[str, Any]:
