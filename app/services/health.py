@@ -6,22 +6,14 @@ import time
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import text
 
 from app.extensions import db
+from app.services import queues
 from app.services.ids import iso, utcnow
-from app.tiers import TIERS, queue_for
+from app.tiers import TIERS
 
 # Written by workers after every chunk, read here to notice a stalled pool.
 LAST_CHUNK_KEY = "orchestrator:last_chunk_at"
-
-# The oldest waiting task per tier, found through the open-tasks index rather than a scan.
-_OLDEST_WAITING = """
-SELECT tiers.tier,
-       (SELECT extract(epoch FROM now() - assigned_at) FROM tasks
-         WHERE status = 'assigned' AND tier = tiers.tier ORDER BY id LIMIT 1)
-  FROM unnest(CAST(:tiers AS text[])) AS tiers(tier)
-"""
 
 
 def check() -> tuple[dict[str, Any], bool]:
@@ -29,23 +21,17 @@ def check() -> tuple[dict[str, Any], bool]:
     parts: dict[str, str] = {}
     oldest: dict[str, float | None] = {}
     try:
-        rows = db.session.execute(text(_OLDEST_WAITING), {"tiers": list(TIERS)}).all()
-        oldest = {tier: None if age is None else round(float(age), 3) for tier, age in rows}
+        oldest = queues.oldest_waiting_seconds()
         parts["postgres"] = "connected"
     except Exception:
         db.session.rollback()
         parts["postgres"] = "disconnected"
 
-    redis = current_app.extensions["redis"]
     depth: dict[str, int] = {}
     last_chunk: float | None = None
     try:
-        with redis.pipeline() as pipe:
-            for tier in TIERS:
-                pipe.llen(queue_for(tier))
-            pipe.get(LAST_CHUNK_KEY)
-            *lengths, last = pipe.execute()
-        depth = dict(zip(TIERS, lengths, strict=True))
+        depth = queues.queue_depths()
+        last = current_app.extensions["redis"].get(LAST_CHUNK_KEY)
         last_chunk = float(last) if last else None
         parts["redis"] = "connected"
     except Exception:

@@ -40,8 +40,9 @@ from flask import current_app
 from sqlalchemy import text
 
 from app.extensions import db
+from app.services import queues
 from app.services.ids import iso, utcnow
-from app.tiers import TIERS, queue_for
+from app.tiers import TIERS
 
 # Tasks per second one worker (`--concurrency 2`) finishes when nothing better is known. Low on
 # purpose: echo runs ~9,000/s per worker (docs/performance.md) but a downstream call takes
@@ -56,16 +57,10 @@ SAMPLE_HORIZON_S = 600.0
 MAX_SAMPLES = 600
 THROUGHPUT_WINDOW_S = 30.0
 
-# Open tasks per tier and state through ix_tasks_open; the oldest queued task per tier by id.
+# Open tasks per tier and state through ix_tasks_open.
 _OPEN_TASKS = """
 SELECT tier, status, count(*) FROM tasks
  WHERE status IN ('assigned', 'running') GROUP BY tier, status
-"""
-_OLDEST_QUEUED = """
-SELECT tiers.tier,
-       (SELECT extract(epoch FROM now() - assigned_at) FROM tasks
-         WHERE status = 'assigned' AND tier = tiers.tier ORDER BY id LIMIT 1)
-  FROM unnest(CAST(:tiers AS text[])) AS tiers(tier)
 """
 _FINISHED_TOTAL = """
 SELECT coalesce(sum(value), 0) FROM counters WHERE name IN ('tasks_completed', 'tasks_failed')
@@ -141,28 +136,20 @@ def gather_loads() -> dict[str, TierLoad]:
     counts: dict[tuple[str, str], int] = {
         (tier, status): int(n) for tier, status, n in db.session.execute(text(_OPEN_TASKS))
     }
-    oldest: dict[str, Any] = dict(
-        db.session.execute(text(_OLDEST_QUEUED), {"tiers": list(TIERS)}).all()
-    )
-    redis = current_app.extensions["redis"]
+    oldest = queues.oldest_waiting_seconds()
+    depths: dict[str, int] = {}
     try:
-        with redis.pipeline() as pipe:
-            for tier in TIERS:
-                pipe.llen(queue_for(tier))
-            depths: list[int | None] = list(pipe.execute())
+        depths = queues.queue_depths()
     except Exception:
-        # Redis down: the tasks table still tells the backlog; depth is informative only.
-        depths = [None] * len(TIERS)
+        pass  # Redis down: the tasks table still tells the backlog; depth is informative only.
     return {
         tier: TierLoad(
             waiting_tasks=counts.get((tier, "assigned"), 0),
             running_tasks=counts.get((tier, "running"), 0),
-            oldest_waiting_seconds=(
-                None if oldest.get(tier) is None else round(float(oldest[tier]), 3)
-            ),
-            queue_depth=depth,
+            oldest_waiting_seconds=oldest.get(tier),
+            queue_depth=depths.get(tier),
         )
-        for tier, depth in zip(TIERS, depths, strict=True)
+        for tier in TIERS
     }
 
 
