@@ -1,0 +1,102 @@
+"""How the results of a mass-action's tasks merge into one answer.
+
+Each task type may have a merge rule. A rule is associative: the worker folds the tasks a record
+statement finished into a partial (`fold`), partials combine in any order and grouping
+(`combine`), and `present` turns the combined partial into the answer a caller reads. A
+mass-action's aggregate is therefore kept as partials written with its outcomes and merged on read,
+never recomputed from its task rows.
+
+Task types without a rule of their own get COUNTING: tasks by state and failures by reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+Partial = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Finished:
+    """One task as its merge rule sees it: how it ended, its result or error, how long it ran."""
+
+    task_type: str
+    state: str
+    result: Any
+    error: str | None
+    duration_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class MergeRule:
+    """fold finished tasks into a partial; combine two partials; present the combined one."""
+
+    fold: Callable[[list[Finished]], Partial]
+    combine: Callable[[Partial, Partial], Partial]
+    present: Callable[[Partial], dict[str, Any]]
+
+
+def add_counts(left: Mapping[str, Any], right: Mapping[str, Any]) -> dict[str, Any]:
+    """Key-wise sum of two {name: number} maps."""
+    merged = dict(left)
+    for key, value in right.items():
+        merged[key] = merged.get(key, 0) + value
+    return merged
+
+
+def _failure_reason(error: str | None) -> str:
+    # "image_generation: service answered 503" -> "service answered 503": the type is known.
+    reason = (error or "unknown").split(": ", 1)[-1]
+    return reason[:120]
+
+
+def _fold_counts(tasks: list[Finished]) -> Partial:
+    by_state: dict[str, int] = {}
+    failures: dict[str, int] = {}
+    for task in tasks:
+        by_state[task.state] = by_state.get(task.state, 0) + 1
+        if task.state == "failed":
+            reason = _failure_reason(task.error)
+            failures[reason] = failures.get(reason, 0) + 1
+    return {"by_state": by_state, "failures": failures}
+
+
+def _combine_counts(left: Partial, right: Partial) -> Partial:
+    return {
+        "by_state": add_counts(left.get("by_state", {}), right.get("by_state", {})),
+        "failures": add_counts(left.get("failures", {}), right.get("failures", {})),
+    }
+
+
+def _present_counts(combined: Partial) -> dict[str, Any]:
+    return {
+        "tasks": combined.get("by_state", {}),
+        "failures_by_reason": combined.get("failures", {}),
+    }
+
+
+COUNTING = MergeRule(fold=_fold_counts, combine=_combine_counts, present=_present_counts)
+
+# Task type -> its rule. Types absent here use COUNTING.
+RULES: Mapping[str, MergeRule] = {}
+
+
+def rule_for(task_type: str) -> MergeRule:
+    """The merge rule of a task type (COUNTING when it registered none)."""
+    return RULES.get(task_type, COUNTING)
+
+
+def fold(task_type: str, tasks: list[Finished]) -> Partial:
+    """The partial aggregate of some finished tasks of one type."""
+    return rule_for(task_type).fold(tasks)
+
+
+def merge(task_type: str, partials: Iterable[Partial]) -> dict[str, Any]:
+    """One answer from any number of partials of one type (an empty answer for none)."""
+    rule = rule_for(task_type)
+    combined: Partial | None = None
+    for partial in partials:
+        combined = partial if combined is None else rule.combine(combined, partial)
+    return rule.present(combined if combined is not None else rule.fold([]))
