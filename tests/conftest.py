@@ -28,7 +28,7 @@ from tests.workers import WorkerProcess
 SAMPLE_DATA = Path(__file__).resolve().parent.parent / "data"
 TABLES = (
     "api_keys, audit_log, idempotency_keys, tasks, task_payloads, workflows, bots, swarms, bot_census, counters, "
-    "services, service_endpoints"
+    "services, service_endpoints, mass_actions, mass_action_partials"
 )
 
 

@@ -7,7 +7,17 @@ from flask_smorest import Api
 
 def register_blueprints(api: Api) -> None:
     """Attach every resource's blueprint."""
-    from app.api import audit, bots, scaling, services, swarms, system, tasks, workflows
+    from app.api import (
+        audit,
+        bots,
+        mass_actions,
+        scaling,
+        services,
+        swarms,
+        system,
+        tasks,
+        workflows,
+    )
 
-    for module in (system, bots, swarms, tasks, workflows, services, scaling, audit):
+    for module in (system, bots, swarms, mass_actions, tasks, workflows, services, scaling, audit):
         api.register_blueprint(module.blp)

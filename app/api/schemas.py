@@ -228,6 +228,66 @@ class MassAssigned(Schema):
     assignments = fields.Integer()
     status = fields.Constant("distributed")
     timestamp = Timestamp(attribute="assigned_at")
+    mass_action_id = fields.String(
+        metadata={"description": "follow it at GET /mass-actions/{id} (the Location header)"}
+    )
+
+
+class MassActionCounts(Schema):
+    total = fields.Integer(metadata={"description": "tasks given, one per active bot"})
+    assigned = fields.Integer(metadata={"description": "waiting to start"})
+    running = fields.Integer()
+    completed = fields.Integer()
+    failed = fields.Integer()
+    cancelled = fields.Integer()
+
+
+class MassActionOut(Schema):
+    id = fields.String(attribute="mass_action.id", metadata={"description": "`ma-…`"})
+    swarm_id = fields.String(attribute="mass_action.swarm_id")
+    task_type = fields.String(attribute="mass_action.type")
+    tier = fields.String(attribute="mass_action.tier")
+    status = fields.String(
+        metadata={"description": "queued, running, then completed, failed or cancelled"}
+    )
+    workflow_id = fields.String(
+        attribute="mass_action.workflow_id",
+        allow_none=True,
+        metadata={"description": "set when it runs a workflow step on a swarm"},
+    )
+    step = fields.Integer(attribute="mass_action.step", allow_none=True)
+    counts = fields.Nested(MassActionCounts)
+    percent = fields.Float(metadata={"description": "share of the tasks that ended"})
+    tasks_per_second = fields.Float(allow_none=True)
+    eta_seconds = fields.Float(allow_none=True)
+    created_at = Timestamp(attribute="mass_action.created_at")
+    started_at = Timestamp(attribute="mass_action.started_at", allow_none=True)
+    finished_at = Timestamp(attribute="mass_action.finished_at", allow_none=True)
+    cancel_requested_at = Timestamp(attribute="mass_action.cancel_requested_at", allow_none=True)
+    aggregate = fields.Dict(
+        allow_none=True,
+        metadata={
+            "description": "every finished task's result merged by the task type's merge rule"
+            " (null in lists)"
+        },
+    )
+    results = fields.String(
+        attribute="results_path", metadata={"description": "where its results are read"}
+    )
+
+
+class MassActionResult(Schema):
+    """One task of a mass-action: a JSON page item, or one line of the NDJSON stream."""
+
+    task_id = fields.String()
+    bot_id = fields.String(allow_none=True)
+    slice_index = fields.Integer(allow_none=True)
+    status = fields.String()
+    attempts = fields.Integer()
+    result = fields.Raw(allow_none=True)
+    error = fields.String(allow_none=True)
+    started_at = fields.String(allow_none=True)
+    finished_at = fields.String(allow_none=True)
 
 
 class TaskOut(Schema):
@@ -237,6 +297,9 @@ class TaskOut(Schema):
     bot_id = fields.String(allow_none=True)
     swarm_id = fields.String(allow_none=True)
     workflow_id = fields.String(allow_none=True)
+    mass_action_id = fields.String(
+        allow_none=True, metadata={"description": "the mass-action (`ma-…`) it is one task of"}
+    )
     tier = fields.String()
     attempts = fields.Integer()
     result = fields.Raw(allow_none=True)
@@ -276,6 +339,7 @@ class WorkflowOut(Schema):
         for step in steps:
             step["name"] = names.get(step["step"])
             step["depends_on"] = deps.get(step["step"], [])
+            step["mass_action_id"] = view.mass_actions.get(step["step"])
         return steps
 
 
@@ -317,6 +381,8 @@ def list_of(
 BotList = list_of(BotOut, "BotList")
 SwarmList = list_of(SwarmOut, "SwarmList")
 TaskList = list_of(TaskOut, "TaskList")
+MassActionList = list_of(MassActionOut, "MassActionList")
+MassActionResultList = list_of(MassActionResult, "MassActionResultList")
 
 
 def page_of(items: list[Any], schema: Schema, limit: int, cursor) -> dict[str, Any]:

@@ -93,10 +93,15 @@ def fold(task_type: str, tasks: list[Finished]) -> Partial:
     return rule_for(task_type).fold(tasks)
 
 
-def merge(task_type: str, partials: Iterable[Partial]) -> dict[str, Any]:
-    """One answer from any number of partials of one type (an empty answer for none)."""
+def combine(task_type: str, partials: Iterable[Partial]) -> Partial:
+    """One partial standing for any number of partials of one type (the empty fold for none)."""
     rule = rule_for(task_type)
     combined: Partial | None = None
     for partial in partials:
         combined = partial if combined is None else rule.combine(combined, partial)
-    return rule.present(combined if combined is not None else rule.fold([]))
+    return combined if combined is not None else rule.fold([])
+
+
+def merge(task_type: str, partials: Iterable[Partial]) -> dict[str, Any]:
+    """One answer from any number of partials of one type (an empty answer for none)."""
+    return rule_for(task_type).present(combine(task_type, partials))

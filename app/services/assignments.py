@@ -43,9 +43,9 @@ WITH targets AS (
     RETURNING id, position
 )
 INSERT INTO tasks (type, tier, status, bot_id, swarm_id, payload_id, slice_index, assigned_at,
-                   workflow_id, step)
+                   workflow_id, step, mass_action_id)
 SELECT :type, :tier, 'assigned', id, :swarm_id, :payload_id, position, :now,
-       :workflow_id, :step
+       :workflow_id, :step, :mass_action_id
   FROM targets ORDER BY position
 RETURNING id
 """
@@ -70,16 +70,6 @@ class Assignment:
     task_id: int
     bot_id: str
     task_type: str
-    assigned_at: datetime
-
-
-@dataclass(frozen=True)
-class MassAssignment:
-    """What one mass-action created."""
-
-    swarm_id: str
-    task_type: str
-    assignments: int
     assigned_at: datetime
 
 
@@ -120,21 +110,6 @@ def assign_to_bot(bot_id: str, type_name: str, data: dict[str, Any]) -> Assignme
     return Assignment(task_id=task_id, bot_id=bot_id, task_type=type_name, assigned_at=now)
 
 
-def assign_to_swarm(swarm_id: str, type_name: str, data: dict[str, Any]) -> MassAssignment:
-    """Give one task to every active bot of a swarm: one INSERT ... SELECT, few messages."""
-    task_type = get_task_type(type_name)
-    swarm = lock_swarm_for(swarm_id, type_name)
-    now = utcnow()
-    task_ids = insert_swarm_tasks(swarm, type_name, store_payload(data), now)
-    tier = swarm.tier
-    db.session.commit()
-    metrics.count_assigned(tier, type_name, len(task_ids))
-    publish_chunks(task_ids, tier, task_type.chunk_size)
-    return MassAssignment(
-        swarm_id=swarm_id, task_type=type_name, assignments=len(task_ids), assigned_at=now
-    )
-
-
 def lock_swarm_for(swarm_id: str, type_name: str) -> Swarm:
     """The swarm, locked, if it may take tasks of this type now (404, 409 or 422 otherwise)."""
     task_type = get_task_type(type_name)
@@ -155,8 +130,11 @@ def insert_swarm_tasks(
     now: datetime,
     workflow_id: str | None = None,
     step: int | None = None,
+    *,
+    mass_action_id: str,
 ) -> list[int]:
-    """One task per active bot of a locked swarm, counted; the caller commits and publishes."""
+    """One task per active bot of a locked swarm, counted, all of one mass-action; the caller
+    commits and publishes."""
     rows = db.session.execute(
         text(_ASSIGN_TO_SWARM),
         {
@@ -167,6 +145,7 @@ def insert_swarm_tasks(
             "now": now,
             "workflow_id": workflow_id,
             "step": step,
+            "mass_action_id": mass_action_id,
         },
     )
     task_ids = [row[0] for row in rows]

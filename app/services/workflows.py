@@ -38,7 +38,7 @@ from app.models import (
     Task,
     Workflow,
 )
-from app.services import assignments
+from app.services import assignments, mass_actions
 from app.services.ids import new_id, utcnow
 from app.services.payloads import load_payloads, store_payload
 from app.services.tally import TALLY_CTES
@@ -140,6 +140,8 @@ class WorkflowView:
 
     workflow: Workflow
     steps: list[Task]
+    # Step number -> the mass-action a swarm step runs as.
+    mass_actions: dict[int, str] = field(default_factory=dict)
 
     @property
     def status(self) -> str:
@@ -202,7 +204,7 @@ def orchestrate(steps: list[StepSpec], priority: str, deadline_s: float) -> Work
     ready = [_start(task, spec) for task in tasks if task.status == TASK_ASSIGNED]
     db.session.commit()
     publish_steps(ready)
-    return WorkflowView(workflow, tasks)
+    return WorkflowView(workflow, tasks, mass_actions.for_workflow(workflow.id))
 
 
 def _start(step: Task, spec: list[dict[str, Any]]) -> Release:
@@ -212,7 +214,7 @@ def _start(step: Task, spec: list[dict[str, Any]]) -> Release:
         return Release([step.id], step.type, step.tier)
     swarm = assignments.lock_swarm_for(swarm_id, step.type)
     now = utcnow()
-    ids = assignments.insert_swarm_tasks(
+    _, ids = mass_actions.start_on_swarm(
         swarm, step.type, step.payload_id, now, step.workflow_id, step.step
     )
     # The step itself is never published: it is running while its tasks are, and `advance`
@@ -494,7 +496,7 @@ def get_workflow(workflow_id: str) -> WorkflowView:
     workflow = db.session.get(Workflow, workflow_id)
     if workflow is None or not visible(workflow.tenant):
         raise NotFound(f"Task {workflow_id!r} not found.")
-    return WorkflowView(workflow, _steps_of(workflow_id))
+    return WorkflowView(workflow, _steps_of(workflow_id), mass_actions.for_workflow(workflow_id))
 
 
 def cancel_workflow(workflow_id: str) -> WorkflowView:

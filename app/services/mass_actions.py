@@ -1,0 +1,361 @@
+"""Mass-actions (`ma-…`): one task for every active bot of a swarm, followed as one thing.
+
+A mass-action is a row with its own counters. The statements that move its tasks move them too
+(claim: running; record: completed or failed; cancel: cancelled; requeue: back to assigned), so
+its progress is a primary-key read at any size; its aggregate is kept as partials merged on read
+(app/services/partials.py). Its results are its task rows, read in task order through
+ix_tasks_mass_action, a page at a time or streamed as NDJSON in bounded batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, text
+
+from app import metrics
+from app.dispatch import publish_chunks
+from app.errors import Conflict, NotFound
+from app.extensions import db
+from app.models import MassAction, Swarm
+from app.services import assignments, mass_action_events, partials
+from app.services.ids import MASS_ACTION_PREFIX, new_id, utcnow
+from app.services.mass_action_events import ENDED, FinishedMassAction
+from app.services.payloads import store_payload
+from app.services.task_types import get_task_type
+from app.services.tenancy import current_tenant, visible
+
+# Rows per query when streaming results: bounds the API worker's memory whatever the total.
+STREAM_BATCH = 1000
+
+# One result line per task, built by PostgreSQL (the API only joins the lines). Timestamps are
+# written as the rest of the API writes them (ids.iso).
+_RESULT_JSON = """
+json_build_object(
+    'task_id', 'task-' || t.id, 'bot_id', t.bot_id, 'slice_index', t.slice_index,
+    'status', t.status, 'attempts', t.attempts, 'result', t.result, 'error', t.error,
+    'started_at', to_char(t.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+    'finished_at', to_char(t.finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+)::text
+"""
+
+
+def _results_query(with_status: bool) -> str:
+    status = " AND t.status = :status" if with_status else ""
+    return (
+        f"SELECT t.id, {_RESULT_JSON} FROM tasks t"
+        f" WHERE t.mass_action_id = :id AND t.id > :after{status}"
+        " ORDER BY t.id LIMIT :limit"
+    )
+
+
+@dataclass(frozen=True)
+class MassAssignment:
+    """What one mass-action created (the 202 of POST /swarms/{id}/tasks)."""
+
+    mass_action_id: str
+    swarm_id: str
+    task_type: str
+    assignments: int
+    assigned_at: datetime
+
+
+@dataclass(frozen=True)
+class MassActionView:
+    """A mass-action with its progress figures, as GET /mass-actions/{id} shows it."""
+
+    mass_action: MassAction
+    now: datetime
+    aggregate: dict[str, Any] | None = field(default=None)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Tasks per state."""
+        m = self.mass_action
+        return {
+            "total": m.total,
+            "assigned": self.assigned,
+            "running": m.running,
+            "completed": m.completed,
+            "failed": m.failed,
+            "cancelled": m.cancelled,
+        }
+
+    @property
+    def results_path(self) -> str:
+        """Where its results are read."""
+        return f"/mass-actions/{self.mass_action.id}/results"
+
+    @property
+    def ended(self) -> int:
+        """Tasks that reached an outcome."""
+        m = self.mass_action
+        return m.completed + m.failed + m.cancelled
+
+    @property
+    def assigned(self) -> int:
+        """Tasks waiting to start: what the other counters leave of the total."""
+        return max(self.mass_action.total - self.mass_action.running - self.ended, 0)
+
+    @property
+    def status(self) -> str:
+        """queued, running, completed, failed or cancelled (see mass_action_events.status_of)."""
+        m = self.mass_action
+        return mass_action_events.status_of(
+            total=m.total,
+            running=m.running,
+            completed=m.completed,
+            failed=m.failed,
+            cancelled=m.cancelled,
+            started=m.started_at is not None,
+            cancel_requested=m.cancel_requested_at is not None,
+        )
+
+    @property
+    def percent(self) -> float:
+        """Share of the tasks that ended, in percent, to two places."""
+        total = self.mass_action.total
+        return round(self.ended / total * 100, 2) if total else 100.0
+
+    @property
+    def tasks_per_second(self) -> float | None:
+        """Tasks ended per second since the first one started (None before)."""
+        m = self.mass_action
+        if m.started_at is None:
+            return None
+        until = m.finished_at or self.now
+        seconds = (until - m.started_at).total_seconds()
+        done = m.completed + m.failed
+        if seconds <= 0:
+            return None if done == 0 else float(done)
+        return round(done / seconds, 1)
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Seconds until every task ended at the current rate (0 once ended, None unknown)."""
+        if self.mass_action.finished_at is not None or self.status in ENDED:
+            return 0.0
+        rate = self.tasks_per_second
+        if not rate:
+            return None
+        return round((self.mass_action.total - self.ended) / rate, 1)
+
+
+# ---- creating ------------------------------------------------------------------------------
+
+
+def assign_to_swarm(swarm_id: str, type_name: str, data: dict[str, Any]) -> MassAssignment:
+    """Give one task to every active bot of a swarm as a new mass-action; publish after commit."""
+    task_type = get_task_type(type_name)
+    swarm = assignments.lock_swarm_for(swarm_id, type_name)
+    now = utcnow()
+    mass_action, task_ids = start_on_swarm(swarm, type_name, store_payload(data), now)
+    tier, mass_action_id = swarm.tier, mass_action.id
+    finished = _finished_at_creation(mass_action)
+    db.session.commit()
+    metrics.count_assigned(tier, type_name, len(task_ids))
+    publish_chunks(task_ids, tier, task_type.chunk_size)
+    mass_action_events.announce(finished)
+    return MassAssignment(
+        mass_action_id=mass_action_id,
+        swarm_id=swarm_id,
+        task_type=type_name,
+        assignments=len(task_ids),
+        assigned_at=now,
+    )
+
+
+def start_on_swarm(
+    swarm: Swarm,
+    type_name: str,
+    payload_id: int,
+    now: datetime,
+    workflow_id: str | None = None,
+    step: int | None = None,
+) -> tuple[MassAction, list[int]]:
+    """The mass-action row and its tasks, one per active bot of the locked swarm; the caller
+    commits, then publishes the ids (and announces it if it has no task: it ended already)."""
+    mass_action_id = new_id(MASS_ACTION_PREFIX)
+    task_ids = assignments.insert_swarm_tasks(
+        swarm, type_name, payload_id, now, workflow_id, step, mass_action_id=mass_action_id
+    )
+    mass_action = MassAction(
+        id=mass_action_id,
+        swarm_id=swarm.id,
+        tenant=swarm.tenant,
+        type=type_name,
+        tier=swarm.tier,
+        payload_id=payload_id,
+        workflow_id=workflow_id,
+        step=step,
+        total=len(task_ids),
+        running=0,
+        completed=0,
+        failed=0,
+        cancelled=0,
+        created_at=now,
+        finished_at=None if task_ids else now,
+    )
+    db.session.add(mass_action)
+    db.session.flush()
+    return mass_action, task_ids
+
+
+def _finished_at_creation(mass_action: MassAction) -> list[FinishedMassAction]:
+    """A mass-action on a swarm without active bots ends as it starts."""
+    if mass_action.total:
+        return []
+    return [
+        FinishedMassAction(
+            id=mass_action.id,
+            swarm_id=mass_action.swarm_id,
+            task_type=mass_action.type,
+            tier=mass_action.tier,
+            status=mass_action_events.COMPLETED,
+            total=0,
+            completed=0,
+            failed=0,
+            cancelled=0,
+            created_at=mass_action.created_at,
+            finished_at=mass_action.created_at,
+            workflow_id=mass_action.workflow_id,
+        )
+    ]
+
+
+# ---- cancelling ----------------------------------------------------------------------------
+
+
+def cancel(mass_action_id: str) -> MassActionView:
+    """Cancel every task not yet started, in one statement; running tasks finish. Repeating it
+    changes nothing; a mass-action that already ended without a cancel is 409."""
+    mass_action = get_mass_action(mass_action_id)
+    if mass_action.finished_at is not None and mass_action.cancel_requested_at is None:
+        raise Conflict(
+            f"Mass-action {mass_action_id!r} already ended; nothing is left to cancel.",
+            status=MassActionView(mass_action, utcnow()).status,
+        )
+    # Tasks first, the mass-action row after: the order in which the record statement takes
+    # them, so a cancel and a chunk being recorded never wait on each other in a circle.
+    assignments.cancel_waiting_tasks(
+        "mass_action_id = :mass_action_id", {"mass_action_id": mass_action.id}
+    )
+    db.session.execute(
+        text(
+            "UPDATE mass_actions SET cancel_requested_at = coalesce(cancel_requested_at, now())"
+            " WHERE id = :id"
+        ),
+        {"id": mass_action.id},
+    )
+    db.session.commit()
+    return view_mass_action(mass_action_id)
+
+
+# ---- reading -------------------------------------------------------------------------------
+
+
+def get_mass_action(mass_action_id: str, *, lock: bool = False) -> MassAction:
+    """The mass-action row, or 404 (also another tenant's)."""
+    mass_action = db.session.get(MassAction, mass_action_id, with_for_update=lock)
+    if mass_action is None or not visible(mass_action.tenant):
+        raise NotFound(f"Mass-action {mass_action_id!r} not found.")
+    return mass_action
+
+
+def view_mass_action(mass_action_id: str) -> MassActionView:
+    """Progress from the counters and the merged aggregate: a primary-key read and its partials."""
+    mass_action = get_mass_action(mass_action_id)
+    aggregate = partials.aggregate(mass_action.id, mass_action.type)
+    return MassActionView(mass_action, utcnow(), aggregate)
+
+
+def list_for_swarm(swarm_id: str, limit: int, after: str | None) -> list[MassActionView]:
+    """A page of a swarm's mass-actions, newest first; `after` is the last id of the page before."""
+    swarm = db.session.get(Swarm, swarm_id)
+    if swarm is None or not visible(swarm.tenant):
+        raise NotFound(f"Swarm {swarm_id!r} not found.")
+    query = (
+        select(MassAction)
+        .where(MassAction.swarm_id == swarm_id)
+        .order_by(MassAction.created_at.desc(), MassAction.id.desc())
+        .limit(limit)
+    )
+    if after:
+        cursor = db.session.get(MassAction, after)
+        if cursor is None or cursor.swarm_id != swarm_id:
+            raise NotFound(f"No mass-action {after!r} in swarm {swarm_id!r}.")
+        query = query.where(
+            (MassAction.created_at < cursor.created_at)
+            | ((MassAction.created_at == cursor.created_at) & (MassAction.id < cursor.id))
+        )
+    now = utcnow()
+    return [MassActionView(row, now) for row in db.session.scalars(query)]
+
+
+def list_unfinished(limit: int) -> list[MassActionView]:
+    """The most recent mass-actions still running, newest first (all tenants: the dashboard)."""
+    query = (
+        select(MassAction)
+        .where(MassAction.finished_at.is_(None))
+        .order_by(MassAction.created_at.desc())
+        .limit(limit)
+    )
+    if current_tenant() is not None:
+        query = query.where(MassAction.tenant == current_tenant())
+    now = utcnow()
+    return [MassActionView(row, now) for row in db.session.scalars(query)]
+
+
+def for_workflow(workflow_id: str) -> dict[int, str]:
+    """Step number -> mass-action id, for a workflow's steps that ran on a swarm."""
+    rows = db.session.execute(
+        select(MassAction.step, MassAction.id).where(MassAction.workflow_id == workflow_id)
+    ).all()
+    return {int(step): mass_action_id for step, mass_action_id in rows if step is not None}
+
+
+def results_page(
+    mass_action_id: str, after: int | None, limit: int, status: str | None
+) -> tuple[list[str], int | None]:
+    """Up to `limit` result lines (JSON text) in task order after task `after`, and the cursor
+    for the next page (None at the end)."""
+    get_mass_action(mass_action_id)
+    rows = _result_rows(mass_action_id, after or 0, limit, status)
+    next_after = rows[-1][0] if len(rows) == limit else None
+    return [line for _, line in rows], next_after
+
+
+def stream_results(mass_action_id: str, after: int | None, status: str | None) -> Iterator[str]:
+    """Every result line after task `after`, as NDJSON chunks of STREAM_BATCH lines.
+
+    Checks the mass-action before the first chunk, so a 404 is still an ordinary answer. Each
+    batch is its own keyset query: memory stays bounded by one batch, whatever the total.
+    """
+    get_mass_action(mass_action_id)
+
+    def chunks() -> Iterator[str]:
+        cursor = after or 0
+        while True:
+            rows = _result_rows(mass_action_id, cursor, STREAM_BATCH, status)
+            if not rows:
+                break
+            yield "\n".join(line for _, line in rows) + "\n"
+            if len(rows) < STREAM_BATCH:
+                break
+            cursor = rows[-1][0]
+        db.session.rollback()
+
+    return chunks()
+
+
+def _result_rows(
+    mass_action_id: str, after: int, limit: int, status: str | None
+) -> list[tuple[int, str]]:
+    params: dict[str, Any] = {"id": mass_action_id, "after": after, "limit": limit}
+    if status:
+        params["status"] = status
+    rows = db.session.execute(text(_results_query(bool(status))), params).all()
+    return [(int(task_id), line) for task_id, line in rows]

@@ -1,0 +1,368 @@
+"""Mass-actions as resources: the 202's id, progress from counters, results, aggregate, cancel."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from sqlalchemy import text
+
+from app.extensions import db
+from app.services import mass_actions
+from tests.workers import WorkerProcess, wait_for
+
+ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+MASS_ACTION_ID = re.compile(r"^ma-[0-9a-f]{16}$")
+CAPABILITIES = ["data_processing", "analytics", "reporting"]
+NDJSON = {"Accept": "application/x-ndjson"}
+
+
+def create_swarm(client, count: int, tier: str = "standard", **headers) -> dict:
+    response = client.post(
+        "/swarms",
+        json={"name": "s", "count": count, "tier": tier, "capabilities": CAPABILITIES},
+        **headers,
+    )
+    assert response.status_code == 201, response.get_data(as_text=True)
+    return response.get_json()
+
+
+def start(client, swarm_id: str, type_name: str = "echo", data=None, **headers) -> dict:
+    response = client.post(
+        f"/swarms/{swarm_id}/tasks", json={"type": type_name, "data": data or {}}, **headers
+    )
+    assert response.status_code == 202, response.get_data(as_text=True)
+    return response.get_json()
+
+
+def progress(client, mass_action_id: str) -> dict:
+    response = client.get(f"/mass-actions/{mass_action_id}")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return response.get_json()
+
+
+def ended(client, mass_action_id: str, timeout: float = 60.0) -> dict:
+    def finished():
+        body = progress(client, mass_action_id)
+        return body if body["finished_at"] is not None else None
+
+    return wait_for(finished, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def shared_worker(test_env):
+    """One real worker for this module's execution tests."""
+    process = WorkerProcess(test_env)
+    process.start()
+    yield process
+    process.stop()
+
+
+# ---- identity ----------------------------------------------------------------------------------
+
+
+def test_the_202_keeps_every_spec_field_and_adds_the_mass_action_id_and_location(client):
+    swarm = create_swarm(client, 5)
+
+    response = client.post(
+        f"/swarms/{swarm['id']}/tasks",
+        json={
+            "type": "distributed_analysis",
+            "data": {
+                "dataset": "large_dataset.csv",
+                "analysis_type": "sentiment",
+                "chunk_size": 10,
+            },
+        },
+    )
+
+    assert response.status_code == 202
+    body = response.get_json()
+    assert set(body) == {
+        "swarm_id",
+        "task_type",
+        "assignments",
+        "status",
+        "timestamp",
+        "mass_action_id",
+    }
+    assert (body["swarm_id"], body["task_type"], body["assignments"], body["status"]) == (
+        swarm["id"],
+        "distributed_analysis",
+        5,
+        "distributed",
+    )
+    assert ISO.match(body["timestamp"])
+    assert MASS_ACTION_ID.match(body["mass_action_id"])
+    assert response.headers["Location"] == f"/mass-actions/{body['mass_action_id']}"
+
+    view = client.get(response.headers["Location"]).get_json()
+    assert view["id"] == body["mass_action_id"]
+    assert (view["swarm_id"], view["task_type"], view["tier"]) == (
+        swarm["id"],
+        "distributed_analysis",
+        "standard",
+    )
+    assert view["counts"] == {
+        "total": 5,
+        "assigned": 5,
+        "running": 0,
+        "completed": 0,
+        "failed": 0,
+        "cancelled": 0,
+    }
+    assert (view["status"], view["percent"], view["started_at"], view["finished_at"]) == (
+        "queued",
+        0.0,
+        None,
+        None,
+    )
+    assert (view["tasks_per_second"], view["eta_seconds"]) == (None, None)
+    assert ISO.match(view["created_at"])
+    assert view["results"] == f"/mass-actions/{body['mass_action_id']}/results"
+    # Every task row knows its mass-action.
+    tagged = db.session.execute(
+        text("SELECT count(*) FROM tasks WHERE mass_action_id = :id"),
+        {"id": body["mass_action_id"]},
+    ).scalar_one()
+    assert tagged == 5
+
+
+def test_a_swarm_lists_its_mass_actions_newest_first_in_pages(client):
+    swarm = create_swarm(client, 2)
+    other = create_swarm(client, 2)
+    ids = [start(client, swarm["id"])["mass_action_id"] for _ in range(5)]
+    start(client, other["id"])
+
+    first = client.get(f"/swarms/{swarm['id']}/mass-actions?limit=2").get_json()
+    assert [item["id"] for item in first["items"]] == ids[::-1][:2]
+    assert first["next_after"] == ids[3]
+    second = client.get(
+        f"/swarms/{swarm['id']}/mass-actions?limit=2&after={first['next_after']}"
+    ).get_json()
+    third = client.get(
+        f"/swarms/{swarm['id']}/mass-actions?limit=2&after={second['next_after']}"
+    ).get_json()
+    seen = [item["id"] for page in (first, second, third) for item in page["items"]]
+    assert seen == ids[::-1]
+    assert third["next_after"] is None
+    assert first["items"][0]["counts"]["total"] == 2
+    assert first["items"][0]["aggregate"] is None  # lists carry progress, not aggregates
+
+
+def test_listing_mass_actions_of_an_unknown_swarm_or_cursor_is_404(client):
+    swarm = create_swarm(client, 1)
+    assert client.get("/swarms/swarm-0000000000000000/mass-actions").status_code == 404
+    response = client.get(f"/swarms/{swarm['id']}/mass-actions?after=ma-0000000000000000")
+    assert response.status_code == 404
+    assert response.get_json()["error"]["code"] == "not_found"
+
+
+def test_an_unknown_mass_action_is_404_for_every_route(client):
+    for method, path in (
+        ("GET", "/mass-actions/ma-0000000000000000"),
+        ("GET", "/mass-actions/ma-0000000000000000/results"),
+        ("DELETE", "/mass-actions/ma-0000000000000000"),
+        ("POST", "/mass-actions/ma-0000000000000000/cancel"),
+    ):
+        response = client.open(path, method=method)
+        assert response.status_code == 404, (method, path)
+        assert response.get_json()["error"]["code"] == "not_found"
+    response = client.get("/mass-actions/ma-0000000000000000/results", headers=NDJSON)
+    assert response.status_code == 404
+    assert response.get_json()["error"]["status"] == 404
+
+
+def test_a_mass_action_on_a_swarm_without_active_bots_ends_at_once(client):
+    swarm = create_swarm(client, 2)
+    for bot_id in swarm["bot_ids"]:
+        client.patch(f"/bots/{bot_id}", json={"status": "paused"})
+
+    body = start(client, swarm["id"])
+
+    assert body["assignments"] == 0
+    view = progress(client, body["mass_action_id"])
+    assert view["status"] == "completed"
+    assert view["percent"] == 100.0
+    assert view["finished_at"] == view["created_at"]
+    assert view["eta_seconds"] == 0.0
+
+
+def test_a_workflow_step_on_a_swarm_links_to_its_mass_action(client):
+    swarm = create_swarm(client, 3)
+
+    workflow = client.post(
+        "/orchestrate",
+        json={"tasks": [{"type": "echo", "swarm_id": swarm["id"]}, {"type": "echo"}]},
+    ).get_json()
+
+    step, plain = workflow["steps"]
+    assert MASS_ACTION_ID.match(step["mass_action_id"])
+    assert plain["mass_action_id"] is None
+    view = progress(client, step["mass_action_id"])
+    assert (view["workflow_id"], view["step"], view["counts"]["total"]) == (
+        workflow["task_id"],
+        0,
+        3,
+    )
+    listed = client.get(f"/swarms/{swarm['id']}/mass-actions").get_json()["items"]
+    assert [item["id"] for item in listed] == [step["mass_action_id"]]
+    again = client.get(f"/task/{workflow['task_id']}").get_json()
+    assert again["steps"][0]["mass_action_id"] == step["mass_action_id"]
+
+
+# ---- results -----------------------------------------------------------------------------------
+
+
+def test_results_page_in_task_order_and_filter_by_status(client):
+    swarm = create_swarm(client, 7)
+    mass_action_id = start(client, swarm["id"], data={"n": 1})["mass_action_id"]
+    task_ids = [
+        row[0]
+        for row in db.session.execute(
+            text("SELECT id FROM tasks WHERE mass_action_id = :id ORDER BY id"),
+            {"id": mass_action_id},
+        )
+    ]
+    for task_id in task_ids[:3]:
+        bot_id = db.session.execute(
+            text("SELECT bot_id FROM tasks WHERE id = :id"), {"id": task_id}
+        ).scalar_one()
+        done = client.post(
+            f"/bots/{bot_id}/tasks/task-{task_id}/complete", json={"result": {"k": task_id}}
+        )
+        assert done.status_code == 200
+
+    pages, after = [], None
+    while True:
+        query = f"?limit=3&after={after}" if after else "?limit=3"
+        response = client.get(f"/mass-actions/{mass_action_id}/results{query}")
+        assert response.status_code == 200
+        assert response.mimetype == "application/json"
+        page = response.get_json()
+        pages.append(page)
+        after = page["next_after"]
+        if after is None:
+            break
+
+    items = [item for page in pages for item in page["items"]]
+    assert [item["task_id"] for item in items] == [f"task-{i}" for i in task_ids]
+    assert [len(page["items"]) for page in pages] == [3, 3, 1]
+    assert items[0]["result"] == {"k": task_ids[0]}
+    assert items[0]["status"] == "completed"
+    assert ISO.match(items[0]["finished_at"])
+    assert items[5]["status"] == "assigned" and items[5]["result"] is None
+    assert set(items[0]) == {
+        "task_id",
+        "bot_id",
+        "slice_index",
+        "status",
+        "attempts",
+        "result",
+        "error",
+        "started_at",
+        "finished_at",
+    }
+    completed = client.get(f"/mass-actions/{mass_action_id}/results?status=completed").get_json()
+    assert [item["task_id"] for item in completed["items"]] == [f"task-{i}" for i in task_ids[:3]]
+
+
+def test_results_stream_as_ndjson_with_the_same_items_as_the_pages(client, monkeypatch):
+    monkeypatch.setattr(mass_actions, "STREAM_BATCH", 4)  # several batches for ten tasks
+    swarm = create_swarm(client, 10)
+    mass_action_id = start(client, swarm["id"])["mass_action_id"]
+    paged = client.get(f"/mass-actions/{mass_action_id}/results?limit=1000").get_json()["items"]
+
+    response = client.get(f"/mass-actions/{mass_action_id}/results", headers=NDJSON)
+
+    assert response.status_code == 200
+    assert response.mimetype == "application/x-ndjson"
+    body = response.get_data(as_text=True)
+    assert body.endswith("\n")
+    lines = [json.loads(line) for line in body.splitlines()]
+    assert lines == paged
+    assert len(lines) == 10
+    after = client.get(
+        f"/mass-actions/{mass_action_id}/results?after={paged[6]['task_id']}", headers=NDJSON
+    ).get_data(as_text=True)
+    assert [json.loads(line) for line in after.splitlines()] == paged[7:]
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["?after=7", "?after=task-x", "?limit=0", "?limit=1001", "?status=done", "?limit=abc"],
+)
+def test_bad_result_queries_are_422(client, query):
+    swarm = create_swarm(client, 1)
+    mass_action_id = start(client, swarm["id"])["mass_action_id"]
+
+    response = client.get(f"/mass-actions/{mass_action_id}/results{query}")
+
+    assert response.status_code == 422
+    assert response.get_json()["error"]["status"] == 422
+
+
+# ---- keys and tenants --------------------------------------------------------------------------
+
+
+def _key(name: str, role: str, tenant: str | None = None) -> dict[str, str]:
+    from app.services import keys
+
+    return {"Authorization": f"Bearer {keys.create_key(name, role, tenant)[1]}"}
+
+
+def test_another_tenant_gets_404_on_every_mass_action_route(client):
+    a, b = _key("a", "operator", "tenant-a"), _key("b", "operator", "tenant-b")
+    swarm = create_swarm(client, 3, headers=a)
+    mass_action_id = start(client, swarm["id"], headers=a)["mass_action_id"]
+
+    for method, path, headers in (
+        ("GET", f"/mass-actions/{mass_action_id}", {}),
+        ("GET", f"/mass-actions/{mass_action_id}/results", {}),
+        ("GET", f"/mass-actions/{mass_action_id}/results", NDJSON),
+        ("DELETE", f"/mass-actions/{mass_action_id}", {}),
+        ("POST", f"/mass-actions/{mass_action_id}/cancel", {}),
+        ("GET", f"/swarms/{swarm['id']}/mass-actions", {}),
+    ):
+        response = client.open(path, method=method, headers={**b, **headers})
+        assert response.status_code == 404, (method, path)
+        assert response.get_json()["error"]["code"] == "not_found"
+
+    view = client.get(f"/mass-actions/{mass_action_id}", headers=a).get_json()
+    assert view["counts"]["assigned"] == 3 and view["cancel_requested_at"] is None
+    assert len(client.get(f"/swarms/{swarm['id']}/mass-actions", headers=a).get_json()["items"])
+
+
+def test_viewers_read_operators_cancel_and_every_action_is_audited(client):
+    viewer, operator = _key("v", "viewer"), _key("o", "operator")
+    swarm = create_swarm(client, 2, headers=operator)
+    mass_action_id = start(client, swarm["id"], headers=operator)["mass_action_id"]
+
+    assert client.get(f"/mass-actions/{mass_action_id}", headers=viewer).status_code == 200
+    assert client.get(f"/mass-actions/{mass_action_id}/results", headers=viewer).status_code == 200
+    assert client.get(f"/swarms/{swarm['id']}/mass-actions", headers=viewer).status_code == 200
+    for method, path in (
+        ("DELETE", f"/mass-actions/{mass_action_id}"),
+        ("POST", f"/mass-actions/{mass_action_id}/cancel"),
+        ("POST", f"/swarms/{swarm['id']}/tasks"),
+    ):
+        response = client.open(path, method=method, headers=viewer, json={"type": "echo"})
+        assert response.status_code == 403, (method, path)
+    assert client.delete(f"/mass-actions/{mass_action_id}", headers=operator).status_code == 200
+    assert (
+        client.post(f"/mass-actions/{mass_action_id}/cancel", headers=operator).status_code == 200
+    )
+
+    entries = client.get("/audit").get_json()["items"]
+    actions = [(e["action"], e["method"], e["path"], e["key_name"]) for e in entries]
+    assert actions[:3] == [
+        (
+            "mass_actions.cancel_mass_action_by_post",
+            "POST",
+            f"/mass-actions/{mass_action_id}/cancel",
+            "o",
+        ),
+        ("mass_actions.cancel_mass_action", "DELETE", f"/mass-actions/{mass_action_id}", "o"),
+        ("swarms.assign_to_swarm", "POST", f"/swarms/{swarm['id']}/tasks", "o"),
+    ]
