@@ -366,3 +366,94 @@ def test_viewers_read_operators_cancel_and_every_action_is_audited(client):
         ("mass_actions.cancel_mass_action", "DELETE", f"/mass-actions/{mass_action_id}", "o"),
         ("swarms.assign_to_swarm", "POST", f"/swarms/{swarm['id']}/tasks", "o"),
     ]
+
+
+# ---- merge rules (no database) -----------------------------------------------------------------
+
+
+def _calls(seed: int, n: int) -> list:
+    import random
+
+    from app.services.aggregates import Finished
+
+    rng = random.Random(seed)
+    tasks = []
+    for _ in range(n):
+        ms = rng.lognormvariate(4, 1.2)  # around 55 ms, with a long tail
+        if rng.random() < 0.1:
+            reason = rng.choice(["service answered 503", "timed out after 10 s"])
+            tasks.append(
+                Finished("image_generation", "failed", None, f"image_generation: {reason}", ms)
+            )
+        else:
+            tasks.append(Finished("image_generation", "completed", {"url": "x"}, None, ms))
+    return tasks
+
+
+def test_ai_rule_merges_split_runs_into_the_single_pass_answer():
+    import random
+
+    from app.services import aggregates
+
+    tasks = _calls(7, 5000)
+    single = aggregates.merge("image_generation", [aggregates.fold("image_generation", tasks)])
+    rng = random.Random(3)
+    for _ in range(5):
+        cuts = sorted(rng.sample(range(1, len(tasks)), 40))
+        pieces = [tasks[a:b] for a, b in zip([0, *cuts], [*cuts, len(tasks)], strict=True)]
+        partials = [aggregates.fold("image_generation", piece) for piece in pieces]
+        rng.shuffle(partials)
+        # Partials of partials too: combining is associative.
+        middle = len(partials) // 2
+        halves = [
+            aggregates.combine("image_generation", partials[:middle]),
+            aggregates.combine("image_generation", partials[middle:]),
+        ]
+        split = aggregates.merge("image_generation", halves)
+        assert split["tasks"] == single["tasks"]
+        assert split["failures_by_reason"] == single["failures_by_reason"]
+        for key in ("count", "min", "max", "p50", "p90", "p99", "percentiles"):
+            assert split["latency_ms"][key] == single["latency_ms"][key], key
+        assert split["latency_ms"]["mean"] == pytest.approx(single["latency_ms"]["mean"])
+
+
+def test_ai_rule_counts_failures_by_reason_and_bounds_its_percentiles():
+    import math
+
+    from app.services import aggregates
+
+    tasks = _calls(11, 4000)
+    answer = aggregates.merge("image_generation", [aggregates.fold("image_generation", tasks)])
+
+    failed = [t for t in tasks if t.state == "failed"]
+    assert answer["tasks"] == {"completed": len(tasks) - len(failed), "failed": len(failed)}
+    assert answer["failures_by_reason"] == {
+        reason: sum(1 for t in failed if t.error.endswith(reason))
+        for reason in ("service answered 503", "timed out after 10 s")
+    }
+    latency = sorted(t.duration_ms for t in tasks)
+    figures = answer["latency_ms"]
+    assert figures["count"] == len(tasks)
+    assert figures["min"] == round(latency[0], 3) and figures["max"] == round(latency[-1], 3)
+    assert figures["mean"] == pytest.approx(sum(latency) / len(latency), abs=0.001)
+    for q in (50, 90, 99):
+        exact = latency[math.ceil(q / 100 * len(latency)) - 1]
+        assert abs(figures[f"p{q}"] / exact - 1) <= 2 ** (1 / 16) - 1 + 1e-9, q
+    assert "approximate" in figures["percentiles"]
+
+
+def test_the_counting_rule_answers_for_types_without_a_rule_of_their_own():
+    from app.services import aggregates
+    from app.services.aggregates import Finished
+
+    tasks = [Finished("echo", "completed", {"n": 1}, None)] * 3 + [
+        Finished("echo", "failed", None, "echo: boom"),
+        Finished("echo", "cancelled", None, None),
+    ]
+    assert aggregates.merge(
+        "echo", [aggregates.fold("echo", tasks[:2]), aggregates.fold("echo", tasks[2:])]
+    ) == {
+        "tasks": {"completed": 3, "failed": 1, "cancelled": 1},
+        "failures_by_reason": {"boom": 1},
+    }
+    assert aggregates.merge("image_generation", [])["latency_ms"] is None
