@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -321,7 +322,7 @@ def mass_action_results(
         f"{name}={value}" for name, value in (("status", status), ("after", after)) if value
     )
     path = f"/mass-actions/{mass_action_id}/results" + (f"?{query}" if query else "")
-    out = click.get_binary_stream("stdout")
+    out = sys.stdout.buffer
     for chunk in options.client().stream(path, "application/x-ndjson"):
         out.write(chunk)
     out.flush()
