@@ -10,6 +10,8 @@ from sqlalchemy import text
 
 from app.extensions import db
 from app.services import mass_actions
+from app.services.task_types import TASK_TYPES
+from tests.plugins import faults
 from tests.workers import WorkerProcess, wait_for
 
 ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
@@ -48,6 +50,14 @@ def ended(client, mass_action_id: str, timeout: float = 60.0) -> dict:
         return body if body["finished_at"] is not None else None
 
     return wait_for(finished, timeout=timeout)
+
+
+@pytest.fixture()
+def sleep_type(monkeypatch):
+    """The `sleep` task type of tests/plugins/faults.py, known to the in-process API too."""
+    [sleep] = [t for t in faults.TASK_TYPES if t.name == "sleep"]
+    monkeypatch.setitem(TASK_TYPES, "sleep", sleep)
+    return {"TASK_TYPE_PLUGINS": "tests.plugins.faults"}
 
 
 @pytest.fixture(scope="module")
@@ -457,3 +467,184 @@ def test_the_counting_rule_answers_for_types_without_a_rule_of_their_own():
         "failures_by_reason": {"boom": 1},
     }
     assert aggregates.merge("image_generation", [])["latency_ms"] is None
+
+
+# ---- end to end, through a real worker ---------------------------------------------------------
+
+SPEC_SWARM = {
+    "name": "processing-swarm",
+    "count": 5000,
+    "tier": "L20",
+    "capabilities": ["data_processing", "analytics", "ml_inference"],
+}
+SPEC_ASSIGN = {
+    "type": "distributed_analysis",
+    "data": {"dataset": "large_dataset.csv", "analysis_type": "sentiment", "chunk_size": 1000},
+}
+SPEC_DISTRIBUTE = {
+    "type": "mass_data_processing",
+    "data": {
+        "dataset": "customer_data_2024.csv",
+        "operations": ["clean", "enrich", "analyze"],
+        "output_format": "json",
+    },
+}
+
+
+def counts_from_rows(mass_action_id: str) -> dict[str, int]:
+    """The oracle: the mass-action's task rows counted per state (what the API never does)."""
+    rows = db.session.execute(
+        text("SELECT status, count(*) FROM tasks WHERE mass_action_id = :id GROUP BY status"),
+        {"id": mass_action_id},
+    ).all()
+    db.session.commit()
+    found = dict.fromkeys(("assigned", "running", "completed", "failed", "cancelled"), 0)
+    found.update({status: int(n) for status, n in rows})
+    found["total"] = sum(found.values())
+    return found
+
+
+def test_the_spec_mass_action_examples_followed_by_their_ids_to_completion(client, shared_worker):
+    swarm = client.post("/swarms", json=SPEC_SWARM).get_json()
+    analysis = client.post(f"/swarms/{swarm['id']}/tasks", json=SPEC_ASSIGN)
+    small = create_swarm(client, 40, "advanced")
+    distributed = client.post(f"/swarms/{small['id']}/tasks", json=SPEC_DISTRIBUTE)
+    assert analysis.status_code == distributed.status_code == 202
+
+    for response, total, task_type in (
+        (analysis, 5000, "distributed_analysis"),
+        (distributed, 40, "mass_data_processing"),
+    ):
+        body = response.get_json()
+        assert body["assignments"] == total
+        view = ended(client, body["mass_action_id"], timeout=120)
+        assert view["status"] == "completed"
+        assert view["counts"] == {
+            "total": total,
+            "assigned": 0,
+            "running": 0,
+            "completed": total,
+            "failed": 0,
+            "cancelled": 0,
+        }
+        assert view["counts"] == counts_from_rows(body["mass_action_id"])
+        assert view["percent"] == 100.0 and view["eta_seconds"] == 0.0
+        assert ISO.match(view["started_at"]) and ISO.match(view["finished_at"])
+        assert view["tasks_per_second"] > 0
+        assert view["aggregate"]["tasks"]["completed"] == total
+        stream = client.get(f"/mass-actions/{body['mass_action_id']}/results", headers=NDJSON)
+        lines = stream.get_data(as_text=True).splitlines()
+        assert len(lines) == total
+        assert {json.loads(line)["status"] for line in lines} == {"completed"}
+        assert view["task_type"] == task_type
+
+
+def test_progress_counts_move_with_the_work_and_stay_exact(client, test_env, sleep_type):
+    swarm = create_swarm(client, 3000)
+    mass_action_id = start(client, swarm["id"], "sleep", {"seconds": 0.002})["mass_action_id"]
+    seen_running = False
+    worker = WorkerProcess(test_env, extra_env=sleep_type)
+    worker.start()
+    try:
+        while True:
+            view = progress(client, mass_action_id)
+            counts = view["counts"]
+            assert (
+                sum(counts[s] for s in ("assigned", "running", "completed", "failed", "cancelled"))
+                == 3000
+            )
+            seen_running = seen_running or counts["running"] > 0
+            if view["finished_at"]:
+                break
+        assert seen_running
+    finally:
+        worker.stop()
+    assert view["counts"] == counts_from_rows(mass_action_id)
+    assert view["counts"]["completed"] == 3000
+
+
+def test_cancel_in_the_middle_of_a_large_mass_action(client, test_env, sleep_type):
+    swarm = create_swarm(client, 20_000)
+    mass_action_id = start(client, swarm["id"], "sleep", {"seconds": 0.001})["mass_action_id"]
+    worker = WorkerProcess(test_env, extra_env=sleep_type)
+    worker.start()
+    try:
+        wait_for(lambda: progress(client, mass_action_id)["counts"]["completed"] >= 500)
+        response = client.delete(f"/mass-actions/{mass_action_id}")
+        assert response.status_code == 200
+        cancelled = response.get_json()
+        assert cancelled["cancel_requested_at"] is not None
+        assert cancelled["counts"]["cancelled"] > 10_000
+        assert cancelled["counts"]["assigned"] == 0  # not one task left waiting
+        view = ended(client, mass_action_id)
+    finally:
+        worker.stop()
+
+    assert view["status"] == "cancelled"
+    counts = view["counts"]
+    assert counts == counts_from_rows(mass_action_id)
+    assert counts["running"] == 0 and counts["completed"] >= 500
+    assert counts["completed"] + counts["cancelled"] == 20_000
+    # Running tasks finished; no cancelled task ever started.
+    started = db.session.execute(
+        text(
+            "SELECT count(*) FROM tasks WHERE mass_action_id = :id AND status = 'cancelled'"
+            " AND (started_at IS NOT NULL OR attempts > 0)"
+        ),
+        {"id": mass_action_id},
+    ).scalar_one()
+    assert started == 0
+    # The counters and the aggregate say so; so do the swarm's and the service's.
+    assert view["aggregate"]["tasks"] == {
+        "completed": counts["completed"],
+        "cancelled": counts["cancelled"],
+    }
+    swarm_view = client.get(f"/swarms/{swarm['id']}").get_json()
+    assert swarm_view["total_tasks_completed"] == counts["completed"]
+    # Repeating the cancel changes nothing.
+    again = client.post(f"/mass-actions/{mass_action_id}/cancel").get_json()
+    assert again["counts"] == counts and again["cancel_requested_at"] == view["cancel_requested_at"]
+
+
+def test_an_ended_mass_action_cannot_be_cancelled(client, shared_worker):
+    swarm = create_swarm(client, 10)
+    mass_action_id = start(client, swarm["id"])["mass_action_id"]
+    ended(client, mass_action_id)
+
+    response = client.delete(f"/mass-actions/{mass_action_id}")
+
+    assert response.status_code == 409
+    assert response.get_json()["error"]["code"] == "conflict"
+    assert progress(client, mass_action_id)["status"] == "completed"
+
+
+def test_ai_mass_action_aggregates_counts_failures_and_latency(client, test_env, fake_service):
+    service = fake_service(
+        responses=[(400, {"error": "no such prompt"})] * 3,
+        default=(200, {"image_url": "https://img.example/sunset.png"}),
+    )
+    assert client.put("/services/image", json={"urls": [service.url]}).status_code == 200
+    swarm = client.post(
+        "/swarms", json={"name": "ai", "count": 30, "tier": "L20", "capabilities": ["ml_inference"]}
+    ).get_json()
+    mass_action_id = start(client, swarm["id"], "image_generation", {"prompt": "sunset"})[
+        "mass_action_id"
+    ]
+    worker = WorkerProcess(test_env)
+    worker.start()
+    try:
+        view = ended(client, mass_action_id)
+    finally:
+        worker.stop()
+
+    aggregate = view["aggregate"]
+    counts = view["counts"]
+    assert counts == counts_from_rows(mass_action_id)
+    assert aggregate["tasks"] == {
+        k: v for k, v in counts.items() if k in ("completed", "failed") and v
+    }
+    assert sum(aggregate["failures_by_reason"].values()) == counts["failed"]
+    latency = aggregate["latency_ms"]
+    assert latency["count"] == counts["completed"] + counts["failed"] == 30
+    assert 0 < latency["min"] <= latency["p50"] <= latency["p99"] <= latency["max"]
+    assert "approximate" in latency["percentiles"]

@@ -26,22 +26,16 @@ ENDED = (COMPLETED, FAILED, CANCELLED)
 
 
 def status_of(
-    *,
-    total: int,
-    running: int,
-    completed: int,
-    failed: int,
-    cancelled: int,
-    started: bool,
-    cancel_requested: bool,
+    *, total: int, running: int, completed: int, failed: int, cancelled: int, started: bool
 ) -> str:
-    """The status the counters say: cancelled when cancelled by request (or every task was),
-    failed when tasks ended but none completed, completed otherwise."""
+    """The status its counters say. Once every task ended: cancelled when any task was
+    cancelled (by a cancel, or its bot retired), failed when every task failed, completed
+    otherwise (failures, if some, are in the counts)."""
     if completed + failed + cancelled < total:
         return RUNNING if started or running or completed or failed or cancelled else QUEUED
-    if cancel_requested or (total and cancelled == total):
+    if cancelled:
         return CANCELLED
-    if completed == 0 and failed > 0:
+    if failed and not completed:
         return FAILED
     return COMPLETED
 
@@ -83,7 +77,6 @@ class FinishedMassAction:
                 failed=int(row["failed"]),
                 cancelled=int(row["cancelled"]),
                 started=True,
-                cancel_requested=row.get("cancel_requested_at") is not None,
             ),
             total=int(row["total"]),
             completed=int(row["completed"]),

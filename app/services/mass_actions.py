@@ -111,7 +111,6 @@ class MassActionView:
             failed=m.failed,
             cancelled=m.cancelled,
             started=m.started_at is not None,
-            cancel_requested=m.cancel_requested_at is not None,
         )
 
     @property
