@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from app.services.task_types import DOWNSTREAM
+from app.services.service_defaults import DOWNSTREAM
 
 Partial = dict[str, Any]
 

@@ -19,48 +19,15 @@ from app.models import (
     TASK_CANCELLED,
     TASK_COMPLETED,
     Bot,
-    Swarm,
     Task,
     Workflow,
 )
-from app.services import execution
+from app.services import task_rows, workflows
 from app.services.ids import utcnow
+from app.services.outcomes import Outcome, add_to_counters_sql, record_outcomes
 from app.services.payloads import load_payloads, store_payload
-from app.services.tally import TALLY_CTES, add_to_counters_sql
-from app.services.task_types import (
-    chunk_size_of,
-    get_task_type,
-    require_capability,
-    require_runnable,
-)
+from app.services.task_types import get_task_type, require_capability, require_runnable
 from app.services.tenancy import visible
-
-# One task row per active bot of the swarm, and the bots' totals, in one statement.
-_ASSIGN_TO_SWARM = """
-WITH targets AS (
-    UPDATE bots SET total_tasks = total_tasks + 1
-     WHERE swarm_id = :swarm_id AND status = 'active'
-    RETURNING id, position
-)
-INSERT INTO tasks (type, tier, status, bot_id, swarm_id, payload_id, slice_index, assigned_at,
-                   workflow_id, step, mass_action_id)
-SELECT :type, :tier, 'assigned', id, :swarm_id, :payload_id, position, :now,
-       :workflow_id, :step, :mass_action_id
-  FROM targets ORDER BY position
-RETURNING id
-"""
-
-_CANCEL_WAITING = (
-    """
-WITH moved AS (
-    UPDATE tasks SET status = 'cancelled', finished_at = now()
-     WHERE {where} AND status = 'assigned'
-    RETURNING bot_id, swarm_id, status
-)
-"""
-    + TALLY_CTES
-    + "SELECT count(*) FROM moved"
-)
 
 
 @dataclass(frozen=True)
@@ -110,60 +77,18 @@ def assign_to_bot(bot_id: str, type_name: str, data: dict[str, Any]) -> Assignme
     return Assignment(task_id=task_id, bot_id=bot_id, task_type=type_name, assigned_at=now)
 
 
-def lock_swarm_for(swarm_id: str, type_name: str) -> Swarm:
-    """The swarm, locked, if it may take tasks of this type now (404, 409 or 422 otherwise)."""
-    task_type = get_task_type(type_name)
-    swarm = db.session.get(Swarm, swarm_id, with_for_update=True)
-    if swarm is None or not visible(swarm.tenant):
-        raise NotFound(f"Swarm {swarm_id!r} not found.")
-    if swarm.status != BOT_ACTIVE:
-        raise Conflict(f"Swarm {swarm_id!r} is {swarm.status}; only active swarms take tasks.")
-    require_capability(task_type, swarm.capabilities, f"Swarm {swarm_id!r}")
-    require_runnable(task_type)
-    return swarm
-
-
-def insert_swarm_tasks(
-    swarm: Swarm,
-    type_name: str,
-    payload_id: int,
-    now: datetime,
-    workflow_id: str | None = None,
-    step: int | None = None,
-    *,
-    mass_action_id: str,
-) -> list[int]:
-    """One task per active bot of a locked swarm, counted, all of one mass-action; the caller
-    commits and publishes."""
-    rows = db.session.execute(
-        text(_ASSIGN_TO_SWARM),
-        {
-            "swarm_id": swarm.id,
-            "type": type_name,
-            "tier": swarm.tier,
-            "payload_id": payload_id,
-            "now": now,
-            "workflow_id": workflow_id,
-            "step": step,
-            "mass_action_id": mass_action_id,
-        },
-    )
-    task_ids = [row[0] for row in rows]
-    swarm.total_tasks = Swarm.total_tasks + len(task_ids)
-    db.session.execute(
-        text(add_to_counters_sql("VALUES ('tasks_assigned', CAST(:n AS bigint))")),
-        {"n": len(task_ids)},
-    )
-    return task_ids
-
-
 def complete_task(bot_id: str, task_id: int, result: Any) -> Task:
     """Mark a bot's task completed by hand; a repeat, or a race with the worker, counts once."""
     task = get_bot_task(bot_id, task_id)
+    # Held until the record commits: the state it moves from is then known exactly (a worker
+    # recording the same task waits, then finds it completed and counts nothing).
+    db.session.refresh(task, with_for_update=True)
     if task.status in OPEN_TASK_STATES:
-        execution.record_outcomes(
-            [execution.Outcome(task_id, TASK_COMPLETED, result, None, None)],
-            from_states=OPEN_TASK_STATES,
+        # A swarm step's task may be completed by hand: its workflow then advances.
+        record_outcomes(
+            [Outcome(task_id, TASK_COMPLETED, result, None, None)],
+            (task.status,),
+            on_workflows=workflows.on_steps_moved,
         )
         db.session.refresh(task)
     if task.status != TASK_COMPLETED:
@@ -184,7 +109,7 @@ def cancel_task(task_id: int) -> Task:
     task = get_task(task_id)
     if task.workflow_id:
         raise Conflict(f"Task task-{task_id} is a workflow step: cancel its workflow instead.")
-    cancel_waiting_tasks("id = :id", {"id": task_id})
+    task_rows.cancel_waiting_task(task_id)
     db.session.commit()
     db.session.refresh(task)
     if task.status != TASK_CANCELLED:
@@ -225,23 +150,3 @@ def list_bot_tasks(bot_id: str, limit: int, after: int | None, status: str | Non
 def payload_of(task: Task) -> dict[str, Any]:
     """The data the task was given."""
     return load_payloads({task.payload_id}).get(task.payload_id, {})
-
-
-def cancel_waiting_tasks(where: str, params: dict[str, Any]) -> int:
-    """Cancel the not-yet-started tasks matching `where`, counting them; caller commits."""
-    return int(db.session.execute(text(_CANCEL_WAITING.format(where=where)), params).scalar_one())
-
-
-def republish(where: str, params: dict[str, Any]) -> int:
-    """Publish again the assigned tasks matching `where`, grouped by tier and type."""
-    groups = db.session.execute(
-        text(
-            "SELECT tier, type, array_agg(id ORDER BY id) FROM tasks"
-            f" WHERE ({where}) AND status = 'assigned' GROUP BY tier, type"
-        ),
-        params,
-    ).all()
-    db.session.commit()
-    for tier, type_name, ids in groups:
-        publish_chunks(ids, tier, chunk_size_of(type_name))
-    return sum(len(ids) for _, _, ids in groups)

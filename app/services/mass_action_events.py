@@ -1,10 +1,15 @@
 """When a mass-action ends: its outcome, and who wants to hear about it.
 
 A mass-action ends in the statement whose moves bring completed + failed + cancelled to its total
-(or at creation, when it has no task at all). That statement's caller announces it here after its
-commit: the duration is observed for Prometheus, then every listener registered with
-`on_mass_action_finished` is called once per mass-action, in that process. A listener that raises
-is logged and skipped; the outcome is committed whatever it does.
+(or at creation, when it has no task at all). That statement's transaction notes it here
+(`ended_in_transaction`); once the transaction commits, the duration is observed for Prometheus
+and every listener registered with `on_mass_action_finished` is called once per mass-action, in
+that process (a rolled-back transaction announces nothing). Exactly one statement ends a
+mass-action, so it is announced once.
+
+A listener runs after the commit, outside any transaction of the session: one that needs the
+database opens its own (`db.engine.begin()`), or better, publishes a Celery task by name. One that
+raises is logged and skipped; the outcome is committed whatever it does.
 """
 
 from __future__ import annotations
@@ -15,7 +20,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
 from app import metrics
+from app.extensions import db
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +113,27 @@ def remove_listener(listener: Listener) -> None:
     """Stop calling `listener`."""
     if listener in _LISTENERS:
         _LISTENERS.remove(listener)
+
+
+_PENDING = "mass_actions_ended"
+
+
+def ended_in_transaction(finished: list[FinishedMassAction]) -> None:
+    """Note mass-actions the current transaction ended: announced after it commits."""
+    if finished:
+        db.session().info.setdefault(_PENDING, []).extend(finished)
+
+
+@event.listens_for(Session, "after_commit")
+def _announce_committed(session: Session) -> None:
+    pending = session.info.pop(_PENDING, None)
+    if pending:
+        announce(pending)
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_rolled_back(session: Session) -> None:
+    session.info.pop(_PENDING, None)
 
 
 def announce(finished: list[FinishedMassAction]) -> None:

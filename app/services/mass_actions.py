@@ -21,7 +21,7 @@ from app.dispatch import publish_chunks
 from app.errors import Conflict, NotFound
 from app.extensions import db
 from app.models import MassAction, Swarm
-from app.services import assignments, mass_action_events, partials
+from app.services import mass_action_events, partials, swarms, task_rows
 from app.services.ids import MASS_ACTION_PREFIX, new_id, utcnow
 from app.services.mass_action_events import ENDED, FinishedMassAction
 from app.services.payloads import store_payload
@@ -149,15 +149,13 @@ class MassActionView:
 def assign_to_swarm(swarm_id: str, type_name: str, data: dict[str, Any]) -> MassAssignment:
     """Give one task to every active bot of a swarm as a new mass-action; publish after commit."""
     task_type = get_task_type(type_name)
-    swarm = assignments.lock_swarm_for(swarm_id, type_name)
+    swarm = swarms.lock_for_tasks(swarm_id, type_name)
     now = utcnow()
     mass_action, task_ids = start_on_swarm(swarm, type_name, store_payload(data), now)
     tier, mass_action_id = swarm.tier, mass_action.id
-    finished = _finished_at_creation(mass_action)
     db.session.commit()
     metrics.count_assigned(tier, type_name, len(task_ids))
     publish_chunks(task_ids, tier, task_type.chunk_size)
-    mass_action_events.announce(finished)
     return MassAssignment(
         mass_action_id=mass_action_id,
         swarm_id=swarm_id,
@@ -176,9 +174,9 @@ def start_on_swarm(
     step: int | None = None,
 ) -> tuple[MassAction, list[int]]:
     """The mass-action row and its tasks, one per active bot of the locked swarm; the caller
-    commits, then publishes the ids (and announces it if it has no task: it ended already)."""
+    commits, then publishes the ids. Without a task it has ended already (announced on commit)."""
     mass_action_id = new_id(MASS_ACTION_PREFIX)
-    task_ids = assignments.insert_swarm_tasks(
+    task_ids = task_rows.insert_for_swarm(
         swarm, type_name, payload_id, now, workflow_id, step, mass_action_id=mass_action_id
     )
     mass_action = MassAction(
@@ -200,6 +198,7 @@ def start_on_swarm(
     )
     db.session.add(mass_action)
     db.session.flush()
+    mass_action_events.ended_in_transaction(_finished_at_creation(mass_action))
     return mass_action, task_ids
 
 
@@ -235,22 +234,26 @@ def cancel(mass_action_id: str) -> MassActionView:
     if mass_action.finished_at is not None and mass_action.cancel_requested_at is None:
         raise Conflict(
             f"Mass-action {mass_action_id!r} already ended; nothing is left to cancel.",
-            status=MassActionView(mass_action, utcnow()).status,
+            mass_action_status=MassActionView(mass_action, utcnow()).status,
         )
     # Tasks first, the mass-action row after: the order in which the record statement takes
     # them, so a cancel and a chunk being recorded never wait on each other in a circle.
-    assignments.cancel_waiting_tasks(
-        "mass_action_id = :mass_action_id", {"mass_action_id": mass_action.id}
-    )
+    task_rows.cancel_waiting_of_mass_action(mass_action.id)
+    note_cancel_requested("id = :id", {"id": mass_action.id})
+    db.session.commit()
+    return view_mass_action(mass_action_id)
+
+
+def note_cancel_requested(where: str, params: dict[str, Any]) -> None:
+    """Stamp the first cancel request on the mass-actions matching `where`; the caller commits
+    (after it cancelled their tasks: task rows first, mass-action rows after)."""
     db.session.execute(
         text(
             "UPDATE mass_actions SET cancel_requested_at = coalesce(cancel_requested_at, now())"
-            " WHERE id = :id"
+            f" WHERE {where}"
         ),
-        {"id": mass_action.id},
+        params,
     )
-    db.session.commit()
-    return view_mass_action(mass_action_id)
 
 
 # ---- reading -------------------------------------------------------------------------------
