@@ -91,6 +91,8 @@ def complete_task(bot_id: str, task_id: int, result: Any) -> Task:
             on_workflows=workflows.on_steps_moved,
         )
         db.session.refresh(task)
+    else:
+        db.session.rollback()  # nothing to record: let go of the row at once
     if task.status != TASK_COMPLETED:
         raise Conflict(f"Task is {task.status}; it cannot be completed.", task_status=task.status)
     return task
