@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from app.extensions import db
-from app.services import mass_actions
+from app.services import execution, mass_action_events, mass_actions, partials
 from app.services.task_types import TASK_TYPES
 from tests.plugins import faults
 from tests.workers import WorkerProcess, wait_for
@@ -640,3 +640,157 @@ def test_ai_mass_action_aggregates_counts_failures_and_latency(client, test_env,
     assert latency["count"] == counts["completed"] + counts["failed"] == 30
     assert 0 < latency["min"] <= latency["p50"] <= latency["p99"] <= latency["max"]
     assert "approximate" in latency["percentiles"]
+
+
+# ---- in process: partials and the end of a mass-action -----------------------------------------
+
+
+def _task_ids(mass_action_id: str) -> list[int]:
+    ids = [
+        row[0]
+        for row in db.session.execute(
+            text("SELECT id FROM tasks WHERE mass_action_id = :id ORDER BY id"),
+            {"id": mass_action_id},
+        )
+    ]
+    db.session.commit()
+    return ids
+
+
+def _partial_rows(mass_action_id: str) -> int:
+    n = db.session.execute(
+        text("SELECT count(*) FROM mass_action_partials WHERE mass_action_id = :id"),
+        {"id": mass_action_id},
+    ).scalar_one()
+    db.session.commit()
+    return int(n)
+
+
+def test_partials_are_written_per_chunk_and_compacted_on_read(client):
+    swarm = create_swarm(client, 100)
+    mass_action_id = start(client, swarm["id"])["mass_action_id"]
+    ids = _task_ids(mass_action_id)
+    for i in range(0, 100, 2):
+        execution.run_chunk(ids[i : i + 2])
+    execution.run_chunk(ids[:10])  # a duplicate delivery folds nothing twice
+    assert _partial_rows(mass_action_id) == 50 > partials.COMPACT_AT
+
+    first = progress(client, mass_action_id)
+
+    assert first["aggregate"] == {"tasks": {"completed": 100}, "failures_by_reason": {}}
+    assert _partial_rows(mass_action_id) == 1
+    assert progress(client, mass_action_id)["aggregate"] == first["aggregate"]
+
+
+def test_a_listener_hears_each_end_once_after_its_commit(client):
+    heard: list = []
+    listener = mass_action_events.on_mass_action_finished(heard.append)
+    try:
+        swarm = create_swarm(client, 5)
+        completed_id = start(client, swarm["id"])["mass_action_id"]
+        ids = _task_ids(completed_id)
+        execution.run_chunk(ids[:3])
+        assert heard == []
+        execution.run_chunk(ids)
+        execution.run_chunk(ids)  # delivered again: ends nothing twice
+        [done] = heard
+        assert (done.id, done.status, done.total, done.completed) == (
+            completed_id,
+            "completed",
+            5,
+            5,
+        )
+        assert done.task_type == "echo" and done.tier == "standard"
+        assert done.duration_seconds >= 0
+
+        cancelled_id = start(client, swarm["id"])["mass_action_id"]
+        assert client.delete(f"/mass-actions/{cancelled_id}").status_code == 200
+        assert client.delete(f"/mass-actions/{cancelled_id}").status_code == 200
+        assert [(f.id, f.status, f.cancelled) for f in heard[1:]] == [
+            (cancelled_id, "cancelled", 5)
+        ]
+
+        for bot_id in swarm["bot_ids"]:
+            client.patch(f"/bots/{bot_id}", json={"status": "paused"})
+        empty_id = start(client, swarm["id"])["mass_action_id"]
+        assert [(f.id, f.status, f.total) for f in heard[2:]] == [(empty_id, "completed", 0)]
+    finally:
+        mass_action_events.remove_listener(listener)
+
+
+def test_a_failing_listener_changes_nothing(client, caplog):
+    def broken(_finished) -> None:
+        raise RuntimeError("listener bug")
+
+    mass_action_events.on_mass_action_finished(broken)
+    try:
+        swarm = create_swarm(client, 3)
+        mass_action_id = start(client, swarm["id"])["mass_action_id"]
+        execution.run_chunk(_task_ids(mass_action_id))
+    finally:
+        mass_action_events.remove_listener(broken)
+    assert progress(client, mass_action_id)["status"] == "completed"
+    assert "listener bug" in caplog.text
+
+
+def test_counters_follow_claim_requeue_manual_completion_and_cancel_exactly(client):
+    from app.services import reconciler
+
+    swarm = create_swarm(client, 10)
+    mass_action_id = start(client, swarm["id"])["mass_action_id"]
+    ids = _task_ids(mass_action_id)
+
+    def counts() -> dict:
+        view = progress(client, mass_action_id)
+        assert view["counts"] == counts_from_rows(mass_action_id)
+        return view["counts"]
+
+    claimed = execution.claim(ids[:4])
+    assert len(claimed) == 4
+    assert counts()["running"] == 4 and counts()["assigned"] == 6
+    assert progress(client, mass_action_id)["status"] == "running"
+
+    # Two leases expire: the reconciler hands them back (running -> assigned).
+    db.session.execute(
+        text(
+            "UPDATE tasks SET lease_expires_at = now() - interval '1 second' WHERE id = ANY(:ids)"
+        ),
+        {"ids": ids[:2]},
+    )
+    db.session.commit()
+    assert reconciler.reconcile().requeued == 2
+    assert (counts()["running"], counts()["assigned"]) == (2, 8)
+
+    # By hand: one running task and one never started.
+    bots = dict(
+        db.session.execute(
+            text("SELECT id, bot_id FROM tasks WHERE id = ANY(:ids)"), {"ids": ids}
+        ).all()
+    )
+    db.session.commit()
+    for task_id in (ids[2], ids[5]):
+        done = client.post(f"/bots/{bots[task_id]}/tasks/task-{task_id}/complete", json={})
+        assert done.status_code == 200
+    assert counts() == {
+        "total": 10,
+        "assigned": 7,
+        "running": 1,
+        "completed": 2,
+        "failed": 0,
+        "cancelled": 0,
+    }
+
+    cancelled = client.post(f"/mass-actions/{mass_action_id}/cancel").get_json()
+    assert cancelled["counts"]["cancelled"] == 7 and cancelled["status"] == "running"
+    assert cancelled["finished_at"] is None  # one task still runs
+    done = client.post(f"/bots/{bots[ids[3]]}/tasks/task-{ids[3]}/complete", json={})
+    assert done.status_code == 200
+    view = progress(client, mass_action_id)
+    assert view["counts"] == counts_from_rows(mass_action_id)
+    assert (view["status"], view["counts"]["completed"], view["counts"]["cancelled"]) == (
+        "cancelled",
+        3,
+        7,
+    )
+    assert view["finished_at"] is not None and view["percent"] == 100.0
+    assert view["aggregate"]["tasks"] == {"completed": 3, "cancelled": 7}

@@ -23,8 +23,9 @@ from app.services.aggregates import Finished
 
 log = logging.getLogger(__name__)
 
-# More rows than this and a read folds them into one (measured: combining 32 counting partials
-# costs about 0.1 ms; 10,000 of them, a 50,000-call AI mass-action in chunks of 5, about 40 ms).
+# More rows than this and a read folds them into one. Measured in Python alone: combining 32
+# partials costs 0.04 ms (counting) to 0.12 ms (latency histograms); 10,000 of them, a
+# 50,000-call AI mass-action in chunks of 5 left uncompacted, 35 to 300 ms before reading them.
 COMPACT_AT = 32
 
 _INSERT = (
