@@ -213,3 +213,8 @@ def test_the_catalogue_names_each_code_once_with_one_status():
     # The statuses flask, marshmallow and flask-limiter raise map onto the same codes.
     assert HTTP_CODES[422] == "invalid" and HTTP_CODES[404] == "not_found"
     assert "invalid_value" not in codes and "unprocessable_entity" not in codes
+
+
+def test_the_readme_lists_every_code():
+    readme = (APP_DIR.parent / "README.md").read_text()
+    assert [code for code in error_codes() if f"`{code}`" not in readme] == []
