@@ -1,4 +1,4 @@
-"""GET /metrics: the Prometheus exposition (app/metrics.py), for scrapers rather than people.
+"""GET /metrics: the Prometheus exposition (app/services/state_metrics.py), for scrapers.
 
 A plain Flask blueprint, kept out of the OpenAPI document. Like the other views of the whole
 service it answers a viewer, operator or admin key without a tenant (app/api/auth.py). A
@@ -12,7 +12,7 @@ import hmac
 
 from flask import Blueprint, Response, current_app, request
 
-from app import metrics
+from app.services import state_metrics
 
 bp = Blueprint("metrics", __name__)
 
@@ -20,7 +20,7 @@ bp = Blueprint("metrics", __name__)
 @bp.route("/metrics")
 def scrape() -> Response:
     """Every metric in Prometheus's text format."""
-    body, content_type = metrics.render()
+    body, content_type = state_metrics.render()
     response = Response(body, content_type=content_type)
     response.headers["Cache-Control"] = "no-store"
     return response
