@@ -9,9 +9,10 @@ Three kinds of statement move a mass-action's tasks, and each carries one of the
   and sets `finished_at` in the statement whose moves bring the ended tasks to the total.
 
 So `GET /mass-actions/{id}` reads one row, never a count over task rows, and the counts commit
-with the moves or not at all. A chunk touches its mass-action's row once. Rows are taken after
-the task rows (and the bots, swarms and totals), in every statement, so two statements never wait
-on each other in a circle over them.
+with the moves or not at all. A chunk touches its mass-action's row once. Every one of these
+statements takes the task rows first and the mass-action rows right after them (the final SELECT
+reads per_mass_action, so PostgreSQL runs it before the tallies it does not read; checked by
+holding a swarm row and seeing the mass-action row already taken), so they all lock in one order.
 
 After such a statement, `note_moved` (in its transaction) writes the aggregate partials of what
 moved and remembers which mass-actions ended, for mass_action_events to announce after the commit.
