@@ -273,7 +273,22 @@ def test_results_stream_as_ndjson_with_the_same_items_as_the_pages(client, monke
     monkeypatch.setattr(mass_actions, "STREAM_BATCH", 4)  # several batches for ten tasks
     swarm = create_swarm(client, 10)
     mass_action_id = start(client, swarm["id"])["mass_action_id"]
+    # Text that must be escaped, as a failed task's error and a completed one's result.
+    [first, second] = _task_ids(mass_action_id)[:2]
+    tricky = 'said "no"\nthen \\ left \u2603 \t'
+    assert execution.run_chunk([second]) == {"received": 1, "claimed": 1, "recorded": 1}
+    db.session.execute(
+        text("UPDATE tasks SET status = 'failed', error = :e WHERE id = :id"),
+        {"e": tricky, "id": first},
+    )
+    db.session.execute(
+        text("UPDATE tasks SET result = CAST(:r AS jsonb) WHERE id = :id"),
+        {"r": json.dumps({"text": tricky, "n": [1, 2.5, None]}), "id": second},
+    )
+    db.session.commit()
     paged = client.get(f"/mass-actions/{mass_action_id}/results?limit=1000").get_json()["items"]
+    assert paged[0]["error"] == tricky and paged[0]["status"] == "failed"
+    assert paged[1]["result"] == {"text": tricky, "n": [1, 2.5, None]}
 
     response = client.get(f"/mass-actions/{mass_action_id}/results", headers=NDJSON)
 

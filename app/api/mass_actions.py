@@ -64,7 +64,7 @@ def get_results(query, mass_action_id):
         return response
     limit = query["limit"]
     lines, next_after = mass_actions.results_page(mass_action_id, after, limit, status)
-    # The lines are JSON already (built by PostgreSQL): joined, not parsed and dumped again.
+    # The lines are JSON already: joined, not parsed and dumped again.
     cursor = json.dumps(task_public_id(next_after) if next_after is not None else None)
     body = f'{{"items": [{",".join(lines)}], "limit": {limit}, "next_after": {cursor}}}'
     return Response(body, mimetype="application/json")

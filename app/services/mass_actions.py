@@ -9,6 +9,7 @@ ix_tasks_mass_action, a page at a time or streamed as NDJSON in bounded batches.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,24 +32,37 @@ from app.services.tenancy import current_tenant, visible
 # Rows per query when streaming results: bounds the API worker's memory whatever the total.
 STREAM_BATCH = 1000
 
-# One result line per task, built by PostgreSQL (the API only joins the lines). Timestamps are
-# written as the rest of the API writes them (ids.iso).
-_RESULT_JSON = """
-json_build_object(
-    'task_id', 'task-' || t.id, 'bot_id', t.bot_id, 'slice_index', t.slice_index,
-    'status', t.status, 'attempts', t.attempts, 'result', t.result, 'error', t.error,
-    'started_at', to_char(t.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
-    'finished_at', to_char(t.finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
-)::text
+# A page of a mass-action's tasks in task order. The ids are chosen first, from
+# ix_tasks_mass_action alone (plus `status` when filtered), then only those rows are read: with a
+# plain `WHERE mass_action_id = .. ORDER BY id LIMIT ..` the planner may walk the primary key
+# from `after` through every other mass-action's rows, or sort all 50,000 of this one's (measured:
+# 0.2 s for the first page behind 100,000 other tasks). `result::text` is the stored JSON as text,
+# so it is never parsed and dumped again.
+_RESULTS = """
+SELECT t.id, t.bot_id, t.slice_index, t.status, t.attempts, t.result::text, t.error,
+       to_char(t.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+       to_char(t.finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+  FROM tasks t
+ WHERE t.id = ANY(ARRAY(
+           SELECT id FROM tasks
+            WHERE mass_action_id = :id AND id > :after {status}
+            ORDER BY id LIMIT :limit))
+ ORDER BY t.id
 """
 
 
-def _results_query(with_status: bool) -> str:
-    status = " AND t.status = :status" if with_status else ""
+def _json(value: str | None) -> str:
+    return "null" if value is None else json.dumps(value)
+
+
+def _result_line(row: Any) -> str:
+    """One task as a JSON object (MassActionResult), written without parsing its stored result."""
+    task_id, bot_id, slice_index, status, attempts, result, error, started, finished = row
     return (
-        f"SELECT t.id, {_RESULT_JSON} FROM tasks t"
-        f" WHERE t.mass_action_id = :id AND t.id > :after{status}"
-        " ORDER BY t.id LIMIT :limit"
+        f'{{"task_id": "task-{task_id}", "bot_id": {_json(bot_id)}, '
+        f'"slice_index": {"null" if slice_index is None else int(slice_index)}, '
+        f'"status": {_json(status)}, "attempts": {int(attempts)}, "result": {result or "null"}, '
+        f'"error": {_json(error)}, "started_at": {_json(started)}, "finished_at": {_json(finished)}}}'
     )
 
 
@@ -359,5 +373,6 @@ def _result_rows(
     params: dict[str, Any] = {"id": mass_action_id, "after": after, "limit": limit}
     if status:
         params["status"] = status
-    rows = db.session.execute(text(_results_query(bool(status))), params).all()
-    return [(int(task_id), line) for task_id, line in rows]
+    statement = _RESULTS.format(status="AND status = :status" if status else "")
+    rows = db.session.execute(text(statement), params).all()
+    return [(int(row[0]), _result_line(row)) for row in rows]
