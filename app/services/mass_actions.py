@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
 from app import metrics
 from app.dispatch import publish_chunks
 from app.errors import Conflict, NotFound
 from app.extensions import db
-from app.models import MassAction, Swarm
+from app.models import MassAction, MassActionPartial, Swarm
 from app.services import mass_action_events, partials, swarms, task_rows
 from app.services.ids import MASS_ACTION_PREFIX, new_id, utcnow
 from app.services.mass_action_events import ENDED, FinishedMassAction
@@ -281,10 +281,28 @@ def get_mass_action(mass_action_id: str, *, lock: bool = False) -> MassAction:
     return mass_action
 
 
+# The mass-action's partials as [[id, partial], ...], read in the same statement as its row.
+_STORED_PARTIALS = (
+    select(func.json_agg(func.json_build_array(MassActionPartial.id, MassActionPartial.partial)))
+    .where(MassActionPartial.mass_action_id == MassAction.id)
+    .correlate(MassAction)
+    .scalar_subquery()
+)
+
+
 def view_mass_action(mass_action_id: str) -> MassActionView:
-    """Progress from the counters and the merged aggregate: a primary-key read and its partials."""
-    mass_action = get_mass_action(mass_action_id)
-    aggregate = partials.aggregate(mass_action.id, mass_action.type)
+    """Progress from the counters and the merged aggregate: one primary-key read, partials
+    taken along."""
+    row = db.session.execute(
+        select(MassAction, _STORED_PARTIALS)
+        .where(MassAction.id == mass_action_id)
+        # Counters move in SQL: never answer from an object loaded earlier in this session.
+        .execution_options(populate_existing=True)
+    ).first()
+    if row is None or not visible(row[0].tenant):
+        raise NotFound(f"Mass-action {mass_action_id!r} not found.")
+    mass_action, stored = row
+    aggregate = partials.aggregate(mass_action.id, mass_action.type, stored or [])
     return MassActionView(mass_action, utcnow(), aggregate)
 
 

@@ -57,15 +57,26 @@ def write_cancelled(counts: Iterable[tuple[str, str, int]]) -> None:
     )
 
 
-def aggregate(mass_action_id: str, task_type: str) -> dict[str, Any]:
-    """The mass-action's one answer: every partial written so far, merged by the type's rule."""
-    rows = db.session.execute(
-        text("SELECT id, partial FROM mass_action_partials WHERE mass_action_id = :id"),
-        {"id": mass_action_id},
-    ).all()
-    combined = aggregates.combine(task_type, (row.partial for row in rows))
+_STORED = (
+    "SELECT json_agg(json_build_array(id, partial)) FROM mass_action_partials"
+    " WHERE mass_action_id = :id"
+)
+
+
+def aggregate(
+    mass_action_id: str, task_type: str, stored: list[list[Any]] | None = None
+) -> dict[str, Any]:
+    """The mass-action's one answer: every partial written so far, merged by the type's rule.
+
+    `stored` is its partials as [[id, partial], ...], when read along with the mass-action
+    (read here otherwise).
+    """
+    if stored is None:
+        stored = db.session.execute(text(_STORED), {"id": mass_action_id}).scalar_one()
+    rows = stored or []
+    combined = aggregates.combine(task_type, (partial for _, partial in rows))
     if len(rows) > COMPACT_AT:
-        _compact(mass_action_id, [row.id for row in rows], combined)
+        _compact(mass_action_id, [partial_id for partial_id, _ in rows], combined)
     return aggregates.rule_for(task_type).present(combined)
 
 
