@@ -37,6 +37,7 @@ class DocumentPlugin(BasePlugin):
     def init_spec(self, spec: APISpec) -> None:
         super().init_spec(spec)
         marshmallow = next(p for p in spec.plugins if isinstance(p, MarshmallowPlugin))
+        assert marshmallow.converter is not None  # made by its init_spec, which ran before this
         settings = self.settings
 
         def stated_constraints(converter, field: fields.Field, **kwargs: Any) -> dict[str, Any]:
@@ -46,10 +47,12 @@ class DocumentPlugin(BasePlugin):
 
     def schema_helper(self, name: str, definition: dict, **kwargs: Any) -> dict | None:
         schema = kwargs.get("schema")
+        if schema is None:
+            return None
         schema_class = schema if isinstance(schema, type) else type(schema)
         extra: dict[str, Any] = dict(getattr(schema_class, "OPENAPI", {}))
-        if isinstance(schema_class, type) and issubclass(schema_class, Answer):
-            instance = schema_class() if isinstance(schema, type) else schema
+        if issubclass(schema_class, Answer):
+            instance = schema() if isinstance(schema, type) else schema
             extra["required"] = [
                 field.data_key or field_name
                 for field_name, field in instance.fields.items()
