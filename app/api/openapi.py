@@ -3,8 +3,8 @@
 A field or validator that checks something JSON Schema can say says it through `openapi(settings)`
 (app/api/schemas.py), so the document and the check are one piece of code. This plugin collects
 those, marks every field of an answer required (answers always carry every field; nullable ones
-say so), and names every operation after its view function, which is what links and generated
-clients refer to.
+say so), names every operation after its view function (what links and generated clients refer
+to), and states who may call it: the key schemes and the least role (`required_role`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,16 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
+from app.api.auth import required_role
 from app.config import Settings
+
+# The three ways a key may be presented (app/api/auth.py:presented_key), any one of them.
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "`Authorization: Bearer KEY`"},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    "basic": {"type": "http", "scheme": "basic", "description": "the key as user name"},
+}
+ANY_KEY = [{name: []} for name in SECURITY_SCHEMES]
 
 
 class Answer(Schema):
@@ -44,6 +53,8 @@ class DocumentPlugin(BasePlugin):
             return field_constraints(field, settings)
 
         marshmallow.converter.add_attribute_function(stated_constraints)
+        for name, scheme in SECURITY_SCHEMES.items():
+            spec.components.security_scheme(name, scheme)
 
     def schema_helper(self, name: str, definition: dict, **kwargs: Any) -> dict | None:
         schema = kwargs.get("schema")
@@ -70,8 +81,13 @@ class DocumentPlugin(BasePlugin):
         if taken_by != rule.endpoint:
             raise ValueError(f"operationId {operation_id!r} used by {taken_by} and {rule.endpoint}")
         for method, operation in operations.items():
-            if method in _HTTP_METHODS:
-                operation.setdefault("operationId", operation_id)
+            if method not in _HTTP_METHODS:
+                continue
+            operation.setdefault("operationId", operation_id)
+            role = required_role(rule.endpoint, method.upper())
+            operation["security"] = [] if role is None else ANY_KEY
+            if role is not None:
+                operation["x-required-role"] = role
 
 
 _HTTP_METHODS = frozenset({"get", "put", "post", "delete", "patch", "head", "options", "trace"})
