@@ -18,14 +18,20 @@ from hypothesis import HealthCheck, settings
 from schemathesis.config import SchemathesisConfig
 
 from app import create_app
-from app.config import Settings
+from app.config import SERVICE_URL_VARIABLES, Settings
 from tests.conftest import ADMIN_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "5"))
-# Small swarms (the document's maximum follows MAX_BOTS) and no rate limits, so the budget goes
-# into variety rather than into creating 50,000 bots or collecting 429s.
-FUZZ_SETTINGS = {"MAX_BOTS": "300", "RATE_LIMIT": "", "RATE_LIMIT_HEAVY": ""}
+# Small swarms (the document's maximum follows MAX_BOTS), no rate limits, and a URL for every AI
+# service (nothing calls it: no worker runs), so the budget goes into variety rather than into
+# creating 50,000 bots or collecting 429s and "service not configured".
+FUZZ_SETTINGS = {
+    "MAX_BOTS": "300",
+    "RATE_LIMIT": "",
+    "RATE_LIMIT_HEAVY": "",
+    **{variable: "http://127.0.0.1:9" for variable in SERVICE_URL_VARIABLES},
+}
 
 
 def _document_app():
