@@ -189,7 +189,7 @@ class TaskAssign(Schema):
 
 
 class TaskComplete(Schema):
-    result = fields.Raw(allow_none=True)
+    result = fields.Raw(allow_none=True, metadata={"description": "What the task answered."})
 
 
 class Step(Schema):

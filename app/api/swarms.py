@@ -95,6 +95,10 @@ def retire_swarm(swarm_id):
 @blp.route("/swarms/<swarm_id>/tasks", methods=["POST"])
 @blp.arguments(TaskAssign)
 @blp.response(202, MassAssigned)
+@links(
+    202,
+    GetSwarm=link("get_swarm", "The swarm's task totals", swarm_id="$response.body#/swarm_id"),
+)
 def assign_to_swarm(body, swarm_id):
     """Mass-action: one task for every active bot of the swarm."""
     return assignments.assign_to_swarm(swarm_id, body["type"], body["data"])
