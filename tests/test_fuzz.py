@@ -72,7 +72,7 @@ def test_linked_calls_keep_every_answer_within_its_schema(fuzz_app):
 
     Scenarios.run(
         settings=settings(
-            max_examples=FUZZ_EXAMPLES * 4,
+            max_examples=FUZZ_EXAMPLES * 2,
             stateful_step_count=10,
             deadline=None,
             derandomize=True,
