@@ -26,7 +26,7 @@ SECURITY_SCHEMES = {
     "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
     "basic": {"type": "http", "scheme": "basic", "description": "the key as user name"},
 }
-ANY_KEY = [{name: []} for name in SECURITY_SCHEMES]
+ANY_KEY: list[dict[str, list[str]]] = [{name: []} for name in SECURITY_SCHEMES]
 
 
 class Answer(Schema):

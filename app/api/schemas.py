@@ -33,7 +33,8 @@ from app.models import (
 )
 from app.services import breaker
 from app.services.ids import iso, task_public_id
-from app.services.task_types import DOWNSTREAM, TASK_TYPES
+from app.services.service_defaults import DOWNSTREAM
+from app.services.task_types import TASK_TYPES
 from app.tiers import PRIORITY_TIERS, TIERS, canonical_tier
 
 MAX_PAGE = 1000
