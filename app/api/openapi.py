@@ -75,11 +75,11 @@ class DocumentPlugin(BasePlugin):
         rule = kwargs.get("rule")
         if rule is None or not operations:
             return
-        # One view function per endpoint (flask-smorest routes), so its name is a stable id.
+        # One view function per endpoint (flask-smorest routes), so its name is a stable id; a
+        # name two blueprints share is told apart by the blueprint's.
         operation_id = rule.endpoint.rsplit(".", 1)[-1]
-        taken_by = self._operation_ids.setdefault(operation_id, rule.endpoint)
-        if taken_by != rule.endpoint:
-            raise ValueError(f"operationId {operation_id!r} used by {taken_by} and {rule.endpoint}")
+        if self._operation_ids.setdefault(operation_id, rule.endpoint) != rule.endpoint:
+            operation_id = rule.endpoint.replace(".", "_")
         for method, operation in operations.items():
             if method not in _HTTP_METHODS:
                 continue
