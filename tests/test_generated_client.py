@@ -55,11 +55,13 @@ SPEC_WORKFLOW = {
 
 
 @pytest.fixture(scope="module")
-def generated(app, tmp_path_factory):
+def generated(test_env, tmp_path_factory):
     """The generated package, imported: `.api`, `.models`, `.client`."""
     workdir = tmp_path_factory.mktemp("generated-client")
     document = workdir / "openapi.json"
-    document.write_text(app.test_client().get("/openapi.json").get_data(as_text=True))
+    # A fresh app: the document served is that of the app created last in this process.
+    fresh = create_app(Settings.from_env({**os.environ, **test_env}))
+    document.write_text(fresh.test_client().get("/openapi.json").get_data(as_text=True))
     config = workdir / "config.json"
     # No post hooks: generation must not depend on tools outside the virtualenv.
     config.write_text(json.dumps({"post_hooks": [], "package_name_override": PACKAGE}))

@@ -8,9 +8,13 @@ those the API applies (a task type outside the enum is refused, one inside is ac
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
+from app import create_app
 from app.api.auth import required_role
+from app.config import Settings
 from app.services.task_types import TASK_TYPES
 from app.tiers import TIERS
 
@@ -25,8 +29,11 @@ FREE_FORM = {
 
 
 @pytest.fixture(scope="module")
-def document(app):
-    return app.test_client().get("/openapi.json").get_json()
+def document(test_env):
+    # Built here: the document served is that of the app created last in this process (one
+    # flask-smorest Api object serves them all), and other tests create apps with other settings.
+    fresh = create_app(Settings.from_env({**os.environ, **test_env}))
+    return fresh.test_client().get("/openapi.json").get_json()
 
 
 def _operations(document):
