@@ -11,25 +11,14 @@ from app.api.schemas import (
     MassActionOut,
     MassActionResult,
     MassActionResultList,
-    TaskPage,
+    ResultPage,
 )
-from app.errors import Invalid
 from app.services import mass_actions
-from app.services.ids import parse_task_id, task_public_id
+from app.services.ids import task_public_id
 
 blp = Blueprint("mass_actions", __name__, description="Mass-actions: progress, results, cancel")
 
 NDJSON = "application/x-ndjson"
-
-
-def _after(query: dict) -> int | None:
-    after = query.get("after")
-    if not after:
-        return None
-    row_id = parse_task_id(after)
-    if row_id is None:
-        raise Invalid("`after` must be a task id (`task-<n>`) from a previous page.", field="after")
-    return row_id
 
 
 @blp.route("/mass-actions/<mass_action_id>", methods=["GET"])
@@ -40,7 +29,7 @@ def get_mass_action(mass_action_id):
 
 
 @blp.route("/mass-actions/<mass_action_id>/results", methods=["GET"])
-@blp.arguments(TaskPage, location="query")
+@blp.arguments(ResultPage, location="query")
 @blp.doc(
     responses={
         "200": {
@@ -55,7 +44,7 @@ def get_mass_action(mass_action_id):
 )
 def get_results(query, mass_action_id):
     """The tasks' results in task order: paged with `after`/`limit`/`status`, or all as NDJSON."""
-    after, status = _after(query), query.get("status")
+    after, status = query.get("after"), query.get("status")
     if request.accept_mimetypes.best_match(["application/json", NDJSON]) == NDJSON:
         chunks = mass_actions.stream_results(mass_action_id, after, status)
         response = Response(stream_with_context(chunks), mimetype=NDJSON)

@@ -32,7 +32,7 @@ from app.models import (
     TASK_WAITING,
 )
 from app.services import breaker
-from app.services.ids import iso, task_public_id
+from app.services.ids import iso, parse_task_id, task_public_id
 from app.services.service_defaults import DOWNSTREAM
 from app.services.task_types import TASK_TYPES
 from app.tiers import PRIORITY_TIERS, TIERS, canonical_tier
@@ -237,6 +237,26 @@ class SwarmPage(Page):
 
 
 class TaskPage(Page):
+    status = OneOf(TASK_STATES[1:])
+
+
+class TaskCursor(fields.Field):
+    """`after` on a list in task order: the `task-<n>` id of the last item before; loads as the
+    row id."""
+
+    def _deserialize(self, value: Any, attr, data, **kwargs) -> int:
+        row_id = parse_task_id(value) if isinstance(value, str) else None
+        if row_id is None:
+            raise ValidationError("Must be a task id (`task-<n>`) from a previous page.")
+        return row_id
+
+    def openapi(self, settings: Settings) -> dict[str, Any]:
+        return {"type": "string", "pattern": "^task-[0-9]{1,18}$", "example": "task-123"}
+
+
+class ResultPage(Schema):
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=MAX_PAGE))
+    after = TaskCursor()
     status = OneOf(TASK_STATES[1:])
 
 
