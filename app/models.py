@@ -175,7 +175,8 @@ class Task(db.Model):
     step: Mapped[int | None] = mapped_column(Integer)
     payload_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
     slice_index: Mapped[int | None] = mapped_column(Integer)
-    # The mass-action (`ma-…`) this task is one of; None for single tasks and plain steps.
+    # The mass-action (`ma-…`) this task is one of; None for single tasks and plain steps. Not
+    # indexed: the mass-action knows the id range its tasks were inserted in (0008).
     mass_action_id: Mapped[str | None] = mapped_column(String(40))
     # Per-task execution options (workflow steps); None means the service's defaults.
     timeout_s: Mapped[float | None] = mapped_column(Float)
@@ -198,13 +199,6 @@ class Task(db.Model):
             "workflow_id",
             "step",
             postgresql_where=text("workflow_id IS NOT NULL"),
-        ),
-        # A mass-action's results in task order (0007).
-        Index(
-            "ix_tasks_mass_action",
-            "mass_action_id",
-            "id",
-            postgresql_where=text("mass_action_id IS NOT NULL"),
         ),
         # The reconciler's view: only open tasks, so it stays small however long history grows.
         Index(
@@ -245,6 +239,10 @@ class MassAction(db.Model):
     # Set by the statement whose outcomes bring completed + failed + cancelled to total.
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Its tasks were inserted by one statement: every one of them has an id in this range (others'
+    # tasks inserted at the same moment may sit between them).
+    first_task_id: Mapped[int | None] = mapped_column(BigInteger)
+    last_task_id: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
         Index("ix_mass_actions_swarm", "swarm_id", text("created_at DESC"), text("id DESC")),

@@ -3,8 +3,8 @@
 A mass-action is a row with its own counters. The statements that move its tasks move them too
 (claim: running; record: completed or failed; cancel: cancelled; requeue: back to assigned), so
 its progress is a primary-key read at any size; its aggregate is kept as partials merged on read
-(app/services/partials.py). Its results are its task rows, read in task order through
-ix_tasks_mass_action, a page at a time or streamed as NDJSON in bounded batches.
+(app/services/partials.py). Its results are its task rows, read in task order from the id range
+it was inserted in, a page at a time or streamed as NDJSON in bounded batches.
 """
 
 from __future__ import annotations
@@ -32,22 +32,16 @@ from app.services.tenancy import current_tenant, visible
 # Rows per query when streaming results: bounds the API worker's memory whatever the total.
 STREAM_BATCH = 1000
 
-# A page of a mass-action's tasks in task order. The ids are chosen first, from
-# ix_tasks_mass_action alone (plus `status` when filtered), then only those rows are read: with a
-# plain `WHERE mass_action_id = .. ORDER BY id LIMIT ..` the planner may walk the primary key
-# from `after` through every other mass-action's rows, or sort all 50,000 of this one's (measured:
-# 0.2 s for the first page behind 100,000 other tasks). `result::text` is the stored JSON as text,
-# so it is never parsed and dumped again.
+# A page of a mass-action's tasks in task order: a primary-key range read within the ids its
+# INSERT gave them, `mass_action_id` filtering out any other task inserted at the same moment.
+# `result::text` is the stored JSON as text, so it is never parsed and dumped again.
 _RESULTS = """
 SELECT t.id, t.bot_id, t.slice_index, t.status, t.attempts, t.result::text, t.error,
        to_char(t.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
        to_char(t.finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
   FROM tasks t
- WHERE t.id = ANY(ARRAY(
-           SELECT id FROM tasks
-            WHERE mass_action_id = :id AND id > :after {status}
-            ORDER BY id LIMIT :limit))
- ORDER BY t.id
+ WHERE t.id > :after AND t.id <= :last AND t.mass_action_id = :id {status}
+ ORDER BY t.id LIMIT :limit
 """
 
 
@@ -193,6 +187,7 @@ def start_on_swarm(
     task_ids = task_rows.insert_for_swarm(
         swarm, type_name, payload_id, now, workflow_id, step, mass_action_id=mass_action_id
     )
+    first, last = (min(task_ids), max(task_ids)) if task_ids else (None, None)
     mass_action = MassAction(
         id=mass_action_id,
         swarm_id=swarm.id,
@@ -209,6 +204,8 @@ def start_on_swarm(
         cancelled=0,
         created_at=now,
         finished_at=None if task_ids else now,
+        first_task_id=first,
+        last_task_id=last,
     )
     db.session.add(mass_action)
     db.session.flush()
@@ -252,7 +249,10 @@ def cancel(mass_action_id: str) -> MassActionView:
         )
     # Tasks first, the mass-action row after: the order in which the record statement takes
     # them, so a cancel and a chunk being recorded never wait on each other in a circle.
-    task_rows.cancel_waiting_of_mass_action(mass_action.id)
+    if mass_action.first_task_id is not None and mass_action.last_task_id is not None:
+        task_rows.cancel_waiting_of_mass_action(
+            mass_action.id, mass_action.first_task_id, mass_action.last_task_id
+        )
     note_cancel_requested("id = :id", {"id": mass_action.id})
     db.session.commit()
     return view_mass_action(mass_action_id)
@@ -356,8 +356,8 @@ def results_page(
 ) -> tuple[list[str], int | None]:
     """Up to `limit` result lines (JSON text) in task order after task `after`, and the cursor
     for the next page (None at the end)."""
-    get_mass_action(mass_action_id)
-    rows = _result_rows(mass_action_id, after or 0, limit, status)
+    mass_action = get_mass_action(mass_action_id)
+    rows = _result_rows(mass_action, after or 0, limit, status)
     next_after = rows[-1][0] if len(rows) == limit else None
     return [line for _, line in rows], next_after
 
@@ -368,12 +368,12 @@ def stream_results(mass_action_id: str, after: int | None, status: str | None) -
     Checks the mass-action before the first chunk, so a 404 is still an ordinary answer. Each
     batch is its own keyset query: memory stays bounded by one batch, whatever the total.
     """
-    get_mass_action(mass_action_id)
+    mass_action = get_mass_action(mass_action_id)
 
     def chunks() -> Iterator[str]:
         cursor = after or 0
         while True:
-            rows = _result_rows(mass_action_id, cursor, STREAM_BATCH, status)
+            rows = _result_rows(mass_action, cursor, STREAM_BATCH, status)
             if not rows:
                 break
             yield "\n".join(line for _, line in rows) + "\n"
@@ -386,11 +386,18 @@ def stream_results(mass_action_id: str, after: int | None, status: str | None) -
 
 
 def _result_rows(
-    mass_action_id: str, after: int, limit: int, status: str | None
+    mass_action: MassAction, after: int, limit: int, status: str | None
 ) -> list[tuple[int, str]]:
-    params: dict[str, Any] = {"id": mass_action_id, "after": after, "limit": limit}
+    if mass_action.first_task_id is None or mass_action.last_task_id is None:
+        return []
+    params: dict[str, Any] = {
+        "id": mass_action.id,
+        "after": max(after, mass_action.first_task_id - 1),
+        "last": mass_action.last_task_id,
+        "limit": limit,
+    }
     if status:
         params["status"] = status
-    statement = _RESULTS.format(status="AND status = :status" if status else "")
+    statement = _RESULTS.format(status="AND t.status = :status" if status else "")
     rows = db.session.execute(text(statement), params).all()
     return [(int(row[0]), _result_line(row)) for row in rows]

@@ -40,7 +40,10 @@ _RETURNING = f" RETURNING {MOVED_COLUMNS}"
 _CANCEL_TASK = counted(_CANCEL + " AND id = :task_id" + _RETURNING)
 _CANCEL_OF_BOTS = counted(_CANCEL + " AND bot_id = ANY(:bot_ids)" + _RETURNING)
 _CANCEL_OF_SWARM = counted(_CANCEL + " AND swarm_id = :swarm_id" + _RETURNING)
-_CANCEL_OF_MASS_ACTION = counted(_CANCEL + " AND mass_action_id = :mass_action_id" + _RETURNING)
+# Its tasks lie in the id range of its INSERT: a primary-key range, filtered by mass-action.
+_CANCEL_OF_MASS_ACTION = counted(
+    _CANCEL + " AND id BETWEEN :first AND :last AND mass_action_id = :mass_action_id" + _RETURNING
+)
 
 _WAITING = "SELECT tier, type, array_agg(id ORDER BY id) FROM tasks WHERE status = 'assigned'"
 _WAITING_BY_ID = _WAITING + " AND id = ANY(:task_ids) GROUP BY tier, type"
@@ -104,10 +107,13 @@ def cancel_waiting_of_swarm(swarm_id: str) -> int:
     return run_counted(_CANCEL_OF_SWARM, {"swarm_id": swarm_id})
 
 
-def cancel_waiting_of_mass_action(mass_action_id: str) -> int:
-    """Cancel every task of the mass-action not yet started, in one statement, counting them
-    (bots, swarm, totals and the mass-action's own counters). The caller commits."""
-    return run_counted(_CANCEL_OF_MASS_ACTION, {"mass_action_id": mass_action_id})
+def cancel_waiting_of_mass_action(mass_action_id: str, first: int, last: int) -> int:
+    """Cancel every task of the mass-action not yet started (its tasks' ids are in first..last),
+    in one statement, counting them (bots, swarm, totals and the mass-action's own counters).
+    The caller commits."""
+    return run_counted(
+        _CANCEL_OF_MASS_ACTION, {"mass_action_id": mass_action_id, "first": first, "last": last}
+    )
 
 
 def waiting_by_id(task_ids: list[int]) -> list[Waiting]:

@@ -5,7 +5,9 @@
   read. fillfactor 70: the row is updated once per recorded chunk; free room keeps those HOT.
 - mass_action_partials: the merge-rule partials written with the outcomes, merged on read
   (app/services/aggregates.py).
-- tasks.mass_action_id, indexed with the task id: a mass-action's results in task order.
+- tasks.mass_action_id, not indexed: a mass-action's tasks are one INSERT, so they lie between
+  its first_task_id and last_task_id, and a primary-key range read with this column as a filter
+  finds them (an index on it cost 15 % more on a 50,000-task INSERT, measured).
 
 Revision ID: 0008
 Revises: 0007
@@ -50,6 +52,8 @@ def upgrade():
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("cancel_requested_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("first_task_id", sa.BigInteger(), nullable=True),
+        sa.Column("last_task_id", sa.BigInteger(), nullable=True),
         sa.PrimaryKeyConstraint("id"),
         postgresql_with={"fillfactor": 70},
     )
@@ -78,16 +82,9 @@ def upgrade():
         sa.PrimaryKeyConstraint("mass_action_id", "id"),
     )
     op.add_column("tasks", sa.Column("mass_action_id", sa.String(length=40), nullable=True))
-    op.create_index(
-        "ix_tasks_mass_action",
-        "tasks",
-        ["mass_action_id", "id"],
-        postgresql_where=sa.text("mass_action_id IS NOT NULL"),
-    )
 
 
 def downgrade():
-    op.drop_index("ix_tasks_mass_action", table_name="tasks")
     op.drop_column("tasks", "mass_action_id")
     op.drop_table("mass_action_partials")
     op.drop_index("ix_mass_actions_workflow", table_name="mass_actions")
