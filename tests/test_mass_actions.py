@@ -809,3 +809,40 @@ def test_counters_follow_claim_requeue_manual_completion_and_cancel_exactly(clie
     )
     assert view["finished_at"] is not None and view["percent"] == 100.0
     assert view["aggregate"]["tasks"] == {"completed": 3, "cancelled": 7}
+
+
+def test_result_pages_skip_other_tasks_in_the_id_range_and_find_sparse_statuses(client):
+    swarm = create_swarm(client, 30)
+    mass_action_id = start(client, swarm["id"])["mass_action_id"]
+    ids = _task_ids(mass_action_id)
+    # As if another INSERT had taken ids in the middle of this one's range.
+    db.session.execute(
+        text("UPDATE tasks SET mass_action_id = 'ma-someone-else' WHERE id = ANY(:ids)"),
+        {"ids": ids[10:13]},
+    )
+    db.session.execute(
+        text("UPDATE tasks SET status = 'failed' WHERE id = ANY(:ids)"),
+        {"ids": [ids[4], ids[26]]},
+    )
+    db.session.commit()
+    mine = [f"task-{i}" for i in ids[:10] + ids[13:]]
+
+    def every_page(query: str) -> list[str]:
+        seen, after = [], None
+        while True:
+            page = client.get(
+                f"/mass-actions/{mass_action_id}/results?{query}"
+                + (f"&after={after}" if after else "")
+            ).get_json()
+            seen += [item["task_id"] for item in page["items"]]
+            after = page["next_after"]
+            if after is None:
+                return seen
+
+    assert every_page("limit=4") == mine
+    assert every_page("limit=1&status=failed") == [f"task-{ids[4]}", f"task-{ids[26]}"]
+    assert every_page("limit=1000&status=running") == []
+    streamed = client.get(f"/mass-actions/{mass_action_id}/results", headers=NDJSON)
+    assert [
+        json.loads(line)["task_id"] for line in streamed.get_data(as_text=True).splitlines()
+    ] == mine

@@ -32,15 +32,15 @@ from app.services.tenancy import current_tenant, visible
 # Rows per query when streaming results: bounds the API worker's memory whatever the total.
 STREAM_BATCH = 1000
 
-# A page of a mass-action's tasks in task order: a primary-key range read within the ids its
-# INSERT gave them, `mass_action_id` filtering out any other task inserted at the same moment.
-# `result::text` is the stored JSON as text, so it is never parsed and dumped again.
+# A mass-action's tasks in one window of task ids, in task order: a primary-key range read within
+# the ids its INSERT gave them, `mass_action_id` filtering out any other task inserted at the same
+# moment. `result::text` is the stored JSON as text, so it is never parsed and dumped again.
 _RESULTS = """
 SELECT t.id, t.bot_id, t.slice_index, t.status, t.attempts, t.result::text, t.error,
        to_char(t.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
        to_char(t.finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
   FROM tasks t
- WHERE t.id > :after AND t.id <= :last AND t.mass_action_id = :id {status}
+ WHERE t.id > :low AND t.id <= :high AND t.mass_action_id = :id {status}
  ORDER BY t.id LIMIT :limit
 """
 
@@ -388,16 +388,32 @@ def stream_results(mass_action_id: str, after: int | None, status: str | None) -
 def _result_rows(
     mass_action: MassAction, after: int, limit: int, status: str | None
 ) -> list[tuple[int, str]]:
-    if mass_action.first_task_id is None or mass_action.last_task_id is None:
+    """Up to `limit` of its tasks after task `after`, read window by window of task ids.
+
+    Right after a mass-action the planner's statistics do not know its rows yet; asked for the
+    whole id range at once it may sort all 50,000 to return 1,000 (measured: 180 ms a page). A
+    window of `limit` ids holds a page when the ids are contiguous, as one INSERT leaves them; it
+    doubles while a window comes back short (tasks filtered out by `status`, or others' tasks
+    inserted at the same moment).
+    """
+    first, last = mass_action.first_task_id, mass_action.last_task_id
+    if first is None or last is None:
         return []
-    params: dict[str, Any] = {
-        "id": mass_action.id,
-        "after": max(after, mass_action.first_task_id - 1),
-        "last": mass_action.last_task_id,
-        "limit": limit,
-    }
-    if status:
-        params["status"] = status
     statement = _RESULTS.format(status="AND t.status = :status" if status else "")
-    rows = db.session.execute(text(statement), params).all()
-    return [(int(row[0]), _result_line(row)) for row in rows]
+    found: list[tuple[int, str]] = []
+    low, window = max(after, first - 1), limit
+    while len(found) < limit and low < last:
+        high = min(last, low + window)
+        params: dict[str, Any] = {
+            "id": mass_action.id,
+            "low": low,
+            "high": high,
+            "limit": limit - len(found),
+        }
+        if status:
+            params["status"] = status
+        rows = db.session.execute(text(statement), params).all()
+        found += [(int(row[0]), _result_line(row)) for row in rows]
+        low = rows[-1][0] if len(rows) == params["limit"] else high
+        window *= 2
+    return found
