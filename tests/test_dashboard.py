@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 import requests
@@ -19,7 +20,6 @@ from werkzeug.serving import make_server
 
 from app.extensions import db
 from app.services import dashboard, execution
-from app.services.task_types import TASK_TYPES
 from tests.conftest import ADMIN_KEY
 from tests.plugins import faults
 from tests.workers import WorkerProcess
@@ -161,10 +161,15 @@ def live_server(app):
 
 
 @pytest.fixture()
-def sleepy_worker(test_env, monkeypatch):
+def sleepy_worker(app, test_env, monkeypatch):
     """A real worker that also knows the `sleep` task type (tests/plugins/faults.py)."""
     [sleep] = [t for t in faults.TASK_TYPES if t.name == "sleep"]
-    monkeypatch.setitem(TASK_TYPES, "sleep", sleep)  # the in-process API, for this test only
+    # The in-process API's catalogue, for this test only.
+    monkeypatch.setitem(
+        app.extensions,
+        "task_types",
+        MappingProxyType({**app.extensions["task_types"], "sleep": sleep}),
+    )
     process = WorkerProcess(test_env, extra_env={"TASK_TYPE_PLUGINS": "tests.plugins.faults"})
     process.start()
     yield process
