@@ -13,7 +13,7 @@ QUEUES := L20,advanced,standard
 WITH_SERVICES = exports="$$($(PY) -m deploy.devstack services)" && eval "$$exports" &&
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test fuzz lint format migrate worker beat flower services stop-services bench chaos clean
+.PHONY: help venv run test test-fast fuzz lint format migrate worker beat flower services stop-services bench chaos clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -34,6 +34,11 @@ test: venv ## ruff check, mypy and import contracts, then pytest on a fresh data
 	$(VENV)/bin/mypy app workers
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m deploy.devstack test -- $(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: venv ## ruff check and import contracts, then pytest without browsers, fault stacks or worker processes (under a minute)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
+	$(PY) -m deploy.devstack test -- $(PY) -m pytest -q -m "not browser and not faults and not slow" $(PYTEST_ARGS)
 
 fuzz: venv ## Schemathesis on every operation of /openapi.json with FUZZ_EXAMPLES (200) examples each
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-200} $(PY) -m deploy.devstack test -- $(PY) -m pytest -q tests/test_fuzz.py $(PYTEST_ARGS)

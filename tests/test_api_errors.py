@@ -409,8 +409,8 @@ def test_orchestrate_with_bad_body_returns_422_and_records_nothing(client, body)
 
 
 @pytest.fixture()
-def small_app(test_env):
-    """An app on the same database whose capacity is MAX_BOTS=100."""
+def small_app(app, test_env):
+    """An app on the same (emptied) database whose capacity is MAX_BOTS=100."""
     flask_app = create_app(Settings.from_env({**os.environ, **test_env, "MAX_BOTS": "100"}))
     yield flask_app
     with flask_app.app_context():

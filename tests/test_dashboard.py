@@ -176,6 +176,7 @@ def sleepy_worker(app, test_env, monkeypatch):
     process.stop()
 
 
+@pytest.mark.browser
 def test_browser_shows_a_running_mass_action(live_server, sleepy_worker, tmp_path):
     api = requests.Session()
 
