@@ -116,7 +116,7 @@ POLICY: dict[str, tuple[str | None, bool]] = {
     "GET /dashboard/data": ("viewer", True),
     "GET /docs": (None, False),
     "GET /health": (None, False),
-    "GET /metrics": (None, False),
+    "GET /metrics": ("viewer", True),
     "GET /openapi.json": (None, False),
     "POST /orchestrate": ("operator", False),
     "GET /scaling": ("viewer", True),
@@ -229,7 +229,7 @@ def test_every_route_answers_every_caller_as_required_role_says(
             passed = status not in (401, 403) if expected == "allowed" else str(status) == expected
             if status >= 500 or not passed:
                 failures.append(f"{caller:9} {method:6} {url}: expected {expected}, got {status}")
-            if status in (401, 403, 404) and rule.endpoint != "metrics.scrape":
+            if status in (401, 403, 404):
                 error = response.get_json()["error"]
                 assert error["status"] == status
             if status == 401:
