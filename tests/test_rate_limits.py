@@ -30,8 +30,9 @@ def bearer(key: str) -> dict[str, str]:
 
 
 @pytest.fixture()
-def limited(test_env):
-    """An app whose budgets are set per test: limited(RATE_LIMIT=..., RATE_LIMIT_HEAVY=...)."""
+def limited(app, test_env):
+    """Apps on the (emptied) database whose budgets are set per test:
+    limited(RATE_LIMIT=..., RATE_LIMIT_HEAVY=...)."""
     made = []
 
     def build(**overrides: str):
