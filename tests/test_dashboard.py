@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from sqlalchemy import text
 from werkzeug.serving import make_server
 
 from app.extensions import db
-from app.services import dashboard, execution
+from app.services import dashboard, execution, registry
 from tests.conftest import ADMIN_KEY
 from tests.plugins import faults
 from tests.workers import WorkerProcess
@@ -83,12 +82,15 @@ def test_throughput_spreads_each_rise_over_the_time_between_samples() -> None:
     assert dashboard.completions_per_bucket([(now - 8, 100), (now - 2, 3)], now)[-1] == 0.0
 
 
-def test_dashboard_says_so_when_no_registry_is_importable(monkeypatch) -> None:
-    monkeypatch.setitem(sys.modules, "app.services.registry", None)
+def test_dashboard_says_so_when_the_registry_cannot_be_read(app, monkeypatch) -> None:
+    def unreadable():
+        raise RuntimeError("registry down")
+
+    monkeypatch.setattr(registry, "list_services", unreadable)
     assert dashboard.downstream_services() == {
         "available": False,
         "items": [],
-        "message": "no services registered",
+        "message": "service registry unavailable",
     }
 
 
