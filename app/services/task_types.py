@@ -12,7 +12,7 @@ built-in types plus those of the plugin modules its settings name, so two apps i
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -102,8 +102,13 @@ _AI = [
 BUILT_IN: Mapping[str, TaskType] = MappingProxyType({t.name: t for t in _BUILT_IN + _AI})
 
 
-def init_app(app: Flask, plugin_modules: list[str]) -> None:
-    """Give the app its catalogue: the built-in types and those its plugin modules declare.
+def init_app(app: Flask, plugin_modules: Sequence[str]) -> None:
+    """Give the app its catalogue: the built-in types and those its plugin modules declare."""
+    app.extensions["task_types"] = load_catalogue(plugin_modules)
+
+
+def load_catalogue(plugin_modules: Sequence[str]) -> Mapping[str, TaskType]:
+    """The built-in types and those the plugin modules declare, by name.
 
     A plugin is any importable module (TASK_TYPE_PLUGINS names them) whose TASK_TYPES holds
     TaskType objects; a name that is already taken stops the start.
@@ -118,7 +123,7 @@ def init_app(app: Flask, plugin_modules: list[str]) -> None:
                     f"TASK_TYPE_PLUGINS: {module_name} redefines task type {task_type.name!r}"
                 )
             types[task_type.name] = task_type
-    app.extensions["task_types"] = MappingProxyType(types)
+    return MappingProxyType(types)
 
 
 def catalogue() -> Mapping[str, TaskType]:
