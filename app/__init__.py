@@ -61,7 +61,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     # Flask's Celery pattern: the publisher (and a worker's tasks) use this app's settings.
     init_celery(app, settings)
 
-    from app.api import dashboard, metrics, register_blueprints, rest_api
+    from flask_smorest import Api
+
+    from app.api import dashboard, metrics, register_blueprints
     from app.api.audit import register_audit
     from app.api.auth import register_auth
     from app.api.idempotency import register_idempotency
@@ -73,6 +75,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     # depend on who is calling (rate limits per key, body checks, idempotency keys).
     register_request_logging(app)
     register_auth(app)
+    # This app's own API object, so its document describes this app's settings and task types.
+    rest_api = Api()
     # Before init_app, which documents every error status with it.
     rest_api.ERROR_SCHEMA = ErrorResponse
     rest_api.init_app(app, spec_kwargs={"extra_plugins": [DocumentPlugin(settings)]})

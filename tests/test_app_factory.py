@@ -77,3 +77,19 @@ def test_a_plugin_redefining_a_built_in_type_stops_the_start(tmp_path, monkeypat
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ConfigError, match="redefines task type 'echo'"):
         _app(REDIS_URL="redis://127.0.0.1:6390/3", TASK_TYPE_PLUGINS="shadow_echo")
+
+
+def test_each_app_documents_its_own_settings_and_task_types():
+    plain = _app(REDIS_URL="redis://127.0.0.1:6390/3", MAX_BOTS="100")
+    with_plugin = _app(
+        REDIS_URL="redis://127.0.0.1:6390/3", MAX_BOTS="777", TASK_TYPE_PLUGINS=PLUGIN
+    )
+
+    def documented(flask_app) -> tuple[int, bool]:
+        schemas = flask_app.test_client().get("/openapi.json").get_json()["components"]["schemas"]
+        count = schemas["SwarmCreate"]["properties"]["count"]["maximum"]
+        return count, "sleep" in schemas["TaskAssign"]["properties"]["type"]["enum"]
+
+    # Asked in this order on purpose: the app built first must not describe the last one.
+    assert documented(plain) == (100, False)
+    assert documented(with_plugin) == (777, True)

@@ -59,7 +59,7 @@ def generated(test_env, tmp_path_factory):
     """The generated package, imported: `.api`, `.models`, `.client`."""
     workdir = tmp_path_factory.mktemp("generated-client")
     document = workdir / "openapi.json"
-    # A fresh app: the document served is that of the app created last in this process.
+    # The document of an app with the run's settings (each app serves its own).
     fresh = create_app(Settings.from_env({**os.environ, **test_env}))
     document.write_text(fresh.test_client().get("/openapi.json").get_data(as_text=True))
     config = workdir / "config.json"

@@ -30,8 +30,7 @@ FREE_FORM = {
 
 @pytest.fixture(scope="module")
 def document(test_env):
-    # Built here: the document served is that of the app created last in this process (one
-    # flask-smorest Api object serves them all), and other tests create apps with other settings.
+    # The document of an app with the run's settings (each app serves its own).
     fresh = create_app(Settings.from_env({**os.environ, **test_env}))
     return fresh.test_client().get("/openapi.json").get_json()
 
