@@ -48,10 +48,10 @@ test: test-tools venv ## ruff check, mypy and import contracts, then pytest on a
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m deploy.devstack test -- $(PY) -m pytest -q $(PYTEST_ARGS)
 
-test-fast: venv ## ruff check and import contracts, then pytest without browsers, fault stacks or worker processes (under a minute)
+test-fast: venv ## ruff check and import contracts, then pytest without browsers, fault stacks, real processes or fuzzing
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports --no-cache
-	$(PY) -m deploy.devstack test -- $(PY) -m pytest -q -m "not browser and not faults and not slow" $(PYTEST_ARGS)
+	$(PY) -m deploy.devstack test -- $(PY) -m pytest -q -m "not browser and not faults and not slow and not fuzz" $(PYTEST_ARGS)
 
 fuzz: venv ## Schemathesis (every check, stateful too; schemathesis.toml) with FUZZ_EXAMPLES (200) examples each
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-200} $(PY) -m deploy.devstack test -- $(PY) -m pytest -q tests/test_fuzz.py $(PYTEST_ARGS)

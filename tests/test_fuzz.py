@@ -21,6 +21,9 @@ from app import create_app
 from app.config import SERVICE_URL_VARIABLES, Settings
 from tests.conftest import ADMIN_KEY, empty_state
 
+# `make test` runs a few derandomized examples, `make fuzz` many; `make test-fast` none.
+pytestmark = pytest.mark.fuzz
+
 ROOT = Path(__file__).resolve().parent.parent
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "5"))
 # Small swarms (the document's maximum follows MAX_BOTS), no rate limits, and a URL for every AI

@@ -211,6 +211,7 @@ def test_invalid_limit_strings_are_refused_naming_the_variable(variable, raw):
     assert "10/second;500/minute" in message
 
 
+@pytest.mark.slow
 def test_a_bad_limit_string_stops_the_start_with_the_message(test_env):
     env = {**os.environ, **test_env, "RATE_LIMIT": "10/second;500/fortnight"}
 
