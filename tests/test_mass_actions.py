@@ -510,6 +510,7 @@ def counts_from_rows(mass_action_id: str) -> dict[str, int]:
     return found
 
 
+@pytest.mark.slow  # a worker
 def test_the_spec_mass_action_examples_followed_by_their_ids_to_completion(client, worker):
     swarm = client.post("/swarms", json=SPEC_SWARM).get_json()
     analysis = client.post(f"/swarms/{swarm['id']}/tasks", json=SPEC_ASSIGN)
@@ -545,6 +546,7 @@ def test_the_spec_mass_action_examples_followed_by_their_ids_to_completion(clien
         assert view["task_type"] == task_type
 
 
+@pytest.mark.slow  # a worker
 def test_progress_counts_move_with_the_work_and_stay_exact(client, test_env, sleep_type):
     swarm = create_swarm(client, 3000)
     mass_action_id = start(client, swarm["id"], "sleep", {"seconds": 0.002})["mass_action_id"]
@@ -569,6 +571,7 @@ def test_progress_counts_move_with_the_work_and_stay_exact(client, test_env, sle
     assert view["counts"]["completed"] == 3000
 
 
+@pytest.mark.slow  # a worker
 def test_cancel_in_the_middle_of_a_large_mass_action(client, test_env, sleep_type):
     swarm = create_swarm(client, 20_000)
     mass_action_id = start(client, swarm["id"], "sleep", {"seconds": 0.001})["mass_action_id"]
@@ -612,6 +615,7 @@ def test_cancel_in_the_middle_of_a_large_mass_action(client, test_env, sleep_typ
     assert again["counts"] == counts and again["cancel_requested_at"] == view["cancel_requested_at"]
 
 
+@pytest.mark.slow  # a worker
 def test_an_ended_mass_action_cannot_be_cancelled(client, worker):
     swarm = create_swarm(client, 10)
     mass_action_id = start(client, swarm["id"])["mass_action_id"]
@@ -625,6 +629,7 @@ def test_an_ended_mass_action_cannot_be_cancelled(client, worker):
     assert progress(client, mass_action_id)["status"] == "completed"
 
 
+@pytest.mark.slow  # a worker
 def test_ai_mass_action_aggregates_counts_failures_and_latency(client, test_env, fake_service):
     service = fake_service(
         responses=[(400, {"error": "no such prompt"})] * 3,
