@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+from types import MappingProxyType
 
 import pytest
 from sqlalchemy import text
 
 from app.extensions import db
 from app.services import execution, mass_action_events, mass_actions, partials
-from app.services.task_types import TASK_TYPES
 from tests.plugins import faults
 from tests.workers import WorkerProcess, wait_for
 
@@ -53,10 +53,15 @@ def ended(client, mass_action_id: str, timeout: float = 60.0) -> dict:
 
 
 @pytest.fixture()
-def sleep_type(monkeypatch):
-    """The `sleep` task type of tests/plugins/faults.py, known to the in-process API too."""
+def sleep_type(app, monkeypatch):
+    """The `sleep` task type of tests/plugins/faults.py, known to the in-process API too; the
+    environment a worker needs to know it."""
     [sleep] = [t for t in faults.TASK_TYPES if t.name == "sleep"]
-    monkeypatch.setitem(TASK_TYPES, "sleep", sleep)
+    monkeypatch.setitem(
+        app.extensions,
+        "task_types",
+        MappingProxyType({**app.extensions["task_types"], "sleep": sleep}),
+    )
     return {"TASK_TYPE_PLUGINS": "tests.plugins.faults"}
 
 
