@@ -6,14 +6,18 @@ statement finished into a partial (`fold`), partials combine in any order and gr
 mass-action's aggregate is therefore kept as partials written with its outcomes and merged on read,
 never recomputed from its task rows.
 
-Task types without a rule of their own get COUNTING: tasks by state and failures by reason.
+Task types without a rule of their own get COUNTING: tasks by state and failures by reason. The AI
+types (calls to a downstream service) get SERVICE_CALLS: the same, plus latency percentiles.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from app.services.service_defaults import DOWNSTREAM
 
 Partial = dict[str, Any]
 
@@ -79,8 +83,93 @@ def _present_counts(combined: Partial) -> dict[str, Any]:
 
 COUNTING = MergeRule(fold=_fold_counts, combine=_combine_counts, present=_present_counts)
 
+
+# ---- calls to AI services: counts, failures by reason, latency percentiles ----------------------
+
+# Latencies are kept as counts per log-scale bucket: bucket i holds (2^((i-1)/8), 2^(i/8)] ms.
+# Counts add, so partials merge exactly; a percentile read from a bucket's geometric middle is
+# within 2^(1/16) - 1 (4.4 %) of the true value (and clamped to the exact min and max).
+LATENCY_BUCKETS_PER_DOUBLING = 8
+LATENCY_ERROR = "approximate: log-scale buckets, within 4.4 %"
+PERCENTILES = (50, 90, 99)
+
+
+def latency_bucket(ms: float) -> int:
+    """The bucket index holding a latency of `ms` milliseconds."""
+    return math.ceil(math.log2(max(ms, 0.001)) * LATENCY_BUCKETS_PER_DOUBLING)
+
+
+def _bucket_middle(index: int) -> float:
+    return float(2 ** ((index - 0.5) / LATENCY_BUCKETS_PER_DOUBLING))
+
+
+def _fold_calls(tasks: list[Finished]) -> Partial:
+    partial = _fold_counts(tasks)
+    timed = [task.duration_ms for task in tasks if task.duration_ms is not None]
+    if timed:
+        buckets: dict[str, int] = {}
+        for ms in timed:
+            key = str(latency_bucket(ms))
+            buckets[key] = buckets.get(key, 0) + 1
+        partial["latency"] = {
+            "n": len(timed),
+            "sum": sum(timed),
+            "min": min(timed),
+            "max": max(timed),
+            "buckets": buckets,
+        }
+    return partial
+
+
+def _combine_calls(left: Partial, right: Partial) -> Partial:
+    merged = _combine_counts(left, right)
+    a, b = left.get("latency"), right.get("latency")
+    if a and b:
+        merged["latency"] = {
+            "n": a["n"] + b["n"],
+            "sum": a["sum"] + b["sum"],
+            "min": min(a["min"], b["min"]),
+            "max": max(a["max"], b["max"]),
+            "buckets": add_counts(a["buckets"], b["buckets"]),
+        }
+    elif a or b:
+        merged["latency"] = a or b
+    return merged
+
+
+def _present_calls(combined: Partial) -> dict[str, Any]:
+    answer = _present_counts(combined)
+    latency = combined.get("latency")
+    if not latency:
+        answer["latency_ms"] = None
+        return answer
+    n = latency["n"]
+    ordered = sorted((int(index), count) for index, count in latency["buckets"].items())
+    figures: dict[str, Any] = {
+        "count": n,
+        "mean": round(latency["sum"] / n, 3),
+        "min": round(latency["min"], 3),
+        "max": round(latency["max"], 3),
+    }
+    for q in PERCENTILES:
+        rank, seen = max(1, math.ceil(q / 100 * n)), 0
+        for index, count in ordered:
+            seen += count
+            if seen >= rank:
+                middle = _bucket_middle(index)
+                figures[f"p{q}"] = round(min(max(middle, latency["min"]), latency["max"]), 3)
+                break
+    figures["percentiles"] = LATENCY_ERROR
+    answer["latency_ms"] = figures
+    return answer
+
+
+SERVICE_CALLS = MergeRule(fold=_fold_calls, combine=_combine_calls, present=_present_calls)
+
 # Task type -> its rule. Types absent here use COUNTING.
-RULES: Mapping[str, MergeRule] = {}
+RULES: Mapping[str, MergeRule] = {
+    **dict.fromkeys(DOWNSTREAM, SERVICE_CALLS),
+}
 
 
 def rule_for(task_type: str) -> MergeRule:
@@ -93,10 +182,15 @@ def fold(task_type: str, tasks: list[Finished]) -> Partial:
     return rule_for(task_type).fold(tasks)
 
 
-def merge(task_type: str, partials: Iterable[Partial]) -> dict[str, Any]:
-    """One answer from any number of partials of one type (an empty answer for none)."""
+def combine(task_type: str, partials: Iterable[Partial]) -> Partial:
+    """One partial standing for any number of partials of one type (the empty fold for none)."""
     rule = rule_for(task_type)
     combined: Partial | None = None
     for partial in partials:
         combined = partial if combined is None else rule.combine(combined, partial)
-    return rule.present(combined if combined is not None else rule.fold([]))
+    return combined if combined is not None else rule.fold([])
+
+
+def merge(task_type: str, partials: Iterable[Partial]) -> dict[str, Any]:
+    """One answer from any number of partials of one type (an empty answer for none)."""
+    return rule_for(task_type).present(combine(task_type, partials))
