@@ -174,7 +174,9 @@ class Task(db.Model):
     workflow_id: Mapped[str | None] = mapped_column(String(40))
     step: Mapped[int | None] = mapped_column(Integer)
     payload_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    # The task's part of a mass-action's dataset: part slice_index (0-based) of slice_count.
     slice_index: Mapped[int | None] = mapped_column(Integer)
+    slice_count: Mapped[int | None] = mapped_column(Integer)
     # Per-task execution options (workflow steps); None means the service's defaults.
     timeout_s: Mapped[float | None] = mapped_column(Float)
     retries: Mapped[int | None] = mapped_column(Integer)

@@ -13,7 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+
+from app.handlers.analysis import AnalysisSummary
+from app.handlers.data import DataSummary
+from app.handlers.reporting import ReportSummary
 
 Partial = dict[str, Any]
 
@@ -31,11 +35,16 @@ class Finished:
 
 @dataclass(frozen=True)
 class MergeRule:
-    """fold finished tasks into a partial; combine two partials; present the combined one."""
+    """fold finished tasks into a partial; combine two partials; present the combined one.
+
+    `present_all`, when a rule has it, presents many partials at once: the same answer as
+    combining them pairwise, without turning every intermediate partial back into JSON.
+    """
 
     fold: Callable[[list[Finished]], Partial]
     combine: Callable[[Partial, Partial], Partial]
     present: Callable[[Partial], dict[str, Any]]
+    present_all: Callable[[list[Partial]], dict[str, Any]] | None = None
 
 
 def add_counts(left: Mapping[str, Any], right: Mapping[str, Any]) -> dict[str, Any]:
@@ -79,8 +88,89 @@ def _present_counts(combined: Partial) -> dict[str, Any]:
 
 COUNTING = MergeRule(fold=_fold_counts, combine=_combine_counts, present=_present_counts)
 
+
+class Summary(Protocol):
+    """A handler's mergeable summary of the rows one task saw (app/handlers)."""
+
+    def merge(self, other: Any) -> None: ...
+
+    def presented(self) -> dict[str, Any]: ...
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+def summary_rule(decode: Callable[[dict[str, Any]], Summary]) -> MergeRule:
+    """The rule of a data task type: counting, plus the merged summaries its results carry.
+
+    A completed task's result holds its summary as `merge_state`; the answer's `result` is the
+    merged summary presented as one task over all the rows would present it, and
+    `merged_tasks` says how many results went into it (a result without a summary, such as a
+    manual completion's, is counted but cannot be merged).
+    """
+
+    def decoded(raw: Any) -> Summary | None:
+        try:
+            return decode(raw) if isinstance(raw, dict) else None
+        except (KeyError, TypeError, ValueError, IndexError):
+            return None
+
+    def merged(summaries: Iterable[Summary | None]) -> Summary | None:
+        total = None
+        for summary in summaries:
+            if summary is None:
+                continue
+            if total is None:
+                total = summary
+            else:
+                total.merge(summary)
+        return total
+
+    def fold(tasks: list[Finished]) -> Partial:
+        partial = _fold_counts(tasks)
+        found = [
+            decoded(task.result.get("merge_state"))
+            for task in tasks
+            if task.state == "completed" and isinstance(task.result, dict)
+        ]
+        total = merged(found)
+        partial["merged"] = sum(1 for summary in found if summary is not None)
+        partial["state"] = None if total is None else total.to_json()
+        return partial
+
+    def combine(left: Partial, right: Partial) -> Partial:
+        combined = _combine_counts(left, right)
+        combined["merged"] = left.get("merged", 0) + right.get("merged", 0)
+        total = merged([decoded(left.get("state")), decoded(right.get("state"))])
+        combined["state"] = None if total is None else total.to_json()
+        return combined
+
+    def present_all(partials: list[Partial]) -> dict[str, Any]:
+        counts: Partial = {}
+        for partial in partials:
+            counts = _combine_counts(counts, partial)
+        answer = _present_counts(counts)
+        answer["merged_tasks"] = sum(partial.get("merged", 0) for partial in partials)
+        total = merged(decoded(partial.get("state")) for partial in partials)
+        answer["result"] = None if total is None else total.presented()
+        return answer
+
+    return MergeRule(
+        fold=fold,
+        combine=combine,
+        present=lambda partial: present_all([partial]),
+        present_all=present_all,
+    )
+
+
+_DATA = summary_rule(DataSummary.from_json)
+
 # Task type -> its rule. Types absent here use COUNTING.
-RULES: Mapping[str, MergeRule] = {}
+RULES: Mapping[str, MergeRule] = {
+    "data_processing": _DATA,
+    "mass_data_processing": _DATA,
+    "distributed_analysis": summary_rule(AnalysisSummary.from_json),
+    "reporting": summary_rule(ReportSummary.from_json),
+}
 
 
 def rule_for(task_type: str) -> MergeRule:
@@ -96,6 +186,8 @@ def fold(task_type: str, tasks: list[Finished]) -> Partial:
 def merge(task_type: str, partials: Iterable[Partial]) -> dict[str, Any]:
     """One answer from any number of partials of one type (an empty answer for none)."""
     rule = rule_for(task_type)
+    if rule.present_all is not None:
+        return rule.present_all(list(partials))
     combined: Partial | None = None
     for partial in partials:
         combined = partial if combined is None else rule.combine(combined, partial)

@@ -35,17 +35,19 @@ from app.services.task_types import (
 )
 from app.services.tenancy import visible
 
-# One task row per active bot of the swarm, and the bots' totals, in one statement.
+# One task row per active bot of the swarm, and the bots' totals, in one statement. Bot k of n
+# (by position) takes part k of n of a dataset: retired or paused bots leave no gap.
 _ASSIGN_TO_SWARM = """
 WITH targets AS (
     UPDATE bots SET total_tasks = total_tasks + 1
      WHERE swarm_id = :swarm_id AND status = 'active'
     RETURNING id, position
 )
-INSERT INTO tasks (type, tier, status, bot_id, swarm_id, payload_id, slice_index, assigned_at,
-                   workflow_id, step)
-SELECT :type, :tier, 'assigned', id, :swarm_id, :payload_id, position, :now,
-       :workflow_id, :step
+INSERT INTO tasks (type, tier, status, bot_id, swarm_id, payload_id, slice_index, slice_count,
+                   assigned_at, workflow_id, step)
+SELECT :type, :tier, 'assigned', id, :swarm_id, :payload_id,
+       CAST(row_number() OVER (ORDER BY position) - 1 AS int), CAST(count(*) OVER () AS int),
+       :now, :workflow_id, :step
   FROM targets ORDER BY position
 RETURNING id
 """

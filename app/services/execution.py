@@ -46,7 +46,8 @@ UPDATE tasks t
  WHERE t.id = ANY(CAST(:ids AS bigint[])) AND (t.status = 'assigned') IS TRUE
    AND (t.bot_id IS NULL
         OR EXISTS (SELECT 1 FROM bots b WHERE b.id = t.bot_id AND b.status = 'active'))
-RETURNING t.id, t.type, t.payload_id, t.slice_index, t.attempts, t.timeout_s, t.retries
+RETURNING t.id, t.type, t.payload_id, t.slice_index, t.attempts, t.timeout_s, t.retries,
+          t.slice_count
 """
 
 
@@ -101,7 +102,8 @@ ONE_STEP_TYPES = frozenset(
 )
 
 _PEEK = """
-SELECT t.id, t.type, t.payload_id, t.slice_index, t.attempts + 1, t.timeout_s, t.retries, now()
+SELECT t.id, t.type, t.payload_id, t.slice_index, t.attempts + 1, t.timeout_s, t.retries,
+       t.slice_count, now()
   FROM tasks t
  WHERE t.id = ANY(CAST(:ids AS bigint[])) AND (t.status = 'assigned') IS TRUE
    AND (t.bot_id IS NULL
@@ -120,6 +122,7 @@ class Claimed:
     attempt: int
     timeout: float | None
     retries: int | None
+    slice_count: int | None = None
 
 
 @dataclass(frozen=True)
@@ -216,6 +219,7 @@ def run_one(task: Claimed, data: dict[str, Any], data_dir: Any = None) -> Outcom
                 data_dir=data_dir,
                 timeout=task.timeout,
                 retries=task.retries,
+                slice_count=task.slice_count,
             )
         )
     except TaskFailed as failure:
