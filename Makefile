@@ -29,18 +29,20 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 run: venv ## Run API, worker and beat with prefixed logs (embedded servers if none configured)
 	$(PY) -m deploy.devstack run
 
-test: venv ## ruff check and mypy, then pytest on a fresh database and Redis DB (PYTEST_ARGS=...)
+test: venv ## ruff check, mypy and import contracts, then pytest on a fresh database and Redis DB (PYTEST_ARGS=...)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy app workers
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m deploy.devstack test -- $(PY) -m pytest -q $(PYTEST_ARGS)
 
 fuzz: venv ## Schemathesis on every operation of /openapi.json with FUZZ_EXAMPLES (200) examples each
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-200} $(PY) -m deploy.devstack test -- $(PY) -m pytest -q tests/test_fuzz.py $(PYTEST_ARGS)
 
-lint: venv ## ruff check, ruff format --check and mypy
+lint: venv ## ruff check, ruff format --check, mypy and the import contracts (lint-imports)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy app workers
+	$(VENV)/bin/lint-imports --no-cache
 
 format: venv ## Fix imports and reformat the code with ruff
 	$(VENV)/bin/ruff check --select I --fix .
@@ -75,5 +77,5 @@ chaos: venv ## Fault soak at 50,000 tasks (kill -9, Redis flush/restart, Postgre
 
 clean: ## Stop embedded servers, remove var/ and caches (keeps .venv)
 	if [ -x $(PY) ]; then $(PY) -m deploy.devstack stop; fi
-	rm -rf var .pytest_cache .ruff_cache .mypy_cache
+	rm -rf var .pytest_cache .ruff_cache .mypy_cache .import_linter_cache
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +

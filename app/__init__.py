@@ -10,7 +10,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.config import Settings
 from app.errors import register_error_handlers
-from app.extensions import db, migrate, rest_api
+from app.extensions import db, migrate
 from app.logging import configure_logging, register_request_logging
 from app.services import task_types
 
@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         settings.redis_url, socket_timeout=2, socket_connect_timeout=2
     )
 
-    from app.api import dashboard, metrics, register_blueprints
+    from app.api import dashboard, metrics, register_blueprints, rest_api
     from app.api.audit import register_audit
     from app.api.auth import register_auth
     from app.api.idempotency import register_idempotency

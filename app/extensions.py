@@ -1,9 +1,11 @@
-"""Extension objects, created unbound and attached to the app in create_app()."""
+"""Extension objects, created unbound and attached to the app in create_app().
+
+The HTTP API object (flask-smorest) lives with the handlers, in app/api: the services import
+this module and know nothing of HTTP.
+"""
 
 from flask_migrate import Migrate
-from flask_smorest import Api
 from flask_sqlalchemy import SQLAlchemy
 
 db = SQLAlchemy()
 migrate = Migrate()
-rest_api = Api()

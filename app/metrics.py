@@ -1,4 +1,4 @@
-"""Prometheus metrics: what the service counts as it works, and what it reads at scrape time.
+"""Prometheus metrics: what the service counts as it works.
 
 Two kinds, kept apart on purpose:
 
@@ -7,8 +7,9 @@ Two kinds, kept apart on purpose:
   set (a directory), every process writes its counters to files there and a scrape sums them all
   (prometheus_client's multiprocess mode); unset, one process keeps them in memory.
 - State (queue depth, the oldest waiting task, live bots, capacity, breakers) is never counted
-  here: StateCollector reads it from PostgreSQL and Redis at scrape time with the few cheap
-  queries GET /health, /bots/stats and /scaling use, so any API process answers the truth.
+  here: app/services/state_metrics.py reads it from PostgreSQL and Redis at scrape time with the
+  few cheap queries GET /health, /bots/stats and /scaling use, so any API process answers the
+  truth. Every service imports this module, so it imports none of them.
 
 Labels are tiers, task types, services and their URLs, outcomes: never a bot or task id.
 Recording must never fail the work being recorded, so every helper here swallows its errors.
@@ -24,16 +25,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-    multiprocess,
-    values,
-)
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, values
 from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
@@ -127,17 +119,6 @@ DOWNSTREAM_LATENCY = Histogram(
     registry=_LOCAL,
 )
 
-# Appended to the select list of execution._RECORD, whose `moved` CTE returns each moved task's
-# tier, type, status and timestamps: one row per (tier, type, outcome, waits). Tasks of one chunk
-# share their assignment, start and finish times, so a chunk of 2,000 is normally one group.
-MOVED_SUMMARY_SQL = """
-(SELECT json_agg(json_build_array(tier, type, status, start_s, finish_s, n)) FROM (
-     SELECT tier, type, status, extract(epoch FROM started_at - assigned_at) AS start_s,
-            extract(epoch FROM finished_at - assigned_at) AS finish_s, count(*) AS n
-       FROM moved GROUP BY 1, 2, 3, 4, 5) AS g)
-"""
-
-
 # ---- recording ---------------------------------------------------------------------------------
 
 
@@ -151,7 +132,11 @@ def count_assigned(tier: str, task_type: str, n: int = 1) -> None:
 
 
 def record_moved(summary: list[list[Any]] | None) -> None:
-    """Count the outcomes one record statement moved and observe their waits (MOVED_SUMMARY_SQL)."""
+    """Count the outcomes one record statement moved and observe their waits.
+
+    `summary` holds (tier, type, status, start_s, finish_s, n) rows: the record statement's
+    last column (app/services/outcomes.py).
+    """
     try:
         for tier, task_type, status, start_s, finish_s, n in summary or ():
             if status == "completed":
@@ -236,176 +221,6 @@ def _observe_many(child: Any, amount: float, n: int) -> None:
             break
 
 
-# ---- state read at scrape time -----------------------------------------------------------------
-
-BREAKER_STATES = ("closed", "half_open", "open")
-
-
-class StateCollector(Collector):
-    """Gauges read from PostgreSQL and Redis when scraped (needs the Flask app context)."""
-
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        up = GaugeMetricFamily(
-            "orchestrator_dependency_up",
-            "Whether the scrape could read this dependency (1) or not (0).",
-            labels=["dependency"],
-        )
-        postgres_ok, redis_ok = True, True
-        families: list[GaugeMetricFamily] = []
-        try:
-            families += self._tasks_and_queues()
-        except Exception as error:
-            postgres_ok = False
-            self._rollback(error, "queues")
-        try:
-            families += self._bots_and_capacity()
-        except Exception as error:
-            postgres_ok = False
-            self._rollback(error, "bots")
-        try:
-            breakers, breaker_redis_ok = self._breakers()
-            families += breakers
-            redis_ok = redis_ok and breaker_redis_ok
-        except Exception as error:
-            postgres_ok = False
-            self._rollback(error, "breakers")
-        redis_ok = redis_ok and self._redis_answers()
-        up.add_metric(["postgres"], 1.0 if postgres_ok else 0.0)
-        up.add_metric(["redis"], 1.0 if redis_ok else 0.0)
-        yield up
-        yield from families
-
-    @staticmethod
-    def _rollback(error: Exception, part: str) -> None:
-        from app.extensions import db
-
-        log.warning("metrics: could not read %s: %s", part, error)
-        try:
-            db.session.rollback()
-        except Exception:
-            pass
-
-    @staticmethod
-    def _redis_answers() -> bool:
-        from flask import current_app
-
-        try:
-            return bool(current_app.extensions["redis"].ping())
-        except Exception:
-            return False
-
-    @staticmethod
-    def _tasks_and_queues() -> list[GaugeMetricFamily]:
-        from app.services.scaling import gather_loads
-
-        loads = gather_loads()
-        messages = GaugeMetricFamily(
-            "orchestrator_queue_messages",
-            "Chunk messages waiting in the tier's Celery queue (Redis LLEN).",
-            labels=["tier"],
-        )
-        open_tasks = GaugeMetricFamily(
-            "orchestrator_tasks_open",
-            "Tasks the pool still owes, by tier and state (assigned = waiting, running).",
-            labels=["tier", "state"],
-        )
-        oldest = GaugeMetricFamily(
-            "orchestrator_oldest_waiting_task_seconds",
-            "Age of the tier's oldest task still waiting to start (0 when none waits).",
-            labels=["tier"],
-        )
-        for tier, load in loads.items():
-            if load.queue_depth is not None:
-                messages.add_metric([tier], float(load.queue_depth))
-            open_tasks.add_metric([tier, "assigned"], float(load.waiting_tasks))
-            open_tasks.add_metric([tier, "running"], float(load.running_tasks))
-            oldest.add_metric([tier], float(load.oldest_waiting_seconds or 0.0))
-        return [messages, open_tasks, oldest]
-
-    @staticmethod
-    def _bots_and_capacity() -> list[GaugeMetricFamily]:
-        from sqlalchemy import text
-
-        from app.extensions import db
-        from app.models import LIVE_BOT_STATES
-        from app.services.capacity import max_bots
-        from app.tiers import TIERS
-
-        rows = db.session.execute(
-            text(
-                "SELECT tier, status, coalesce(sum(n), 0) FROM bot_census"
-                " WHERE status = ANY(:live) GROUP BY tier, status"
-            ),
-            {"live": list(LIVE_BOT_STATES)},
-        ).all()
-        counts = {(tier, status): 0 for tier in TIERS for status in LIVE_BOT_STATES}
-        for tier, status, n in rows:
-            counts[(tier, status)] = int(n)
-        bots = GaugeMetricFamily(
-            "orchestrator_bots_live",
-            "Live bots (counting against capacity) by tier and status.",
-            labels=["tier", "status"],
-        )
-        for (tier, status), n in sorted(counts.items()):
-            bots.add_metric([tier, status], float(n))
-        used = sum(counts.values())
-        capacity = max_bots()
-        return [
-            bots,
-            GaugeMetricFamily(
-                "orchestrator_capacity_bots", "MAX_BOTS: live bots allowed.", value=capacity
-            ),
-            GaugeMetricFamily(
-                "orchestrator_capacity_used_bots",
-                "Live bots counting against MAX_BOTS.",
-                value=used,
-            ),
-            GaugeMetricFamily(
-                "orchestrator_capacity_used_ratio",
-                "Live bots / MAX_BOTS.",
-                value=used / capacity if capacity else 0.0,
-            ),
-        ]
-
-    @staticmethod
-    def _breakers() -> tuple[list[GaugeMetricFamily], bool]:
-        from app.services import registry
-
-        state = GaugeMetricFamily(
-            "orchestrator_breaker_state",
-            "1 for the circuit breaker's current state of a downstream URL, 0 for the others.",
-            labels=["service", "url", "state"],
-        )
-        failures = GaugeMetricFamily(
-            "orchestrator_breaker_consecutive_failures",
-            "Consecutive failures the URL's breaker has counted.",
-            labels=["service", "url"],
-        )
-        in_flight = GaugeMetricFamily(
-            "orchestrator_downstream_in_flight",
-            "Calls holding one of the service's max_concurrency slots now.",
-            labels=["service"],
-        )
-        redis_ok = True
-        for view in registry.list_services():
-            if view.in_flight is None:
-                redis_ok = False
-            else:
-                in_flight.add_metric([view.name], float(view.in_flight))
-            for endpoint in view.endpoints:
-                breaker = endpoint.breaker
-                if breaker is None or breaker.state not in BREAKER_STATES:
-                    redis_ok = False
-                    continue
-                for name in BREAKER_STATES:
-                    value = 1.0 if breaker.state == name else 0.0
-                    state.add_metric([view.name, url_label(endpoint.url), name], value)
-                failures.add_metric(
-                    [view.name, url_label(endpoint.url)], float(breaker.consecutive_failures)
-                )
-        return [state, failures, in_flight], redis_ok
-
-
 # ---- exposition --------------------------------------------------------------------------------
 
 
@@ -418,15 +233,7 @@ def event_registry() -> CollectorRegistry:
     return registry
 
 
-def render() -> tuple[bytes, str]:
-    """The text exposition of every metric (inside the Flask app context) and its content type."""
-    registry = CollectorRegistry()
-    registry.register(_Events(event_registry()))
-    registry.register(StateCollector())
-    return generate_latest(registry), CONTENT_TYPE_LATEST
-
-
-class _Events(Collector):
+class Events(Collector):
     """Another registry's metrics, so events and state share one exposition."""
 
     def __init__(self, source: CollectorRegistry) -> None:

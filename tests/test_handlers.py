@@ -13,8 +13,8 @@ import pytest
 from app.handlers import TaskFailed, TaskInput
 from app.handlers.analysis import analyze
 from app.handlers.data import process
-from app.handlers.echo import echo
 from app.handlers.datasets import open_dataset
+from app.handlers.echo import echo
 from app.handlers.files import resolve_data_file
 from app.handlers.reporting import report
 

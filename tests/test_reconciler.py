@@ -6,6 +6,7 @@ from sqlalchemy import text
 
 from app.extensions import db
 from app.services import execution
+from app.services.outcomes import Outcome, record_outcomes
 from app.services.reconciler import BROKER_MARKER_KEY, reconcile
 from tests.workers import queue_lengths
 
@@ -84,8 +85,12 @@ def test_a_late_worker_cannot_record_over_a_newer_attempt(client):
     reconcile()
     fresh = execution.claim([task_id])[0]
     assert fresh.attempt == stale.attempt + 1
-    late = execution.Outcome(task_id, "completed", {"late": True}, None, stale.attempt)
-    assert execution.record_outcomes([late], from_states=("running",)) == 0
-    on_time = execution.Outcome(task_id, "completed", {"late": False}, None, fresh.attempt)
-    assert execution.record_outcomes([on_time], from_states=("running",)) == 1
+    late = Outcome(task_id, "completed", {"late": True}, None, stale.attempt)
+    assert record_outcomes([late], ("running",), on_workflows=_no_workflow) == 0
+    on_time = Outcome(task_id, "completed", {"late": False}, None, fresh.attempt)
+    assert record_outcomes([on_time], ("running",), on_workflows=_no_workflow) == 1
     assert client.get("/bots/stats").get_json()["tasks_executed"] == 1
+
+
+def _no_workflow(workflow_ids: list[str]):
+    raise AssertionError(f"a plain mass-action's outcomes called the workflow hook: {workflow_ids}")

@@ -411,7 +411,9 @@ def test_mass_data_processing_of_customer_data_splits_the_file_over_the_bots(
     assert results[1]["records"] == []  # the first 100 output rows are all in the first part
     ids = [r["columns"]["customer_id"]["distinct"] for r in results]
     assert sum(ids) == len({r["customer_id"] for r in rows})
-    assert max(r["columns"]["orders"]["max"] for r in results) == max(int(r["orders"]) for r in rows)
+    assert max(r["columns"]["orders"]["max"] for r in results) == max(
+        int(r["orders"]) for r in rows
+    )
     stats = client.get("/bots/stats").get_json()
     assert stats["tasks_executed"] == 6
 

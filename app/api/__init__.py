@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from flask_smorest import Api
 
+# Attached to the app in create_app(), which then registers the blueprints below on it.
+rest_api = Api()
+
 
 def register_blueprints(api: Api) -> None:
     """Attach every resource's blueprint."""

@@ -1,4 +1,4 @@
-"""GET /metrics: the Prometheus exposition (app/metrics.py), for scrapers rather than people.
+"""GET /metrics: the Prometheus exposition (app/services/state_metrics.py), for scrapers.
 
 A plain Flask blueprint, kept out of the OpenAPI document. It is open only when configured:
 METRICS_PUBLIC=1 opens it to anyone; otherwise a scraper must send METRICS_TOKEN as a bearer
@@ -12,7 +12,7 @@ import hmac
 
 from flask import Blueprint, Response, abort, current_app, request
 
-from app import metrics
+from app.services import state_metrics
 
 bp = Blueprint("metrics", __name__)
 
@@ -22,7 +22,7 @@ def scrape() -> Response:
     """Every metric in Prometheus's text format."""
     if not _allowed():
         abort(404)  # the same answer as a route that does not exist
-    body, content_type = metrics.render()
+    body, content_type = state_metrics.render()
     response = Response(body, content_type=content_type)
     response.headers["Cache-Control"] = "no-store"
     return response

@@ -19,50 +19,15 @@ from app.models import (
     TASK_CANCELLED,
     TASK_COMPLETED,
     Bot,
-    Swarm,
     Task,
     Workflow,
 )
-from app.services import execution
+from app.services import swarms, task_rows, workflows
 from app.services.ids import utcnow
+from app.services.outcomes import Outcome, add_to_counters_sql, record_outcomes
 from app.services.payloads import load_payloads, store_payload
-from app.services.tally import TALLY_CTES, add_to_counters_sql
-from app.services.task_types import (
-    chunk_size_of,
-    get_task_type,
-    require_capability,
-    require_runnable,
-)
+from app.services.task_types import get_task_type, require_capability, require_runnable
 from app.services.tenancy import visible
-
-# One task row per active bot of the swarm, and the bots' totals, in one statement. Bot k of n
-# (by position) takes part k of n of a dataset: retired or paused bots leave no gap.
-_ASSIGN_TO_SWARM = """
-WITH targets AS (
-    UPDATE bots SET total_tasks = total_tasks + 1
-     WHERE swarm_id = :swarm_id AND status = 'active'
-    RETURNING id, position
-)
-INSERT INTO tasks (type, tier, status, bot_id, swarm_id, payload_id, slice_index, slice_count,
-                   assigned_at, workflow_id, step)
-SELECT :type, :tier, 'assigned', id, :swarm_id, :payload_id,
-       CAST(row_number() OVER (ORDER BY position) - 1 AS int), CAST(count(*) OVER () AS int),
-       :now, :workflow_id, :step
-  FROM targets ORDER BY position
-RETURNING id
-"""
-
-_CANCEL_WAITING = (
-    """
-WITH moved AS (
-    UPDATE tasks SET status = 'cancelled', finished_at = now()
-     WHERE {where} AND status = 'assigned'
-    RETURNING bot_id, swarm_id, status
-)
-"""
-    + TALLY_CTES
-    + "SELECT count(*) FROM moved"
-)
 
 
 @dataclass(frozen=True)
@@ -125,9 +90,9 @@ def assign_to_bot(bot_id: str, type_name: str, data: dict[str, Any]) -> Assignme
 def assign_to_swarm(swarm_id: str, type_name: str, data: dict[str, Any]) -> MassAssignment:
     """Give one task to every active bot of a swarm: one INSERT ... SELECT, few messages."""
     task_type = get_task_type(type_name)
-    swarm = lock_swarm_for(swarm_id, type_name)
+    swarm = swarms.lock_for_tasks(swarm_id, type_name)
     now = utcnow()
-    task_ids = insert_swarm_tasks(swarm, type_name, store_payload(data), now)
+    task_ids = task_rows.insert_for_swarm(swarm, type_name, store_payload(data), now)
     tier = swarm.tier
     db.session.commit()
     metrics.count_assigned(tier, type_name, len(task_ids))
@@ -137,56 +102,15 @@ def assign_to_swarm(swarm_id: str, type_name: str, data: dict[str, Any]) -> Mass
     )
 
 
-def lock_swarm_for(swarm_id: str, type_name: str) -> Swarm:
-    """The swarm, locked, if it may take tasks of this type now (404, 409 or 422 otherwise)."""
-    task_type = get_task_type(type_name)
-    swarm = db.session.get(Swarm, swarm_id, with_for_update=True)
-    if swarm is None or not visible(swarm.tenant):
-        raise NotFound(f"Swarm {swarm_id!r} not found.")
-    if swarm.status != BOT_ACTIVE:
-        raise Conflict(f"Swarm {swarm_id!r} is {swarm.status}; only active swarms take tasks.")
-    require_capability(task_type, swarm.capabilities, f"Swarm {swarm_id!r}")
-    require_runnable(task_type)
-    return swarm
-
-
-def insert_swarm_tasks(
-    swarm: Swarm,
-    type_name: str,
-    payload_id: int,
-    now: datetime,
-    workflow_id: str | None = None,
-    step: int | None = None,
-) -> list[int]:
-    """One task per active bot of a locked swarm, counted; the caller commits and publishes."""
-    rows = db.session.execute(
-        text(_ASSIGN_TO_SWARM),
-        {
-            "swarm_id": swarm.id,
-            "type": type_name,
-            "tier": swarm.tier,
-            "payload_id": payload_id,
-            "now": now,
-            "workflow_id": workflow_id,
-            "step": step,
-        },
-    )
-    task_ids = [row[0] for row in rows]
-    swarm.total_tasks = Swarm.total_tasks + len(task_ids)
-    db.session.execute(
-        text(add_to_counters_sql("VALUES ('tasks_assigned', CAST(:n AS bigint))")),
-        {"n": len(task_ids)},
-    )
-    return task_ids
-
-
 def complete_task(bot_id: str, task_id: int, result: Any) -> Task:
     """Mark a bot's task completed by hand; a repeat, or a race with the worker, counts once."""
     task = get_bot_task(bot_id, task_id)
     if task.status in OPEN_TASK_STATES:
-        execution.record_outcomes(
-            [execution.Outcome(task_id, TASK_COMPLETED, result, None, None)],
-            from_states=OPEN_TASK_STATES,
+        # A swarm step's task may be completed by hand: its workflow then advances.
+        record_outcomes(
+            [Outcome(task_id, TASK_COMPLETED, result, None, None)],
+            OPEN_TASK_STATES,
+            on_workflows=workflows.on_steps_moved,
         )
         db.session.refresh(task)
     if task.status != TASK_COMPLETED:
@@ -207,7 +131,7 @@ def cancel_task(task_id: int) -> Task:
     task = get_task(task_id)
     if task.workflow_id:
         raise Conflict(f"Task task-{task_id} is a workflow step: cancel its workflow instead.")
-    cancel_waiting_tasks("id = :id", {"id": task_id})
+    task_rows.cancel_waiting_task(task_id)
     db.session.commit()
     db.session.refresh(task)
     if task.status != TASK_CANCELLED:
@@ -248,23 +172,3 @@ def list_bot_tasks(bot_id: str, limit: int, after: int | None, status: str | Non
 def payload_of(task: Task) -> dict[str, Any]:
     """The data the task was given."""
     return load_payloads({task.payload_id}).get(task.payload_id, {})
-
-
-def cancel_waiting_tasks(where: str, params: dict[str, Any]) -> int:
-    """Cancel the not-yet-started tasks matching `where`, counting them; caller commits."""
-    return int(db.session.execute(text(_CANCEL_WAITING.format(where=where)), params).scalar_one())
-
-
-def republish(where: str, params: dict[str, Any]) -> int:
-    """Publish again the assigned tasks matching `where`, grouped by tier and type."""
-    groups = db.session.execute(
-        text(
-            "SELECT tier, type, array_agg(id ORDER BY id) FROM tasks"
-            f" WHERE ({where}) AND status = 'assigned' GROUP BY tier, type"
-        ),
-        params,
-    ).all()
-    db.session.commit()
-    for tier, type_name, ids in groups:
-        publish_chunks(ids, tier, chunk_size_of(type_name))
-    return sum(len(ids) for _, _, ids in groups)

@@ -9,9 +9,9 @@ from sqlalchemy import select, text
 from app.errors import Conflict, NotFound
 from app.extensions import db
 from app.models import BOT_ACTIVE, BOT_PAUSED, BOT_RETIRED, LIVE_BOT_STATES, Bot
-from app.services import assignments, capacity, census
+from app.services import capacity, census, task_rows
 from app.services.ids import new_id, utcnow
-from app.services.tally import add_to_counters_sql
+from app.services.outcomes import add_to_counters_sql
 from app.services.tenancy import current_tenant, visible
 
 
@@ -84,9 +84,9 @@ def set_bot_status(bot_id: str, status: str) -> Bot:
         raise Conflict(f"Bot {bot_id!r} is retired.")
     source = BOT_ACTIVE if status == BOT_PAUSED else BOT_PAUSED
     census.change_bot_status("id = :bot_id", {"bot_id": bot_id}, (source,), status)
+    held = task_rows.waiting_of_bots([bot_id]) if status == BOT_ACTIVE else []
     db.session.commit()
-    if status == BOT_ACTIVE:
-        assignments.republish("bot_id = :bot_id", {"bot_id": bot_id})
+    task_rows.publish(held)
     db.session.refresh(bot)
     return bot
 
@@ -98,7 +98,7 @@ def retire_bot(bot_id: str) -> Bot:
         "id = :bot_id", {"bot_id": bot_id}, LIVE_BOT_STATES, BOT_RETIRED
     )
     if changed:
-        assignments.cancel_waiting_tasks("bot_id = :bot_id", {"bot_id": bot_id})
+        task_rows.cancel_waiting_of_bots([bot_id])
     db.session.commit()
     db.session.refresh(bot)
     return bot

@@ -1,13 +1,14 @@
 """Running tasks on the worker pool: claim a chunk, run its handlers, record every outcome.
 
-A chunk costs two statements whatever its size: one UPDATE ... RETURNING claims it, one statement
-records all outcomes with their counter increments. Both are conditional on the task's state, so a
-duplicate message, a late worker or a concurrent manual completion changes nothing twice.
+A chunk costs two statements whatever its size: one UPDATE ... RETURNING claims it (or, for quick
+built-ins on a first delivery, one SELECT reads it), and the record statement
+(app/services/outcomes.py) moves all outcomes with their counter increments. Both are conditional
+on the task's state, so a duplicate message, a late worker or a concurrent manual completion
+changes nothing twice.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -15,24 +16,17 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from flask import current_app
-from psycopg2.errors import DeadlockDetected
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
 
-from app import metrics
-from app.errors import is_connection_error
 from app.extensions import db
 from app.handlers import TaskFailed, TaskInput
 from app.models import TASK_ASSIGNED, TASK_COMPLETED, TASK_FAILED, TASK_RUNNING
 from app.services import workflows
+from app.services.outcomes import Outcome, record_outcomes
 from app.services.payloads import load_payloads
-from app.services.tally import TALLY_CTES
 from app.services.task_types import TASK_TYPES
 
 log = logging.getLogger(__name__)
-
-# How long a worker keeps retrying to record finished tasks while PostgreSQL is unreachable.
-DATABASE_OUTAGE_PATIENCE_SECONDS = 60.0
 
 # A task is claimed only while its bot (if any) is active; a paused bot's tasks wait.
 # `(status = ...) IS TRUE` keeps the planner on the primary key: right after a mass-action the
@@ -50,45 +44,6 @@ RETURNING t.id, t.type, t.payload_id, t.slice_index, t.attempts, t.timeout_s, t.
           t.slice_count
 """
 
-
-def _record_statement(*, claimed: bool) -> str:
-    """The statement that moves a chunk's tasks to their outcomes and counts them.
-
-    The outcomes arrive as one JSON document (see _outcomes_json): one string parameter instead
-    of five arrays whose every element psycopg2 would quote in Python. Claimed tasks must still be
-    on the attempt the worker claimed; tasks run straight from `assigned` (ONE_STEP_TYPES) count
-    their attempt and start time here instead.
-    """
-    if claimed:
-        also_set, attempt_now = "", "t.attempts"
-    else:
-        also_set = ", attempts = t.attempts + 1, started_at = CAST(:started_at AS timestamptz)"
-        attempt_now = "t.attempts + 1"
-    return (
-        f"""
-WITH outcome AS (
-    SELECT * FROM jsonb_to_recordset(CAST(:outcomes AS jsonb))
-        AS o(id bigint, state text, result jsonb, error text, attempt int)
-), moved AS (
-    UPDATE tasks t
-       SET status = o.state, result = o.result, error = o.error,
-           finished_at = now(), lease_expires_at = NULL{also_set}
-      FROM outcome o
-     WHERE t.id = o.id AND (t.status = ANY(:from_states)) IS TRUE
-       AND (o.attempt IS NULL OR {attempt_now} = o.attempt)
-    RETURNING t.bot_id, t.swarm_id, t.status, t.workflow_id,
-              t.tier, t.type, t.assigned_at, t.started_at, t.finished_at
-)
-"""
-        + TALLY_CTES
-        + "SELECT count(*), array_remove(array_agg(DISTINCT workflow_id), NULL), "
-        + metrics.MOVED_SUMMARY_SQL
-        + " FROM moved"
-    )
-
-
-_RECORD = _record_statement(claimed=True)
-_RECORD_UNCLAIMED = _record_statement(claimed=False)
 
 # Built-in types whose handlers are pure, in-process and quick. A first delivery of a chunk of them
 # is run without a claim: read (_PEEK), run, then one statement moves assigned -> outcome, on the
@@ -125,35 +80,9 @@ class Claimed:
     slice_count: int | None = None
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """How one task ended. `attempt` None means: whichever attempt holds it (manual completion)."""
-
-    task_id: int
-    state: str
-    result: Any
-    error: str | None
-    attempt: int | None
-
-
 def _id_array(task_ids: list[int]) -> str:
     """The ids as one PostgreSQL array literal: a single string for psycopg2 to quote."""
     return "{" + ",".join(map(str, task_ids)) + "}"
-
-
-def _outcomes_json(outcomes: list[Outcome]) -> str:
-    """The outcomes as a JSON array of objects for jsonb_to_recordset; absent keys read as NULL."""
-    rows = []
-    for o in outcomes:
-        row: dict[str, Any] = {"id": o.task_id, "state": o.state}
-        if o.result is not None:
-            row["result"] = o.result
-        if o.error is not None:
-            row["error"] = o.error
-        if o.attempt is not None:
-            row["attempt"] = o.attempt
-        rows.append(row)
-    return json.dumps(rows)
 
 
 def claim(task_ids: list[int]) -> list[Claimed]:
@@ -162,45 +91,6 @@ def claim(task_ids: list[int]) -> list[Claimed]:
     rows = db.session.execute(text(_CLAIM), {"ids": _id_array(task_ids), "lease": lease}).all()
     db.session.commit()
     return [Claimed(*row) for row in rows]
-
-
-def record_outcomes(
-    outcomes: list[Outcome], from_states: tuple[str, ...], *, unclaimed_since: Any = None
-) -> int:
-    """Move tasks to their outcome and count them, in one statement; commits.
-
-    Only tasks still in from_states (and, for a worker, still on the same attempt) move, so the
-    counters never count a task twice. With `unclaimed_since` (tasks run straight from
-    `assigned`), the move also counts the attempt and sets started_at. Workflow steps that became
-    ready are released in the same transaction and published after it. Returns how many moved.
-    """
-    params = {"outcomes": _outcomes_json(outcomes), "from_states": list(from_states)}
-    statement = _RECORD
-    if unclaimed_since is not None:
-        statement, params["started_at"] = _RECORD_UNCLAIMED, unclaimed_since
-    deadline = time.monotonic() + DATABASE_OUTAGE_PATIENCE_SECONDS
-    deadlocks = 0
-    while True:
-        try:
-            moved, workflow_ids, summary = db.session.execute(text(statement), params).one()
-            released = workflows.advance(workflow_ids) if workflow_ids else []
-            db.session.commit()
-            metrics.record_moved(summary)
-            workflows.publish_steps(released)
-            return int(moved)
-        except OperationalError as error:
-            db.session.rollback()
-            if isinstance(error.orig, DeadlockDetected) and deadlocks < 2:
-                # Two chunks touching the same bots in different orders; the loser retries.
-                deadlocks += 1
-                log.warning("deadlock recording %d outcomes; retrying", len(outcomes))
-            elif is_connection_error(error) and time.monotonic() < deadline:
-                # Hold on to finished work while PostgreSQL restarts rather than drop it and
-                # wait for the lease to expire.
-                log.warning("database unavailable recording %d outcomes; retrying", len(outcomes))
-                time.sleep(1.0)
-            else:
-                raise
 
 
 def run_one(task: Claimed, data: dict[str, Any], data_dir: Any = None) -> Outcome:
@@ -258,10 +148,16 @@ def run_chunk(task_ids: list[int], redelivered: bool = False) -> dict[str, int]:
     payloads = load_payloads({task.payload_id for task in claimed})
     data_dir = current_app.config["SETTINGS"].data_dir
     outcomes = [run_one(task, payloads.get(task.payload_id, {}), data_dir) for task in claimed]
+    # Workflow steps and a swarm step's tasks run here too; only their outcomes call the hook.
     if since is None:
-        recorded = record_outcomes(outcomes, from_states=(TASK_RUNNING,))
+        recorded = record_outcomes(outcomes, (TASK_RUNNING,), on_workflows=workflows.on_steps_moved)
     else:
-        recorded = record_outcomes(outcomes, from_states=(TASK_ASSIGNED,), unclaimed_since=since)
+        recorded = record_outcomes(
+            outcomes,
+            (TASK_ASSIGNED,),
+            on_workflows=workflows.on_steps_moved,
+            unclaimed_since=since,
+        )
     failed = sum(1 for o in outcomes if o.state == TASK_FAILED)
     log.info(
         "chunk done: %d received, %d claimed, %d recorded, %d failed in %.0f ms",

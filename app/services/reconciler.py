@@ -22,8 +22,8 @@ from sqlalchemy import text
 from app.dispatch import publish_chunks
 from app.extensions import db
 from app.models import TASK_FAILED, TASK_RUNNING
-from app.services import assignments, workflows
-from app.services.execution import Outcome, record_outcomes
+from app.services import task_rows, workflows
+from app.services.outcomes import Outcome, record_outcomes
 from app.services.task_types import chunk_size_of
 from app.tiers import TIERS, queue_for
 
@@ -91,12 +91,15 @@ def _recover_expired_leases() -> tuple[int, int]:
         for task_id, attempts, error in rows
         if attempts >= max_attempts
     ]
+    requeued: list[task_rows.Waiting] = []
     if retry:
         db.session.execute(text(_REQUEUE), {"ids": retry})
+        requeued = task_rows.waiting_by_id(retry)
     db.session.commit()
-    failed = record_outcomes(give_up, from_states=(TASK_RUNNING,)) if give_up else 0
-    if retry:
-        assignments.republish("id = ANY(:ids)", {"ids": retry})
+    failed = 0
+    if give_up:
+        failed = record_outcomes(give_up, (TASK_RUNNING,), on_workflows=workflows.on_steps_moved)
+    task_rows.publish(requeued)
     return len(retry), failed
 
 

@@ -1,7 +1,7 @@
 """Service discovery: where each downstream AI service lives, whether its URLs answer, and calls.
 
 The `services` table is the registry. Its rows are seeded from the `*_SERVICE_URL` variables
-and the defaults of `task_types.DOWNSTREAM` the first time a process reads the registry (one
+and the defaults of `service_defaults.DOWNSTREAM` the first time a process reads the registry (one
 `INSERT ... ON CONFLICT` statement, so every process may do it and the first one wins): seeding
 needs the migrated tables, which exist by the first request or task but not yet when
 create_app() runs before `flask db upgrade`. A row that `PUT /services/{name}` changed is never
@@ -56,7 +56,7 @@ from app.models import (
 from app.services import breaker
 from app.services.breaker import BreakerState
 from app.services.ids import utcnow
-from app.services.task_types import DOWNSTREAM
+from app.services.service_defaults import DOWNSTREAM
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class ServiceView:
 
 
 def default_services(settings: Settings) -> list[dict[str, Any]]:
-    """The seed rows: task_types.DOWNSTREAM's services with the URLs of their variables."""
+    """The seed rows: service_defaults.DOWNSTREAM's services with the URLs of their variables."""
     rows: dict[str, dict[str, Any]] = {}
     for type_name, default in DOWNSTREAM.items():
         row = rows.setdefault(

@@ -9,9 +9,10 @@ from sqlalchemy import func, select, text
 from app.errors import Conflict, NotFound
 from app.extensions import db
 from app.models import BOT_ACTIVE, BOT_PAUSED, BOT_RETIRED, LIVE_BOT_STATES, BotCensus, Swarm
-from app.services import assignments, capacity, census
+from app.services import capacity, census, task_rows
 from app.services.ids import SQL_NEW_BOT_ID, new_id, utcnow
-from app.services.tally import add_to_counters_sql
+from app.services.outcomes import add_to_counters_sql
+from app.services.task_types import get_task_type, require_capability, require_runnable
 from app.services.tenancy import current_tenant, visible
 
 SWARM_ACTIVE, SWARM_PAUSED, SWARM_RETIRED = BOT_ACTIVE, BOT_PAUSED, BOT_RETIRED
@@ -108,6 +109,17 @@ def get_swarm(swarm_id: str, *, lock: bool = False) -> Swarm:
     return swarm
 
 
+def lock_for_tasks(swarm_id: str, type_name: str) -> Swarm:
+    """The swarm, locked, if it may take tasks of this type now (404, 409 or 422 otherwise)."""
+    task_type = get_task_type(type_name)
+    swarm = get_swarm(swarm_id, lock=True)
+    if swarm.status != SWARM_ACTIVE:
+        raise Conflict(f"Swarm {swarm_id!r} is {swarm.status}; only active swarms take tasks.")
+    require_capability(task_type, swarm.capabilities, f"Swarm {swarm_id!r}")
+    require_runnable(task_type)
+    return swarm
+
+
 def view_swarm(swarm_id: str) -> SwarmView:
     """The swarm with its live tallies, read in one query."""
     row = db.session.execute(_VIEW.where(Swarm.id == swarm_id)).first()
@@ -166,9 +178,10 @@ def update_swarm(swarm_id: str, count: int | None, status: str | None) -> SwarmV
             resumed_bots = changed
     if count is not None:
         _scale(swarm, count)
+    # What the resumed bots held while paused (less what scaling down just cancelled).
+    held = task_rows.waiting_of_bots(resumed_bots)
     db.session.commit()
-    if resumed_bots:
-        assignments.republish("bot_id = ANY(:bot_ids)", {"bot_ids": resumed_bots})
+    task_rows.publish(held)
     return view_swarm(swarm_id)
 
 
@@ -187,7 +200,7 @@ def _scale(swarm: Swarm, count: int) -> None:
             LIVE_BOT_STATES,
             BOT_RETIRED,
         )
-        assignments.cancel_waiting_tasks("bot_id = ANY(:bot_ids)", {"bot_ids": retired})
+        task_rows.cancel_waiting_of_bots(retired)
 
 
 def retire_swarm(swarm_id: str) -> SwarmView:
@@ -197,7 +210,7 @@ def retire_swarm(swarm_id: str) -> SwarmView:
         census.change_bot_status(
             "swarm_id = :swarm_id", {"swarm_id": swarm.id}, LIVE_BOT_STATES, BOT_RETIRED
         )
-        assignments.cancel_waiting_tasks("swarm_id = :swarm_id", {"swarm_id": swarm.id})
+        task_rows.cancel_waiting_of_swarm(swarm.id)
         swarm.status = SWARM_RETIRED
         db.session.commit()
     return view_swarm(swarm_id)

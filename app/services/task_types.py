@@ -13,13 +13,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.clients.downstream import DownstreamError
-from app.config import SERVICE_URL_VARIABLES, ConfigError
+from app.config import ConfigError
 from app.errors import Invalid
 from app.handlers import TaskFailed, TaskInput
 from app.handlers.analysis import analyze
 from app.handlers.data import process
 from app.handlers.echo import echo
 from app.handlers.reporting import report
+from app.services import registry
+from app.services.service_defaults import DOWNSTREAM
 
 Runner = Callable[[TaskInput], Any]
 
@@ -36,35 +38,8 @@ class TaskType:
     service: str | None = None
 
 
-@dataclass(frozen=True)
-class DownstreamService:
-    """The default service of an AI task type: its *_SERVICE_URL variable and request path.
-
-    These defaults seed the service registry (app/services/registry.py); at runtime the
-    registry decides which service, URLs and path serve a type.
-    """
-
-    name: str
-    variable: str
-    path: str
-
-
-DOWNSTREAM: dict[str, DownstreamService] = {
-    "image_generation": DownstreamService("image", "IMAGE_SERVICE_URL", "/generate"),
-    "video_generation": DownstreamService("video", "VIDEO_SERVICE_URL", "/generate"),
-    "crypto_prediction": DownstreamService("crypto", "CRYPTO_SERVICE_URL", "/predict"),
-    "fraud_detection": DownstreamService("fraud", "FRAUD_SERVICE_URL", "/detect"),
-    "compression": DownstreamService("compression", "COMPRESSION_SERVICE_URL", "/compress"),
-    "marketing_analysis": DownstreamService("marketing", "MARKETING_SERVICE_URL", "/analyze"),
-}
-assert {s.variable for s in DOWNSTREAM.values()} == set(SERVICE_URL_VARIABLES)
-
-
 def _downstream_runner(task_type: str) -> Runner:
     def run(task: TaskInput) -> Any:
-        # Imported here: the registry is seeded from DOWNSTREAM above.
-        from app.services import registry
-
         try:
             return registry.call(
                 task_type,
@@ -137,8 +112,6 @@ def chunk_size_of(type_name: str) -> int:
 def require_runnable(task_type: TaskType) -> None:
     """Refuse a downstream type whose service has no URL in the registry."""
     if task_type.name in DOWNSTREAM:
-        from app.services import registry
-
         configured, variable = registry.is_configured(task_type.name)
         if not configured:
             service = registry.service_for_task_type(task_type.name)
@@ -162,8 +135,6 @@ def require_capability(task_type: TaskType, capabilities: list[str], holder: str
 
 def describe_all() -> list[dict[str, Any]]:
     """Every type, for GET /task-types; downstream types name the service the registry gives."""
-    from app.services import registry
-
     serving = registry.services_by_task_type()
     described = []
     for t in TASK_TYPES.values():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -38,10 +39,10 @@ from app.models import (
     Task,
     Workflow,
 )
-from app.services import assignments
+from app.services import swarms, task_rows
 from app.services.ids import new_id, utcnow
+from app.services.outcomes import counted
 from app.services.payloads import load_payloads, store_payload
-from app.services.tally import TALLY_CTES
 from app.services.task_types import chunk_size_of, get_task_type, require_runnable
 from app.services.tenancy import current_tenant, visible
 from app.tiers import PRIORITY_TIERS
@@ -50,16 +51,12 @@ FAIL_WORKFLOW, CONTINUE = "fail_workflow", "continue"
 REF_KEY = "$ref"
 
 # Ends steps that never started (cancelled, or failed with an error), counted like any outcome.
-_END_STEPS = (
+_END_STEPS = counted(
     """
-WITH moved AS (
     UPDATE tasks SET status = :to_state, error = :error, finished_at = now()
      WHERE workflow_id = :workflow_id AND status = ANY(:states) AND step = ANY(:steps)
     RETURNING bot_id, swarm_id, status
-)
 """
-    + TALLY_CTES
-    + "SELECT count(*) FROM moved"
 )
 
 
@@ -83,30 +80,22 @@ SELECT field.key, sum(CAST(field.value AS numeric))
  GROUP BY field.key
 """
 
-_FINISH_SWARM_STEP = (
+_FINISH_SWARM_STEP = counted(
     """
-WITH moved AS (
     UPDATE tasks SET status = :state, result = CAST(:result AS jsonb), error = :error,
                      finished_at = now()
      WHERE id = :id AND status = 'running'
     RETURNING bot_id, swarm_id, status
-)
 """
-    + TALLY_CTES
-    + "SELECT count(*) FROM moved"
 )
 
-_CANCEL_SWARM_STEPS = (
+_CANCEL_SWARM_STEPS = counted(
     """
-WITH moved AS (
     UPDATE tasks SET status = 'cancelled', finished_at = now()
      WHERE workflow_id = :workflow_id AND bot_id IS NULL AND status = 'running'
        AND lease_expires_at IS NULL
     RETURNING bot_id, swarm_id, status
-)
 """
-    + TALLY_CTES
-    + "SELECT count(*) FROM moved"
 )
 
 
@@ -168,7 +157,7 @@ def orchestrate(steps: list[StepSpec], priority: str, deadline_s: float) -> Work
     for step in steps:
         require_runnable(get_task_type(step.type))
         if step.swarm_id:
-            assignments.lock_swarm_for(step.swarm_id, step.type)
+            swarms.lock_for_tasks(step.swarm_id, step.type)
     tier = PRIORITY_TIERS[priority]
     now = utcnow()
     workflow = Workflow(
@@ -210,9 +199,9 @@ def _start(step: Task, spec: list[dict[str, Any]]) -> Release:
     swarm_id = spec[_number(step)].get("swarm_id")
     if not swarm_id:
         return Release([step.id], step.type, step.tier)
-    swarm = assignments.lock_swarm_for(swarm_id, step.type)
+    swarm = swarms.lock_for_tasks(swarm_id, step.type)
     now = utcnow()
-    ids = assignments.insert_swarm_tasks(
+    ids = task_rows.insert_for_swarm(
         swarm, step.type, step.payload_id, now, step.workflow_id, step.step
     )
     # The step itself is never published: it is running while its tasks are, and `advance`
@@ -326,6 +315,13 @@ def _lookup(ref: str, results: dict[str, Any]) -> Any:
 
 
 # ---- advancing -----------------------------------------------------------------------------
+
+
+def on_steps_moved(workflow_ids: list[str]) -> Callable[[], None]:
+    """The record statement's hook (outcomes.record_outcomes): advance these workflows in its
+    transaction; the returned call publishes what they released, after the commit."""
+    released = advance(workflow_ids)
+    return lambda: publish_steps(released)
 
 
 def advance(workflow_ids: list[str]) -> list[Release]:

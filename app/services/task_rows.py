@@ -1,0 +1,128 @@
+"""Set-based statements on task rows: insert a swarm's tasks, cancel waiting ones, find them again.
+
+Each function is one statement with a fixed shape, run in the caller's transaction: the service
+that calls it owns the unit of work, commits it, and only then publishes (`publish`), so a
+worker never receives an id whose row it cannot see.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import text
+
+from app.dispatch import publish_chunks
+from app.extensions import db
+from app.models import Swarm
+from app.services.outcomes import add_to_counters_sql, counted
+from app.services.task_types import chunk_size_of
+
+# One task row per active bot of the swarm, and the bots' totals, in one statement. Bot k of n
+# (by position) takes part k of n of a dataset: retired or paused bots leave no gap.
+_INSERT_FOR_SWARM = """
+WITH targets AS (
+    UPDATE bots SET total_tasks = total_tasks + 1
+     WHERE swarm_id = :swarm_id AND status = 'active'
+    RETURNING id, position
+)
+INSERT INTO tasks (type, tier, status, bot_id, swarm_id, payload_id, slice_index, slice_count,
+                   assigned_at, workflow_id, step)
+SELECT :type, :tier, 'assigned', id, :swarm_id, :payload_id,
+       CAST(row_number() OVER (ORDER BY position) - 1 AS int), CAST(count(*) OVER () AS int),
+       :now, :workflow_id, :step
+  FROM targets ORDER BY position
+RETURNING id
+"""
+
+_COUNT_ASSIGNED = add_to_counters_sql("VALUES ('tasks_assigned', CAST(:n AS bigint))")
+
+_CANCEL = "UPDATE tasks SET status = 'cancelled', finished_at = now() WHERE status = 'assigned'"
+_CANCEL_TASK = counted(_CANCEL + " AND id = :task_id RETURNING bot_id, swarm_id, status")
+_CANCEL_OF_BOTS = counted(
+    _CANCEL + " AND bot_id = ANY(:bot_ids) RETURNING bot_id, swarm_id, status"
+)
+_CANCEL_OF_SWARM = counted(_CANCEL + " AND swarm_id = :swarm_id RETURNING bot_id, swarm_id, status")
+
+_WAITING = "SELECT tier, type, array_agg(id ORDER BY id) FROM tasks WHERE status = 'assigned'"
+_WAITING_BY_ID = _WAITING + " AND id = ANY(:task_ids) GROUP BY tier, type"
+_WAITING_OF_BOTS = _WAITING + " AND bot_id = ANY(:bot_ids) GROUP BY tier, type"
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Assigned tasks of one tier and type, to publish after the transaction that read them."""
+
+    tier: str
+    type: str
+    task_ids: list[int]
+
+
+def insert_for_swarm(
+    swarm: Swarm,
+    type_name: str,
+    payload_id: int,
+    now: datetime,
+    workflow_id: str | None = None,
+    step: int | None = None,
+) -> list[int]:
+    """One task per active bot of a locked swarm, counted; the caller commits and publishes."""
+    rows = db.session.execute(
+        text(_INSERT_FOR_SWARM),
+        {
+            "swarm_id": swarm.id,
+            "type": type_name,
+            "tier": swarm.tier,
+            "payload_id": payload_id,
+            "now": now,
+            "workflow_id": workflow_id,
+            "step": step,
+        },
+    )
+    task_ids = [row[0] for row in rows]
+    swarm.total_tasks = Swarm.total_tasks + len(task_ids)
+    db.session.execute(text(_COUNT_ASSIGNED), {"n": len(task_ids)})
+    return task_ids
+
+
+def cancel_waiting_task(task_id: int) -> int:
+    """Cancel the task if it has not started, counting it; 0 or 1. The caller commits."""
+    return int(db.session.execute(text(_CANCEL_TASK), {"task_id": task_id}).scalar_one())
+
+
+def cancel_waiting_of_bots(bot_ids: list[str]) -> int:
+    """Cancel these bots' tasks that have not started, counting them. The caller commits."""
+    if not bot_ids:
+        return 0
+    return int(db.session.execute(text(_CANCEL_OF_BOTS), {"bot_ids": bot_ids}).scalar_one())
+
+
+def cancel_waiting_of_swarm(swarm_id: str) -> int:
+    """Cancel the swarm's tasks that have not started, counting them. The caller commits."""
+    return int(db.session.execute(text(_CANCEL_OF_SWARM), {"swarm_id": swarm_id}).scalar_one())
+
+
+def waiting_by_id(task_ids: list[int]) -> list[Waiting]:
+    """Those of task_ids still assigned, grouped for publishing."""
+    if not task_ids:
+        return []
+    return _groups(_WAITING_BY_ID, {"task_ids": task_ids})
+
+
+def waiting_of_bots(bot_ids: list[str]) -> list[Waiting]:
+    """These bots' assigned tasks, grouped for publishing."""
+    if not bot_ids:
+        return []
+    return _groups(_WAITING_OF_BOTS, {"bot_ids": bot_ids})
+
+
+def _groups(statement: str, params: dict[str, list[int] | list[str]]) -> list[Waiting]:
+    rows = db.session.execute(text(statement), params).all()
+    return [Waiting(tier, type_name, list(ids)) for tier, type_name, ids in rows]
+
+
+def publish(waiting: list[Waiting]) -> int:
+    """Publish the groups again, each in its type's chunks (after the commit); how many tasks."""
+    for group in waiting:
+        publish_chunks(group.task_ids, group.tier, chunk_size_of(group.type))
+    return sum(len(group.task_ids) for group in waiting)
