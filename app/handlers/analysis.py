@@ -18,7 +18,7 @@ from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 from app.handlers import TaskFailed, TaskInput
 from app.handlers.data import optional_chunk_size
 from app.handlers.datasets import Dataset, open_dataset, row_range
-from app.handlers.summaries import Columns, ExactSum
+from app.handlers.summaries import Columns, ExactSum, pack, unpack
 
 ANALYSIS_TYPES = ("sentiment", "summary")
 TEXT_FIELDS = ("text", "review", "comment", "message", "content")
@@ -49,7 +49,7 @@ def analyze(task: TaskInput) -> dict[str, Any]:
     summary = AnalysisSummary.of_rows(dataset, start, end, analysis_type, text_field)
     result = summary.presented()
     if task.slice_index is not None:
-        result["merge_state"] = summary.to_json()
+        result["merge_state"] = pack(summary.to_json())
     return result
 
 
@@ -146,7 +146,9 @@ class AnalysisSummary:
         }
 
     @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> AnalysisSummary:
+    def from_json(cls, packed: Any) -> AnalysisSummary:
+        """From `to_json`'s dict, or the string `pack` made of it."""
+        raw = unpack(packed)
         return cls(
             analysis_type=raw["analysis_type"],
             start=int(raw["slice"][0]),

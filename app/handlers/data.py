@@ -20,15 +20,23 @@ MAX_RESULT_RECORDS of the whole output.
 
 from __future__ import annotations
 
-import json
-import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from app.handlers import TaskFailed, TaskInput
-from app.handlers.datasets import Dataset, DropSteps, open_dataset, row_range
-from app.handlers.summaries import Columns
+from app.handlers.datasets import Dataset, open_dataset, row_range
+from app.handlers.pipeline import (
+    Rows,
+    enrich_row,
+    plain_until,
+    row_identity,
+    run_batch,
+    snake_case,
+    strip_row,
+    transform_row,
+)
+from app.handlers.summaries import Columns, pack, unpack
 from app.handlers.values import is_empty, parse_number
 
 Record = dict[str, Any]
@@ -37,13 +45,8 @@ DEFAULT_OPERATIONS = ("clean", "analyze")
 OUTPUT_FORMATS = ("json", "summary")
 # Results stay small enough to store per task however large the input is.
 MAX_RESULT_RECORDS = 100
-# Rows handled together: enough to make per-column work cheap, few enough to keep memory flat.
-_BATCH_ROWS = 2048
 
-_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
-_NON_WORD = re.compile(r"[\W_]+")
-
-__all__ = ["is_empty", "parse_number", "process"]
+__all__ = ["is_empty", "parse_number", "process", "snake_case"]
 
 
 def process(task: TaskInput) -> dict[str, Any]:
@@ -57,7 +60,7 @@ def process(task: TaskInput) -> dict[str, Any]:
     result = summary.presented()
     if task.slice_index is not None:
         result["slice"] = [start, end]
-        result["merge_state"] = summary.to_json()
+        result["merge_state"] = pack(summary.to_json())
     return result
 
 
@@ -71,66 +74,6 @@ def optional_chunk_size(data: dict[str, Any]) -> int | None:
     return raw
 
 
-# ---- one row at a time ---------------------------------------------------------------------
-
-
-def strip_row(row: Record) -> Record:
-    """The row with surrounding whitespace stripped from string keys and values."""
-    try:
-        # Nearly every row is all strings (a CSV row): strip without asking each value's type.
-        return {key.strip(): value.strip() for key, value in row.items()}
-    except AttributeError:
-        return {
-            (key.strip() if type(key) is str else key): (
-                value.strip() if type(value) is str else value
-            )
-            for key, value in row.items()
-        }
-
-
-def is_blank_row(row: Record) -> bool:
-    """True when every value is empty (a stripped row)."""
-    return all(is_empty(value) for value in row.values())
-
-
-def transform_row(row: Record) -> Record:
-    """Keys in lower snake_case, numeric strings as numbers."""
-    return {snake_case(key): _to_number(value) for key, value in row.items()}
-
-
-def enrich_row(row: Record, number: int) -> Record:
-    """The row with `_row` (1-based position in the input) and `_filled` added."""
-    if "_row" in row or "_filled" in row:
-        values = [value for key, value in row.items() if key != "_row" and key != "_filled"]
-    else:
-        values = list(row.values())
-    try:
-        # All strings (nearly every row): the empty ones strip to "".
-        filled = len(values) - [value.strip() for value in values].count("")
-    except AttributeError:
-        filled = sum(not is_empty(value) for value in values)
-    share = filled / len(values) if values else 0.0
-    return {**row, "_row": number + 1, "_filled": round(share, 3)}
-
-
-def snake_case(key: Any) -> Any:
-    """`First Name`, `firstName` and `first-name` all become `first_name`."""
-    if not isinstance(key, str):
-        return key
-    words = _NON_WORD.sub("_", _CAMEL_BOUNDARY.sub("_", key.strip())).strip("_")
-    return words.lower() or key
-
-
-def row_identity(row: Record, uniform: bool) -> Any:
-    """What makes two stripped rows duplicates: equal keys and equal JSON values."""
-    values = row.values()
-    if all(type(value) is str or value is None for value in values):
-        # Strings and None are equal exactly when their JSON is; rows of a CSV file hold their
-        # keys in the header's order, so their values alone tell them apart.
-        return tuple(values) if uniform else tuple(sorted(row.items()))
-    return json.dumps(row, sort_keys=True, default=str)
-
-
 # ---- whole lists (inline use and tests) ----------------------------------------------------
 
 
@@ -140,7 +83,7 @@ def clean(records: Iterable[Record]) -> list[Record]:
     cleaned = []
     for row in records:
         stripped = strip_row(row)
-        if is_blank_row(stripped):
+        if all(is_empty(value) for value in stripped.values()):
             continue
         identity = row_identity(stripped, uniform=False)
         if identity in seen:
@@ -199,25 +142,32 @@ class DataSummary:
         summary.columns = Columns() if "analyze" in operations else None
         if output_format != "json":
             summary.records = None
-        drops = None
+        keep = None
+        position = start
         if "clean" in operations:
             drops = dataset.drop_steps(_signature(operations), _drop_computer(operations))
-        # Output rows before this part: what the clean steps keep of the rows before it.
-        position = drops.kept_before(start) if drops is not None else start
-        last_analyze = max((i for i, op in enumerate(operations) if op == "analyze"), default=-1)
+            steps = drops.steps
+
+            def keep(step: int, numbers: list[int], header: Any, rows: list[Any]) -> list[bool]:
+                return [steps[number] != step for number in numbers]
+
+            # Output rows before this part: what the clean steps keep of the rows before it.
+            position = drops.kept_before(start)
+        columns = summary.columns
+        analyse = None
+        if columns is not None:
+
+            def analyse(rows: Rows) -> None:
+                columns.add_batch(rows.numbers, rows.rows, rows.header, dataset.uniform)
+
         summary.rows_in = max(0, end - start)
-        for batch in _batches(dataset.rows(start, end), start):
-            analysed: list[tuple[int, Record]] = []
-            for number, row in batch:
-                out = _run_row(row, number, operations, drops, last_analyze, analysed)
-                if out is None:
-                    continue
-                summary.rows_out += 1
-                if summary.records is not None and position < MAX_RESULT_RECORDS:
-                    summary.records.append((position, dict(out)))
-                position += 1
-            if summary.columns is not None and analysed:
-                summary.columns.add_rows(analysed, dataset.uniform)
+        for batch in dataset.batches(start, end):
+            out = run_batch(batch, operations, keep, analyse)
+            if summary.records is not None and position < MAX_RESULT_RECORDS:
+                shown = Rows(out.numbers, out.rows[: MAX_RESULT_RECORDS - position], out.header)
+                summary.records.extend(enumerate(shown.records(), position))
+            summary.rows_out += len(out.rows)
+            position += len(out.rows)
         return summary
 
     def merge(self, other: DataSummary) -> None:
@@ -256,7 +206,9 @@ class DataSummary:
         }
 
     @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> DataSummary:
+    def from_json(cls, packed: Any) -> DataSummary:
+        """From `to_json`'s dict, or the string `pack` made of it."""
+        raw = unpack(packed)
         return cls(
             operations=list(raw["operations"]),
             output_format=raw["output_format"],
@@ -269,42 +221,6 @@ class DataSummary:
         )
 
 
-def _batches(rows: Iterator[Record], start: int) -> Iterator[list[tuple[int, Record]]]:
-    batch: list[tuple[int, Record]] = []
-    for number, row in enumerate(rows, start):
-        batch.append((number, row))
-        if len(batch) == _BATCH_ROWS:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _run_row(
-    row: Record,
-    number: int,
-    operations: tuple[str, ...],
-    drops: DropSteps | None,
-    last_analyze: int,
-    analysed: list[tuple[int, Record]],
-) -> Record | None:
-    """The row after every operation, or None if a clean step drops it."""
-    cleans = 0
-    for place, operation in enumerate(operations):
-        if operation == "clean":
-            cleans += 1
-            row = strip_row(row)
-            if drops is not None and drops.steps[number] == cleans:
-                return None
-        elif operation == "transform":
-            row = transform_row(row)
-        elif operation == "enrich":
-            row = enrich_row(row, number)
-        elif place == last_analyze:
-            analysed.append((number, row))
-    return row
-
-
 def _signature(operations: tuple[str, ...]) -> str:
     """The operations that decide which rows clean drops: up to the last clean."""
     last_clean = max(i for i, op in enumerate(operations) if op == "clean")
@@ -313,74 +229,54 @@ def _signature(operations: tuple[str, ...]) -> str:
 
 def _drop_computer(operations: tuple[str, ...]) -> Callable[[Dataset], bytearray]:
     """How to find, in one pass over a dataset, the clean step that drops each row."""
-    steps = tuple(op for op in _signature(operations).split(","))
-
-    def prefix(row: Record, number: int, upto: int) -> Record:
-        # The row as clean step `upto` sees it (it passed the steps before).
-        cleans = 0
-        for operation in steps:
-            if operation == "clean":
-                cleans += 1
-                row = strip_row(row)
-                if cleans == upto:
-                    return row
-            elif operation == "transform":
-                row = transform_row(row)
-            else:
-                row = enrich_row(row, number)
-        return row
+    steps = tuple(_signature(operations).split(","))
+    clean_places = [place for place, op in enumerate(steps) if op == "clean"]
 
     def compute(dataset: Dataset) -> bytearray:
         drops = bytearray(dataset.total)
-        cleans_total = steps.count("clean")
         # Per clean step: hash of a row's identity -> the first row with it; identities whose
         # hash matched another identity's (a hash collision) are kept whole in `exact`.
-        first_by_hash: list[dict[int, int]] = [{} for _ in range(cleans_total)]
-        exact: list[dict[Any, int]] = [{} for _ in range(cleans_total)]
+        first_by_hash: list[dict[int, int]] = [{} for _ in clean_places]
+        exact: list[dict[Any, int]] = [{} for _ in clean_places]
+        plain = [plain_until(steps, step) for step in range(1, len(clean_places) + 1)]
 
-        def identity_of_row(number: int, upto: int) -> Any:
-            row = next(iter(dataset.rows(number, number + 1)))
-            return row_identity(prefix(row, number, upto), dataset.uniform)
+        def identity_at(number: int, step: int) -> Any:
+            batch = next(iter(dataset.batches(number, number + 1)))
+            row = run_batch(batch, steps, None, upto=clean_places[step - 1] + 1)
+            return row.identities(plain[step - 1], dataset.uniform)[0]
 
-        for number, row in enumerate(dataset.rows(0, dataset.total)):
-            cleans = 0
-            for operation in steps:
-                if operation == "transform":
-                    row = transform_row(row)
-                    continue
-                if operation == "enrich":
-                    row = enrich_row(row, number)
-                    continue
-                cleans += 1
-                row = strip_row(row)
-                if _blank(row):
-                    drops[number] = cleans
-                    break
-                identity = row_identity(row, dataset.uniform)
-                key = hash(identity)
-                seen = first_by_hash[cleans - 1]
-                first = seen.get(key)
-                if first is None:
-                    seen[key] = number
-                    continue
-                if identity_of_row(first, cleans) == identity:
-                    drops[number] = cleans
-                    break
-                others = exact[cleans - 1]
-                if identity in others:
-                    drops[number] = cleans
-                    break
-                others[identity] = number
+        def keep(step: int, numbers: list[int], header: Any, rows: list[Any]) -> list[bool]:
+            batch = Rows(numbers, rows, header)
+            seen, others = first_by_hash[step - 1], exact[step - 1]
+            kept = []
+            for number, blank, identity in zip(
+                numbers,
+                batch.blanks(plain[step - 1]),
+                batch.identities(plain[step - 1], dataset.uniform),
+                strict=True,
+            ):
+                duplicate = blank
+                if not blank:
+                    key = hash(identity)
+                    first = seen.get(key)
+                    if first is None:
+                        seen[key] = number
+                    elif identity_at(first, step) == identity:
+                        duplicate = True
+                    elif identity in others:
+                        duplicate = True
+                    else:
+                        others[identity] = number
+                if duplicate:
+                    drops[number] = step
+                kept.append(not duplicate)
+            return kept
+
+        for batch in dataset.batches(0, dataset.total):
+            run_batch(batch, steps, keep)
         return drops
 
     return compute
-
-
-def _blank(row: Record) -> bool:
-    values = row.values()
-    if all(type(value) is str or value is None for value in values):
-        return not any(values)  # stripped: empty strings and None are the falsy ones
-    return is_blank_row(row)
 
 
 def _operations(raw: Any) -> tuple[str, ...]:
@@ -400,11 +296,3 @@ def _output_format(raw: Any) -> str:
     if raw not in OUTPUT_FORMATS:
         raise TaskFailed(f"unknown output_format {raw!r}; allowed: {', '.join(OUTPUT_FORMATS)}")
     return raw
-
-
-def _to_number(value: Any) -> Any:
-    if isinstance(value, str):
-        number = parse_number(value)
-        if number is not None:
-            return number
-    return value

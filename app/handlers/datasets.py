@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from app.handlers import TaskFailed, TaskInput
-from app.handlers.file_index import FileIndex, index_of, locked, write_atomically
+from app.handlers.file_index import FileIndex, csv_records, index_of, locked, write_atomically
 from app.handlers.files import data_file_name, resolve_data_file
 
 Record = dict[str, Any]
@@ -79,6 +79,38 @@ class DropSteps:
 # Given a dataset, one byte per row: the clean step that removes it, or 0.
 DropComputer = Callable[["Dataset"], bytearray]
 
+# Rows handled together: enough to make per-column work cheap, few enough to keep memory flat.
+BATCH_ROWS = 2048
+
+
+@dataclass
+class Batch:
+    """Consecutive rows: as dicts (header None), or as lists of values in the header's order.
+
+    A CSV file's rows come as lists (every row has the header's fields, missing cells None), which
+    lets a pipeline work on values without building a dict per row; rows with surplus cells, or a
+    header naming a field twice, come as dicts.
+    """
+
+    first: int
+    rows: list[Any]
+    header: list[str] | None = None
+
+    def numbered(self) -> Iterator[tuple[int, Any]]:
+        return enumerate(self.rows, self.first)
+
+
+def dict_batches(rows: Iterator[Record], start: int) -> Iterator[Batch]:
+    """Rows as batches of dicts."""
+    batch: list[Record] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == BATCH_ROWS:
+            yield Batch(start, batch)
+            start, batch = start + len(batch), []
+    if batch:
+        yield Batch(start, batch)
+
 
 class Dataset(Protocol):
     """Rows by position, without reading the rest."""
@@ -102,6 +134,10 @@ class Dataset(Protocol):
 
     def rows(self, start: int, end: int) -> Iterator[Record]:
         """Rows [start, end)."""
+        ...
+
+    def batches(self, start: int, end: int) -> Iterator[Batch]:
+        """Rows [start, end) in batches."""
         ...
 
     def drop_steps(self, signature: str, compute: DropComputer) -> DropSteps:
@@ -133,6 +169,11 @@ class InlineDataset:
     def rows(self, start: int, end: int) -> Iterator[Record]:
         return iter(self.records[max(0, start) : end])
 
+    def batches(self, start: int, end: int) -> Iterator[Batch]:
+        start = max(0, start)
+        for low in range(start, min(end, self.total), BATCH_ROWS):
+            yield Batch(low, self.records[low : min(low + BATCH_ROWS, end)])
+
     def drop_steps(self, signature: str, compute: DropComputer) -> DropSteps:
         if signature not in self._drops:
             self._drops[signature] = DropSteps(compute(self))
@@ -163,6 +204,30 @@ class FileDataset:
 
     def rows(self, start: int, end: int) -> Iterator[Record]:
         return self.index.read(start, end)
+
+    def batches(self, start: int, end: int) -> Iterator[Batch]:
+        header = self.index.header
+        if header is None or len(set(header)) != len(header):
+            yield from dict_batches(self.index.read(start, end), max(0, start))
+            return
+        width = len(header)
+        first, rows = max(0, start), []
+        for cells in self.index.read_cells(start, end):
+            rows.append(cells)
+            if len(rows) == BATCH_ROWS:
+                yield self._batch(first, rows, header, width)
+                first, rows = first + len(rows), []
+        if rows:
+            yield self._batch(first, rows, header, width)
+
+    @staticmethod
+    def _batch(first: int, rows: list[list[Any]], header: list[str], width: int) -> Batch:
+        if any(len(cells) > width for cells in rows):
+            return Batch(first, list(csv_records(rows, header)))
+        for cells in rows:
+            if len(cells) < width:
+                cells.extend([None] * (width - len(cells)))
+        return Batch(first, rows, header)
 
     def drop_steps(self, signature: str, compute: DropComputer) -> DropSteps:
         key = (str(self.index.path), self.index.version, signature)

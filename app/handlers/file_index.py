@@ -29,7 +29,7 @@ import re
 import struct
 import tempfile
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,8 @@ _MAGIC = b"ORIDX001"
 _OFFSET = struct.Struct("<q")
 # Read in blocks this large while indexing, so memory stays flat however large the file is.
 _BLOCK_BYTES = 1 << 20
+# Rows decoded at once when reading a range: memory stays flat for a task over a whole file.
+_READ_ROWS = 8192
 _SPACE = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
 
@@ -67,22 +69,40 @@ class FileIndex:
     stem: Path | None
 
     def read(self, start: int, end: int) -> Iterator[Record]:
-        """Rows [start, end) of the file, reading only their bytes."""
+        """Rows [start, end) of the file, reading only their bytes, a block of rows at a time."""
+        for text in self._blocks(start, end):
+            if self.kind == "csv":
+                assert self.header is not None
+                yield from csv_records(self._cells(text), self.header)
+            else:
+                yield from _json_records(text, self.path.name)
+
+    def read_cells(self, start: int, end: int) -> Iterator[list[str]]:
+        """Rows [start, end) of a CSV file as lists of cells, as the csv module parses them."""
+        for text in self._blocks(start, end):
+            yield from self._cells(text)
+
+    def _blocks(self, start: int, end: int) -> Iterator[str]:
         start, end = max(0, start), min(end, self.rows)
         if start >= end:
-            return iter(())
-        low, high = self.offsets[start], self.offsets[end]
+            return
         with _open_data(self.path) as handle:
-            handle.seek(low)
-            raw = handle.read(high - low)
+            for low_row in range(start, end, _READ_ROWS):
+                high_row = min(low_row + _READ_ROWS, end)
+                low, high = self.offsets[low_row], self.offsets[high_row]
+                handle.seek(low)
+                try:
+                    yield handle.read(high - low).decode("utf-8")
+                except UnicodeDecodeError:
+                    raise TaskFailed(f"data file {self.path.name!r} is not UTF-8 text") from None
+
+    def _cells(self, text: str) -> Iterator[list[str]]:
         try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise TaskFailed(f"data file {self.path.name!r} is not UTF-8 text") from None
-        if self.kind == "csv":
-            assert self.header is not None
-            return _csv_records(text, self.header, self.path.name)
-        return _json_records(text, self.path.name)
+            for cells in csv.reader(io.StringIO(text, newline="")):
+                if cells:  # blank lines are no rows
+                    yield cells
+        except csv.Error as exc:
+            raise TaskFailed(f"data file {self.path.name!r} is not valid CSV: {exc}") from None
 
 
 def index_of(path: Path, data_dir: Path) -> FileIndex:
@@ -270,22 +290,18 @@ def _scan_csv(path: Path) -> tuple[list[str], array]:
     return header, offsets
 
 
-def _csv_records(text: str, header: list[str], name: str) -> Iterator[Record]:
-    # The rules of csv.DictReader(restkey="_extra"), without its per-row overhead.
+def csv_records(rows: Iterable[list[str]], header: list[str]) -> Iterator[Record]:
+    """Rows as csv.DictReader(restkey="_extra") makes them: surplus cells under `_extra`,
+    missing ones None."""
     width = len(header)
-    try:
-        for cells in csv.reader(io.StringIO(text, newline="")):
-            if not cells:
-                continue
-            row: Record = dict(zip(header, cells, strict=False))
-            if len(cells) > width:
-                row["_extra"] = cells[width:]
-            elif len(cells) < width:
-                for key in header[len(cells) :]:
-                    row[key] = None
-            yield row
-    except csv.Error as exc:
-        raise TaskFailed(f"data file {name!r} is not valid CSV: {exc}") from None
+    for cells in rows:
+        row: Record = dict(zip(header, cells, strict=False))
+        if len(cells) > width:
+            row["_extra"] = cells[width:]
+        elif len(cells) < width:
+            for key in header[len(cells) :]:
+                row[key] = None
+        yield row
 
 
 # ---- JSON ------------------------------------------------------------------------------------

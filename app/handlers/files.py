@@ -10,6 +10,23 @@ from app.handlers import TaskFailed
 
 def resolve_data_file(data_dir: Path, name: str) -> Path:
     """Return the real path of `name` inside data_dir, or raise TaskFailed."""
+    if isinstance(name, str):
+        known = _RESOLVED.get((str(data_dir), name))
+        # A path found inside DATA_DIR stays inside: a link changed later is not followed.
+        if known is not None and known.is_file():
+            return known
+    target = _resolve(data_dir, name)
+    _RESOLVED[(str(data_dir), name)] = target
+    while len(_RESOLVED) > 64:
+        del _RESOLVED[next(iter(_RESOLVED))]
+    return target
+
+
+# (DATA_DIR, name) -> the checked real path: every bot of a mass-action names the same file.
+_RESOLVED: dict[tuple[str, str], Path] = {}
+
+
+def _resolve(data_dir: Path, name: str) -> Path:
     if not isinstance(name, str) or not name.strip():
         raise TaskFailed("data file name must be a non-empty string")
     if "\x00" in name:

@@ -14,7 +14,7 @@ from typing import Any
 from app.handlers import TaskFailed, TaskInput
 from app.handlers.data import optional_chunk_size
 from app.handlers.datasets import Dataset, open_dataset, row_range
-from app.handlers.summaries import ExactSum, canonical
+from app.handlers.summaries import ExactSum, canonical, pack, unpack
 from app.handlers.values import is_empty, parse_number
 
 # A report is stored as a task result: past this many groups only the largest are kept.
@@ -37,7 +37,7 @@ def report(task: TaskInput) -> dict[str, Any]:
     result = summary.presented()
     if task.slice_index is not None:
         result["slice"] = [start, end]
-        result["merge_state"] = summary.to_json()
+        result["merge_state"] = pack(summary.to_json())
     return result
 
 
@@ -142,7 +142,9 @@ class ReportSummary:
         }
 
     @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> ReportSummary:
+    def from_json(cls, packed: Any) -> ReportSummary:
+        """From `to_json`'s dict, or the string `pack` made of it."""
+        raw = unpack(packed)
         summary = cls(raw["group_by"], raw["metric"], int(raw["rows_in"]))
         summary.complete = bool(raw["complete"])
         for key, (value, first, count, measured, total) in raw["groups"].items():

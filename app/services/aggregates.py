@@ -11,6 +11,7 @@ Task types without a rule of their own get COUNTING: tasks by state and failures
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 from app.handlers.analysis import AnalysisSummary
 from app.handlers.data import DataSummary
 from app.handlers.reporting import ReportSummary
+from app.handlers.summaries import pack
 
 Partial = dict[str, Any]
 
@@ -99,7 +101,7 @@ class Summary(Protocol):
     def to_json(self) -> dict[str, Any]: ...
 
 
-def summary_rule(decode: Callable[[dict[str, Any]], Summary]) -> MergeRule:
+def summary_rule(decode: Callable[[Any], Summary]) -> MergeRule:
     """The rule of a data task type: counting, plus the merged summaries its results carry.
 
     A completed task's result holds its summary as `merge_state`; the answer's `result` is the
@@ -110,8 +112,8 @@ def summary_rule(decode: Callable[[dict[str, Any]], Summary]) -> MergeRule:
 
     def decoded(raw: Any) -> Summary | None:
         try:
-            return decode(raw) if isinstance(raw, dict) else None
-        except (KeyError, TypeError, ValueError, IndexError):
+            return decode(raw) if raw is not None else None
+        except (KeyError, TypeError, ValueError, IndexError, zlib.error):
             return None
 
     def merged(summaries: Iterable[Summary | None]) -> Summary | None:
@@ -134,14 +136,14 @@ def summary_rule(decode: Callable[[dict[str, Any]], Summary]) -> MergeRule:
         ]
         total = merged(found)
         partial["merged"] = sum(1 for summary in found if summary is not None)
-        partial["state"] = None if total is None else total.to_json()
+        partial["state"] = None if total is None else pack(total.to_json())
         return partial
 
     def combine(left: Partial, right: Partial) -> Partial:
         combined = _combine_counts(left, right)
         combined["merged"] = left.get("merged", 0) + right.get("merged", 0)
         total = merged([decoded(left.get("state")), decoded(right.get("state"))])
-        combined["state"] = None if total is None else total.to_json()
+        combined["state"] = None if total is None else pack(total.to_json())
         return combined
 
     def present_all(partials: list[Partial]) -> dict[str, Any]:
