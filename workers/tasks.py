@@ -6,9 +6,9 @@ import logging
 import time
 from typing import Any
 
-from app.dispatch import EXECUTE_CHUNK, RECONCILE
+from app.dispatch import CALLBACK_QUEUE, DELIVER_CALLBACK, EXECUTE_CHUNK, RECONCILE
 from app.extensions import db
-from app.services import execution, health, reconciler, registry
+from app.services import callbacks, execution, health, reconciler, registry
 from workers.celery_app import celery
 
 PROBE_SERVICES = "orchestrator.probe_services"
@@ -62,3 +62,16 @@ def probe_services() -> dict[str, int]:
         return registry.probe_all()
     finally:
         db.session.remove()
+
+
+@celery.task(name=DELIVER_CALLBACK, bind=True, max_retries=None)
+def deliver_callback(self, resource_id: str) -> str:
+    """POST an ended resource's signed summary to its callback_url; a failure retries later."""
+    try:
+        attempt = callbacks.deliver(resource_id)
+    finally:
+        db.session.remove()
+    if attempt.retry_in is not None:
+        # A countdown on the broker, not a sleep: the worker process is free meanwhile.
+        raise self.retry(countdown=attempt.retry_in, queue=CALLBACK_QUEUE)
+    return attempt.state

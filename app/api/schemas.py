@@ -130,6 +130,12 @@ class Orchestrate(Schema):
         load_default="normal", validate=validate.OneOf(["low", "normal", "high", "critical"])
     )
     deadline_s = fields.Float(load_default=3600.0, validate=validate.Range(min=1, max=86_400))
+    callback_url = fields.Url(
+        schemes={"http", "https"},
+        require_tld=False,
+        validate=validate.Length(max=2000),
+        metadata={"description": "POSTed the workflow's signed summary once it ends"},
+    )
 
 
 class Page(Schema):
@@ -258,6 +264,19 @@ class StepOut(TaskOut):
         return round((task.finished_at - task.started_at).total_seconds() * 1000)
 
 
+class CallbackOut(Schema):
+    """Where a resource's summary is POSTed when it ends, and how the delivery went."""
+
+    url = fields.String()
+    state = fields.String(
+        metadata={"description": "waiting (not ended), pending, delivered or failed"}
+    )
+    attempts = fields.Integer()
+    last_status = fields.Integer(allow_none=True)
+    last_error = fields.String(allow_none=True)
+    delivered_at = fields.String(allow_none=True)
+
+
 class WorkflowOut(Schema):
     task_id = fields.String(attribute="workflow.id")
     kind = fields.Constant("workflow")
@@ -269,6 +288,7 @@ class WorkflowOut(Schema):
     deadline_at = Timestamp(attribute="workflow.deadline_at")
     finished_at = Timestamp(attribute="workflow.finished_at")
     steps = fields.Method("_steps")
+    callback = fields.Nested(CallbackOut, allow_none=True)
 
     def _steps(self, view) -> list[dict[str, Any]]:
         names, deps = view.step_names(), view.depends_on()
