@@ -35,7 +35,7 @@ test: venv ## ruff check, mypy and import contracts, then pytest on a fresh data
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m deploy.devstack test -- $(PY) -m pytest -q $(PYTEST_ARGS)
 
-fuzz: venv ## Schemathesis on every operation of /openapi.json with FUZZ_EXAMPLES (200) examples each
+fuzz: venv ## Schemathesis (every check, stateful too; schemathesis.toml) with FUZZ_EXAMPLES (200) examples each
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-200} $(PY) -m deploy.devstack test -- $(PY) -m pytest -q tests/test_fuzz.py $(PYTEST_ARGS)
 
 lint: venv ## ruff check, ruff format --check, mypy and the import contracts (lint-imports)

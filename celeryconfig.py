@@ -56,5 +56,13 @@ beat_schedule = {
         "schedule": 30.0,
         "options": {"queue": "L20", "expires": 25},
     },
+    # Answers expire after IDEMPOTENCY_TTL (a day by default): a pass every ten minutes keeps
+    # the table to about TTL + 10 min of answers. A pass that waited behind a backlog that long
+    # is replaced by the next one.
+    "purge-idempotency-keys": {
+        "task": "orchestrator.purge_idempotency_keys",
+        "schedule": 600.0,
+        "options": {"expires": 540},
+    },
 }
 timezone = "UTC"

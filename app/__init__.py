@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.api.auth import register_auth
     from app.api.idempotency import register_idempotency
     from app.api.limits import register_body_limits, register_limits
+    from app.api.openapi import DocumentPlugin
     from app.api.schemas import ErrorResponse
 
     # Request hooks run in the order registered: log, authenticate, then everything that may
@@ -71,8 +72,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_auth(app)
     # Before init_app, which documents every error status with it.
     rest_api.ERROR_SCHEMA = ErrorResponse
-    rest_api.init_app(app)
-    register_blueprints(rest_api)
+    rest_api.init_app(app, spec_kwargs={"extra_plugins": [DocumentPlugin(settings)]})
+    register_blueprints(app, rest_api)
     # A plain Flask blueprint: HTML for people, kept out of the OpenAPI document.
     app.register_blueprint(dashboard.bp)
     app.register_blueprint(metrics.bp)  # GET /metrics, for Prometheus

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
+from limits import parse_many
+
 # The six downstream AI services of the spec: variable name -> service name.
 SERVICE_URL_VARIABLES: dict[str, str] = {
     "IMAGE_SERVICE_URL": "image",
@@ -51,6 +53,7 @@ KNOWN_VARIABLES: tuple[str, ...] = (
     "ANONYMOUS_ROLE",
     "RATE_LIMIT",
     "RATE_LIMIT_HEAVY",
+    "IDEMPOTENCY_TTL",
     "TENANT_MAX_BOTS",
     "URL_ALLOWLIST",
     "MAX_JSON_DEPTH",
@@ -113,10 +116,41 @@ def _urls(env: dict[str, str], name: str) -> list[str]:
 
 
 def _rate(env: dict[str, str], name: str, default: str) -> str:
+    # Read by the same parser flask-limiter uses, so every string it takes is taken here and a
+    # string it would reject stops the start instead of silently removing the limit.
     raw = env.get(name, default).strip()
-    if raw and not re.fullmatch(r"\d+\s*(/|per)\s*\d*\s*(second|minute|hour|day)s?", raw):
-        raise ConfigError(f"{name} must look like '100 per minute' or '10/second', got {raw!r}")
+    if not raw:
+        return raw
+    try:
+        items = parse_many(raw)
+    except ValueError:
+        items = []
+    if not items or any(item.amount < 1 for item in items):
+        raise ConfigError(
+            f"{name} must be one or more limits such as '1000/second' or"
+            f" '10/second;500/minute' (each 'N per|/ [M] second|minute|hour|day|month|year',"
+            f" N at least 1, separated by ';' or ','), got {raw!r}"
+        )
     return raw
+
+
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def _duration(env: dict[str, str], name: str, default: int, low: int, high: int) -> int:
+    """Seconds, from a whole number of seconds or one with a unit: `90s`, `30m`, `24h`, `7d`."""
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    match = re.fullmatch(r"(\d+)\s*([smhd]?)", raw)
+    if match is None:
+        raise ConfigError(
+            f"{name} must be a duration such as 86400, 90s, 30m, 24h or 7d, got {raw!r}"
+        )
+    seconds = int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if not low <= seconds <= high:
+        raise ConfigError(f"{name} must be between {low} and {high} seconds, got {seconds}")
+    return seconds
 
 
 def _allowlist(env: dict[str, str]) -> tuple[str, ...]:
@@ -211,9 +245,14 @@ class Settings:
     # (ANONYMOUS_ROLE, unset: none, every route but /health needs a key).
     admin_api_key: str | None = None
     anonymous_role: str | None = None
-    # flask-limiter rate strings per API key; "" turns a limit off.
+    # flask-limiter rate strings per API key ("10/second;500/minute" holds both); "" turns a
+    # budget off. RATE_LIMIT is one budget for the whole API, RATE_LIMIT_HEAVY one more for the
+    # calls that create thousands of rows.
     rate_limit: str = "1000 per second"
     rate_limit_heavy: str = "60 per minute"
+    # How long a caller's retry with the same Idempotency-Key replays the first answer; older
+    # answers are purged by beat. At least a minute, so no request outlives its own key.
+    idempotency_ttl_s: int = 86_400
     tenant_max_bots: int | None = None
     # Hosts, .domains and CIDR networks that URLs registered at runtime may point to.
     url_allowlist: tuple[str, ...] = ()
@@ -221,8 +260,9 @@ class Settings:
     # Proxies in front of the app whose X-Forwarded-For/-Proto to trust: 0 behind none (the
     # headers are ignored, so a client cannot forge its address), 1 behind nginx.
     proxy_hops: int = 0
-    # GET /metrics: open to anyone (METRICS_PUBLIC=1), else only with METRICS_TOKEN as a bearer
-    # token, else 404. The directory where processes share counters (prometheus_client's
+    # GET /metrics: like other views of the whole service it answers an API key (viewer or
+    # higher, no tenant); a scraper without a key is let in when METRICS_PUBLIC=1, or when it
+    # sends METRICS_TOKEN as a bearer token. The directory where processes share counters (prometheus_client's
     # multiprocess mode), and the port a Celery worker serves them on (see app/metrics.py).
     metrics_public: bool = False
     metrics_token: str | None = None
@@ -264,6 +304,7 @@ class Settings:
             or None,
             rate_limit=_rate(env, "RATE_LIMIT", "1000 per second"),
             rate_limit_heavy=_rate(env, "RATE_LIMIT_HEAVY", "60 per minute"),
+            idempotency_ttl_s=_duration(env, "IDEMPOTENCY_TTL", 86_400, 60, 30 * 86_400),
             tenant_max_bots=_int(env, "TENANT_MAX_BOTS", 0, 0, 10_000_000) or None,
             url_allowlist=_allowlist(env),
             max_json_depth=_int(env, "MAX_JSON_DEPTH", 32, 2, 1000),

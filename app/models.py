@@ -241,10 +241,15 @@ class Callback(db.Model):
 
 
 class IdempotencyKey(db.Model):
-    """The first answer to a POST sent with an Idempotency-Key header, replayed on retries."""
+    """The first answer to a caller's POST sent with an Idempotency-Key header, replayed on that
+    caller's retries until IDEMPOTENCY_TTL has passed."""
 
     __tablename__ = "idempotency_keys"
+    # The purge finds expired answers by age.
+    __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)
 
+    # Whose key it is: `key:<api key id>`, `admin` (ADMIN_API_KEY) or `addr:<client address>`.
+    scope: Mapped[str] = mapped_column(String(100), primary_key=True)
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
     # NULL while the first request is still running.

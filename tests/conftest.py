@@ -123,19 +123,28 @@ def app(test_env):
     return flask_app
 
 
-@pytest.fixture(autouse=True)
-def clean_state(app):
-    """Every test starts from empty tables and an empty Redis DB, in an app context."""
+def empty_state(app) -> bytes | None:
+    """Empty every table and the Redis DB (keeping the run's claim on it); returns the claim.
+
+    Call inside an app context."""
     redis = app.extensions["redis"]
     # The run's claim on its Redis DB number must outlive every flush, or a concurrent run
     # could take the same DB.
     claim = redis.get(REDIS_CLAIM_KEY)
+    db.session.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY"))
+    db.session.commit()
+    redis.flushdb()
+    if claim:
+        redis.set(REDIS_CLAIM_KEY, claim)
+    return claim
+
+
+@pytest.fixture(autouse=True)
+def clean_state(app):
+    """Every test starts from empty tables and an empty Redis DB, in an app context."""
+    redis = app.extensions["redis"]
     with app.app_context():
-        db.session.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY"))
-        db.session.commit()
-        redis.flushdb()
-        if claim:
-            redis.set(REDIS_CLAIM_KEY, claim)
+        claim = empty_state(app)
         yield
         db.session.rollback()
         db.session.remove()

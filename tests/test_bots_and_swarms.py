@@ -372,3 +372,17 @@ def test_tier_in_any_case_is_answered_canonically(client):
 
     distribution = client.get("/bots/stats").get_json()["tier_distribution"]
     assert distribution == {"standard": 3, "advanced": 3, "L20": 6}
+
+
+def test_a_swarm_with_the_longest_name_names_its_bots_within_the_limit(client):
+    name = "s" * 200  # the longest name a swarm may have
+
+    created = client.post("/swarms", json={"name": name, "count": 12, "tier": "standard"})
+
+    assert created.status_code == 201, created.get_json()
+    swarm = created.get_json()
+    assert swarm["name"] == name
+    last = client.get(f"/bots/{swarm['bot_ids'][-1]}").get_json()
+    assert last["name"] == "s" * 197 + "-12"
+    scaled = client.patch(f"/swarms/{swarm['id']}", json={"count": 13})
+    assert scaled.status_code == 200

@@ -14,6 +14,8 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import metrics
+from app.models import ROLES
+from app.services import keys
 from deploy.devstack import free_port
 from tests.test_end_to_end import wait_for
 from tests.workers import WorkerProcess, gunicorn_serving
@@ -193,23 +195,42 @@ def test_metrics_add_up_api_and_worker_processes_and_agree_with_the_api(
             assert label_value not in bot_ids
 
 
-def test_metrics_answer_404_unless_public_or_given_the_token(app, monkeypatch):
+def test_metrics_answer_keys_without_a_tenant_and_configured_scrapers(app, monkeypatch):
     client = app.test_client()
     settings = app.config["SETTINGS"]
     assert not settings.metrics_public and settings.metrics_token is None
-    assert client.get("/metrics", headers={"Authorization": ""}).status_code == 404
-    # An API key, even an admin's, is not the metrics token.
-    assert client.get("/metrics").status_code == 404
+    exposition = "orchestrator_dependency_up"
 
+    # A viewer, an operator and an admin key read it, and so does ADMIN_API_KEY.
+    for role in ROLES:
+        key = keys.create_key(f"{role}-reader", role)[1]
+        answered = client.get("/metrics", headers={"Authorization": f"Bearer {key}"})
+        assert answered.status_code == 200, (role, answered.get_data(as_text=True))
+        assert exposition in answered.get_data(as_text=True)
+    assert client.get("/metrics").status_code == 200
+    # Like every view of the whole service, not a key limited to a tenant.
+    tenant_key = keys.create_key("tenant-reader", "viewer", "tenant-a")[1]
+    refused = client.get("/metrics", headers={"Authorization": f"Bearer {tenant_key}"})
+    assert refused.status_code == 403
+    assert refused.get_json()["error"]["code"] == "forbidden"
+    # No key, or a text that is no key: 401 JSON.
+    for headers in ({"Authorization": ""}, {"Authorization": "Bearer wrong"}):
+        refused = client.get("/metrics", headers=headers)
+        assert refused.status_code == 401
+        assert refused.get_json()["error"]["code"] == "unauthorized"
+
+    # A scraper with METRICS_TOKEN needs no API key; a wrong token is no key either.
     monkeypatch.setitem(app.config, "SETTINGS", replace(settings, metrics_token="s3cret"))
-    assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 404
+    assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
     answered = client.get("/metrics", headers={"Authorization": "Bearer s3cret"})
     assert answered.status_code == 200
-    assert "orchestrator_dependency_up" in answered.get_data(as_text=True)
+    assert exposition in answered.get_data(as_text=True)
 
+    # METRICS_PUBLIC opens it to anyone.
     monkeypatch.setitem(app.config, "SETTINGS", replace(settings, metrics_public=True))
     answered = client.get("/metrics", headers={"Authorization": ""})
     assert answered.status_code == 200
+    assert exposition in answered.get_data(as_text=True)
     assert "/metrics" not in client.get("/openapi.json").get_data(as_text=True)
 
 

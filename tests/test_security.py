@@ -105,18 +105,18 @@ POLICY: dict[str, tuple[str | None, bool]] = {
     "GET /audit": ("admin", True),
     "GET /bots": ("viewer", False),
     "POST /bots": ("operator", False),
-    "GET /bots/<bot_id>": ("viewer", False),
-    "PATCH /bots/<bot_id>": ("operator", False),
-    "DELETE /bots/<bot_id>": ("operator", False),
-    "GET /bots/<bot_id>/tasks": ("viewer", False),
-    "POST /bots/<bot_id>/tasks": ("operator", False),
-    "POST /bots/<bot_id>/tasks/<task_id>/complete": ("operator", False),
+    "GET /bots/<bot:bot_id>": ("viewer", False),
+    "PATCH /bots/<bot:bot_id>": ("operator", False),
+    "DELETE /bots/<bot:bot_id>": ("operator", False),
+    "GET /bots/<bot:bot_id>/tasks": ("viewer", False),
+    "POST /bots/<bot:bot_id>/tasks": ("operator", False),
+    "POST /bots/<bot:bot_id>/tasks/<task_id>/complete": ("operator", False),
     "GET /bots/stats": ("viewer", False),
     "GET /dashboard": (None, False),
     "GET /dashboard/data": ("viewer", True),
     "GET /docs": (None, False),
     "GET /health": (None, False),
-    "GET /metrics": (None, False),
+    "GET /metrics": ("viewer", True),
     "GET /openapi.json": (None, False),
     "POST /orchestrate": ("operator", False),
     "GET /scaling": ("viewer", True),
@@ -229,7 +229,7 @@ def test_every_route_answers_every_caller_as_required_role_says(
             passed = status not in (401, 403) if expected == "allowed" else str(status) == expected
             if status >= 500 or not passed:
                 failures.append(f"{caller:9} {method:6} {url}: expected {expected}, got {status}")
-            if status in (401, 403, 404) and rule.endpoint != "metrics.scrape":
+            if status in (401, 403, 404):
                 error = response.get_json()["error"]
                 assert error["status"] == status
             if status == 401:

@@ -8,10 +8,11 @@ from typing import Any
 
 from app.dispatch import CALLBACK_QUEUE, DELIVER_CALLBACK, EXECUTE_CHUNK, RECONCILE
 from app.extensions import db
-from app.services import callbacks, execution, health, reconciler, registry
+from app.services import callbacks, execution, health, idempotency, reconciler, registry
 from workers.celery_app import celery
 
 PROBE_SERVICES = "orchestrator.probe_services"
+PURGE_IDEMPOTENCY_KEYS = "orchestrator.purge_idempotency_keys"
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,15 @@ def probe_services() -> dict[str, int]:
     """Probe every downstream URL's health path and store state, latency and time."""
     try:
         return registry.probe_all()
+    finally:
+        db.session.remove()
+
+
+@celery.task(name=PURGE_IDEMPOTENCY_KEYS)
+def purge_idempotency_keys() -> int:
+    """Delete Idempotency-Key answers older than IDEMPOTENCY_TTL, in short batches."""
+    try:
+        return idempotency.purge_expired()
     finally:
         db.session.remove()
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from flask import Flask
 from flask_smorest import Api
 
 # Attached to the app in create_app(), which then registers the blueprints below on it.
 rest_api = Api()
 
 
-def register_blueprints(api: Api) -> None:
-    """Attach every resource's blueprint."""
+def register_blueprints(app: Flask, api: Api) -> None:
+    """Attach every resource's blueprint (and the path converters their routes use)."""
     from app.api import audit, bots, scaling, services, swarms, system, tasks, workflows
 
+    app.url_map.converters.update(bots.CONVERTERS)
     for module in (system, bots, swarms, tasks, workflows, services, scaling, audit):
         api.register_blueprint(module.blp)

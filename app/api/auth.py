@@ -9,9 +9,10 @@ from __future__ import annotations
 import hmac
 import logging
 
-from flask import Flask, current_app, g, jsonify, request
+from flask import Flask, current_app, g, request
 
-from app.errors import error_body
+from app.api.metrics import scraper_admitted
+from app.errors import Forbidden, Unauthorized
 from app.models import ROLES, ApiKey
 from app.services import keys
 
@@ -26,12 +27,16 @@ OPEN_ENDPOINTS = frozenset(
         "api-docs.openapi_swagger_ui",
         "static",
         "dashboard.page",
-        "metrics.scrape",  # checks METRICS_PUBLIC / METRICS_TOKEN itself (app/api/metrics.py)
     }
 )
 ADMIN_ENDPOINTS = frozenset({"services.update_service", "audit.list_audit"})
 # Views of the whole service: a key limited to one tenant may not see them.
-GLOBAL_ENDPOINTS = frozenset({"dashboard.data", "scaling.get_scaling", "audit.list_audit"})
+GLOBAL_ENDPOINTS = frozenset(
+    {"dashboard.data", "scaling.get_scaling", "audit.list_audit", "metrics.scrape"}
+)
+# Endpoints a caller without an API key may also reach when the endpoint's own check admits it:
+# Prometheus scrapers with METRICS_PUBLIC or METRICS_TOKEN (app/api/metrics.py).
+KEYLESS_ADMISSION = {"metrics.scrape": scraper_admitted}
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 ADMIN_KEY_NAME = "admin (ADMIN_API_KEY)"
 
@@ -56,40 +61,52 @@ def presented_key() -> str | None:
     return request.headers.get("X-API-Key") or None
 
 
+def caller_identity() -> str:
+    """Who is calling, for per-caller state (rate limits, Idempotency-Key answers): the API key,
+    or the client address for calls without one."""
+    return g.get("caller") or f"addr:{request.remote_addr}"
+
+
 def register_auth(app: Flask) -> None:
-    """Refuse requests without a key (401) or with too small a role (403), as JSON."""
+    """Refuse requests without a key (401) or with too small a role (403)."""
 
     @app.before_request
-    def _gate():
+    def _gate() -> None:
         g.api_key_name = None
         g.tenant = None
+        g.caller = None
         role = required_role(request.endpoint, request.method)
         if role is None:
-            return None
+            return
+        admitted = KEYLESS_ADMISSION.get(request.endpoint or "")
+        if admitted is not None and admitted():
+            return
         plaintext = presented_key()
-        key = _authenticate(plaintext) if plaintext else None
+        found = _authenticate(plaintext) if plaintext else None
         anonymous = current_app.config["SETTINGS"].anonymous_role
-        if key is None and plaintext is None and anonymous is not None:
+        if found is None and plaintext is None and anonymous is not None:
             if ROLES.index(anonymous) >= ROLES.index(role):
-                return None
-        if key is None:
-            message = "An API key is required." if not plaintext else "The API key is not valid."
-            response = jsonify(error_body(401, "unauthorized", message))
-            response.headers["WWW-Authenticate"] = 'Bearer realm="orchestrator"'
-            return response, 401
+                return
+        if found is None:
+            raise Unauthorized(
+                "An API key is required." if not plaintext else "The API key is not valid."
+            )
+        key, g.caller = found
         g.api_key_name, g.tenant = key.name, key.tenant
         if ROLES.index(key.role) < ROLES.index(role):
-            message = f"This needs the {role} role; the key {key.name!r} has {key.role}."
-            return jsonify(error_body(403, "forbidden", message)), 403
+            raise Forbidden(f"This needs the {role} role; the key {key.name!r} has {key.role}.")
         if key.tenant is not None and request.endpoint in GLOBAL_ENDPOINTS:
-            message = "This shows the whole service; a key limited to a tenant may not see it."
-            return jsonify(error_body(403, "forbidden", message)), 403
-        return None
+            raise Forbidden(
+                "This shows the whole service; a key limited to a tenant may not see it."
+            )
 
 
-def _authenticate(plaintext: str) -> ApiKey | None:
-    """The key behind the text: ADMIN_API_KEY (checked in memory), or a stored key."""
+def _authenticate(plaintext: str) -> tuple[ApiKey, str] | None:
+    """The key behind the text, with the caller identity it stands for: ADMIN_API_KEY (checked
+    in memory), or a stored key (by id, so a stored key named like the admin key is still
+    another caller)."""
     admin_key = current_app.config["SETTINGS"].admin_api_key
     if admin_key and hmac.compare_digest(plaintext.encode(), admin_key.encode()):
-        return ApiKey(name=ADMIN_KEY_NAME, role="admin", tenant=None)
-    return keys.authenticate(plaintext)
+        return ApiKey(name=ADMIN_KEY_NAME, role="admin", tenant=None), "admin"
+    key = keys.authenticate(plaintext)
+    return None if key is None else (key, f"key:{key.id}")

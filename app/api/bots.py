@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from flask_smorest import Blueprint
+from werkzeug.routing import BaseConverter
 
+from app.api.openapi import link, links
 from app.api.schemas import (
     BotCreate,
     BotList,
     BotOut,
     BotPage,
+    BotStats,
     BotUpdate,
     TaskAssign,
     TaskAssigned,
@@ -25,9 +28,29 @@ from app.services.ids import parse_task_id, task_public_id
 blp = Blueprint("bots", __name__, description="Bots and their tasks")
 
 
+class BotIdConverter(BaseConverter):
+    """A bot id in a path: any segment but `stats`, so that /bots/stats is one resource and
+    answers one `Allow` (GET) instead of also offering the PATCH and DELETE of /bots/{bot_id}."""
+
+    regex = r"(?!stats$)[^/]+"
+
+
+CONVERTERS = {"bot": BotIdConverter}
+
+BOT_ID = "$response.body#/id"
+
+
 @blp.route("/bots", methods=["POST"])
 @blp.arguments(BotCreate)
 @blp.response(201, BotOut)
+@links(
+    201,
+    GetBot=link("get_bot", "The bot just created", bot_id=BOT_ID),
+    UpdateBot=link("update_bot", "Pause or resume it", bot_id=BOT_ID),
+    RetireBot=link("retire_bot", "Retire it", bot_id=BOT_ID),
+    AssignTask=link("assign_task", "Give it a task", bot_id=BOT_ID),
+    ListTasks=link("list_tasks", "Its tasks", bot_id=BOT_ID),
+)
 def create_bot(body):
     """Create one bot."""
     return bots.create_bot(body["name"], body["tier"], body["capabilities"])
@@ -49,20 +72,20 @@ def list_bots(query):
 
 
 @blp.route("/bots/stats")
-@blp.alt_response(200, description="Totals, tiers, capacity and utilisation", success=True)
+@blp.response(200, BotStats, description="Totals, tiers, capacity and utilisation")
 def bot_stats():
     """Service-wide bot and task statistics."""
     return stats.bot_stats()
 
 
-@blp.route("/bots/<bot_id>", methods=["GET"])
+@blp.route("/bots/<bot:bot_id>", methods=["GET"])
 @blp.response(200, BotOut)
 def get_bot(bot_id):
     """One bot with its task counters."""
     return bots.get_bot(bot_id)
 
 
-@blp.route("/bots/<bot_id>", methods=["PATCH"])
+@blp.route("/bots/<bot:bot_id>", methods=["PATCH"])
 @blp.arguments(BotUpdate)
 @blp.response(200, BotOut)
 def update_bot(body, bot_id):
@@ -70,22 +93,33 @@ def update_bot(body, bot_id):
     return bots.set_bot_status(bot_id, body["status"])
 
 
-@blp.route("/bots/<bot_id>", methods=["DELETE"])
+@blp.route("/bots/<bot:bot_id>", methods=["DELETE"])
 @blp.response(200, BotOut)
 def retire_bot(bot_id):
     """Retire a bot; its waiting tasks are cancelled."""
     return bots.retire_bot(bot_id)
 
 
-@blp.route("/bots/<bot_id>/tasks", methods=["POST"])
+@blp.route("/bots/<bot:bot_id>/tasks", methods=["POST"])
 @blp.arguments(TaskAssign)
 @blp.response(202, TaskAssigned)
+@links(
+    202,
+    GetTask=link("get_task", "The task's status and result", task_id="$response.body#/task_id"),
+    CompleteTask=link(
+        "complete_task",
+        "Mark it completed",
+        bot_id="$response.body#/bot_id",
+        task_id="$response.body#/task_id",
+    ),
+    CancelTask=link("cancel_task", "Cancel it", task_id="$response.body#/task_id"),
+)
 def assign_task(body, bot_id):
     """Give a task to a bot; it runs on the worker pool."""
     return assignments.assign_to_bot(bot_id, body["type"], body["data"])
 
 
-@blp.route("/bots/<bot_id>/tasks", methods=["GET"])
+@blp.route("/bots/<bot:bot_id>/tasks", methods=["GET"])
 @blp.arguments(TaskPage, location="query")
 @blp.alt_response(200, schema=TaskList, description="A page of the bot's tasks", success=True)
 def list_tasks(query, bot_id):
@@ -98,7 +132,7 @@ def list_tasks(query, bot_id):
     return page_of(items, TaskOut(), query["limit"], lambda task: task_public_id(task.id))
 
 
-@blp.route("/bots/<bot_id>/tasks/<task_id>/complete", methods=["POST"])
+@blp.route("/bots/<bot:bot_id>/tasks/<task_id>/complete", methods=["POST"])
 @blp.arguments(TaskComplete)
 @blp.response(200, TaskOut)
 def complete_task(body, bot_id, task_id):

@@ -1,16 +1,16 @@
 """GET /metrics: the Prometheus exposition (app/services/state_metrics.py), for scrapers.
 
-A plain Flask blueprint, kept out of the OpenAPI document. It is open only when configured:
-METRICS_PUBLIC=1 opens it to anyone; otherwise a scraper must send METRICS_TOKEN as a bearer
-token; with neither it answers 404, as if it did not exist. API-key authentication leaves this
-route to its own check (app/api/auth.py lists it among the open endpoints).
+A plain Flask blueprint, kept out of the OpenAPI document. Like the other views of the whole
+service it answers a viewer, operator or admin key without a tenant (app/api/auth.py). A
+Prometheus scraper without an API key is admitted when METRICS_PUBLIC=1, or when it sends
+METRICS_TOKEN as a bearer token.
 """
 
 from __future__ import annotations
 
 import hmac
 
-from flask import Blueprint, Response, abort, current_app, request
+from flask import Blueprint, Response, current_app, request
 
 from app.services import state_metrics
 
@@ -20,15 +20,14 @@ bp = Blueprint("metrics", __name__)
 @bp.route("/metrics")
 def scrape() -> Response:
     """Every metric in Prometheus's text format."""
-    if not _allowed():
-        abort(404)  # the same answer as a route that does not exist
     body, content_type = state_metrics.render()
     response = Response(body, content_type=content_type)
     response.headers["Cache-Control"] = "no-store"
     return response
 
 
-def _allowed() -> bool:
+def scraper_admitted() -> bool:
+    """Whether this request may read /metrics without an API key (METRICS_PUBLIC, METRICS_TOKEN)."""
     settings = current_app.config["SETTINGS"]
     if settings.metrics_public:
         return True

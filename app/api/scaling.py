@@ -6,6 +6,7 @@ from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate, validates_schema
 from marshmallow.exceptions import ValidationError
 
+from app.api.schemas import Scaling
 from app.services import scaling
 
 blp = Blueprint("scaling", __name__, description="Autoscaling signal for the worker pool")
@@ -36,7 +37,7 @@ class ScalingQuery(Schema):
 @blp.route("/scaling", methods=["GET"])
 @blp.arguments(ScalingQuery, location="query")
 @blp.doc(summary="Recommended workers per tier and in all, from backlog, waits and throughput")
-@blp.alt_response(200, description="Recommended workers per tier and for the pool", success=True)
+@blp.response(200, Scaling, description="Recommended workers per tier and for the pool")
 def get_scaling(query):
     policy = scaling.Policy(
         target_drain_seconds=query["target_drain_s"],

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 from flask_smorest import Blueprint
 
-from app.api.schemas import ServiceOut, ServiceUpdate
+from app.api.openapi import link, links
+from app.api.schemas import ServiceList, ServiceOut, ServiceUpdate
 from app.services import registry
 
 blp = Blueprint("services", __name__, description="Service discovery for the AI services")
 
 
 @blp.route("/services", methods=["GET"])
-@blp.alt_response(200, description="`items`: every service, as ServiceOut", success=True)
+@blp.response(200, ServiceList, description="Every service")
+@links(
+    200,
+    GetService=link("get_service", "The first service", name="$response.body#/items/0/name"),
+    UpdateService=link("update_service", "Change it", name="$response.body#/items/0/name"),
+)
 def list_services():
     """Every service: URLs in failover order, each URL's last probe and circuit breaker."""
-    return {"items": ServiceOut().dump(registry.list_services(), many=True)}
+    return {"items": registry.list_services()}
 
 
 @blp.route("/services/<name>", methods=["GET"])

@@ -7,6 +7,7 @@ import json
 from flask import Response
 from flask_smorest import Blueprint
 
+from app.api.openapi import link, links
 from app.api.schemas import (
     MassAssigned,
     SwarmCreate,
@@ -23,13 +24,23 @@ from app.services.ids import iso
 
 blp = Blueprint("swarms", __name__, description="Bot swarms and mass-actions")
 
+SWARM_ID = "$response.body#/id"
+
 
 @blp.route("/swarms", methods=["POST"])
 @blp.arguments(SwarmCreate)
 @blp.doc(
     responses={
-        "201": {"description": "Created", "content": {"application/json": {"schema": SwarmCreated}}}
+        201: {"description": "Created", "content": {"application/json": {"schema": SwarmCreated}}}
     }
+)
+@links(
+    201,
+    GetSwarm=link("get_swarm", "The swarm just created", swarm_id=SWARM_ID),
+    UpdateSwarm=link("update_swarm", "Scale, pause or resume it", swarm_id=SWARM_ID),
+    RetireSwarm=link("retire_swarm", "Retire it and its bots", swarm_id=SWARM_ID),
+    AssignToSwarm=link("assign_to_swarm", "A mass-action over its bots", swarm_id=SWARM_ID),
+    GetFirstBot=link("get_bot", "Its first bot", bot_id="$response.body#/bot_ids/0"),
 )
 def create_swarm(body):
     """Create a swarm of `count` bots; answers every bot id."""
@@ -84,6 +95,10 @@ def retire_swarm(swarm_id):
 @blp.route("/swarms/<swarm_id>/tasks", methods=["POST"])
 @blp.arguments(TaskAssign)
 @blp.response(202, MassAssigned)
+@links(
+    202,
+    GetSwarm=link("get_swarm", "The swarm's task totals", swarm_id="$response.body#/swarm_id"),
+)
 def assign_to_swarm(body, swarm_id):
     """Mass-action: one task for every active bot of the swarm."""
     return assignments.assign_to_swarm(swarm_id, body["type"], body["data"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask_smorest import Blueprint
 
+from app.api.openapi import link, links
 from app.api.schemas import Orchestrate, WorkflowOut
 from app.services import workflows
 
@@ -13,6 +14,11 @@ blp = Blueprint("workflows", __name__, description="Workflows across the AI serv
 @blp.route("/orchestrate", methods=["POST"])
 @blp.arguments(Orchestrate)
 @blp.response(202, WorkflowOut)
+@links(
+    202,
+    GetWorkflow=link("get_task", "Poll the workflow", task_id="$response.body#/task_id"),
+    CancelWorkflow=link("cancel_task", "Cancel it", task_id="$response.body#/task_id"),
+)
 def orchestrate(body):
     """Run the steps (a DAG) on the worker pool at the given priority; poll GET /task/{task_id}."""
     steps = [

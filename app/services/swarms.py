@@ -17,11 +17,13 @@ from app.services.tenancy import current_tenant, visible
 
 SWARM_ACTIVE, SWARM_PAUSED, SWARM_RETIRED = BOT_ACTIVE, BOT_PAUSED, BOT_RETIRED
 
-# One INSERT for the whole swarm; positions number the bots' dataset slices.
+# One INSERT for the whole swarm; positions number the bots' dataset slices. A bot is named
+# `<swarm name>-<n>`, the swarm name shortened so that the whole fits bots.name (200).
 _INSERT_BOTS = f"""
 INSERT INTO bots (id, name, tier, capabilities, status, swarm_id, tenant, position, created_at,
                   last_active)
-SELECT {SQL_NEW_BOT_ID}, :name || '-' || (g + 1), :tier, :capabilities, :status, :swarm_id,
+SELECT {SQL_NEW_BOT_ID}, left(:name, 199 - length((g + 1)::text)) || '-' || (g + 1), :tier,
+       :capabilities, :status, :swarm_id,
        :tenant, g, :now, :now
   FROM generate_series(CAST(:first AS int), CAST(:first AS int) + :count - 1) AS g
 RETURNING id
