@@ -4,6 +4,9 @@
   bots when it was assigned); with slice_index it names the task's part.
 - workflows.callback_url and the callbacks table: one signed POST of a resource's summary when it
   ends, with its delivery state.
+- a BRIN index on tasks.payload_id: the retention job asks whether any task still uses a payload;
+  payload ids grow with the ids of the tasks that use them, so a block-range index answers at
+  almost no cost to the 50,000-row inserts.
 - tasks.result compressed with lz4 where the server has it: part results carry packed summaries
   that pglz spends time on for nothing.
 
@@ -49,6 +52,10 @@ def upgrade():
         postgresql_where=sa.text("state = 'pending'"),
     )
     op.execute(
+        "CREATE INDEX ix_tasks_payload_brin ON tasks USING brin (payload_id)"
+        " WITH (autosummarize = on)"
+    )
+    op.execute(
         """
 DO $$ BEGIN
     IF EXISTS (SELECT 1 FROM pg_settings
@@ -61,6 +68,7 @@ END $$
 
 
 def downgrade():
+    op.drop_index("ix_tasks_payload_brin", table_name="tasks")
     op.drop_index("ix_callbacks_pending", table_name="callbacks")
     op.drop_table("callbacks")
     op.drop_column("workflows", "callback_url")
