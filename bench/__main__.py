@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import load, report, scenarios
+from bench import bigfile, load, report, scenarios
 from bench.client import API_KEY, Api, broker, database
 from bench.scenarios import Bench, say
 from bench.stack import Stack
@@ -47,12 +47,17 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [5_000] if args.quick else [5_000, 50_000]
     read_seconds = 3.0 if args.quick else 10.0
     big = sizes[-1]
-    steps = 7
+    steps = 8
+    # The big-file split: the size, or a tenth of it with --quick.
+    big_rows, big_bots = (100_000, 1_000) if args.quick else (1_000_000, 10_000)
     began = time.monotonic()
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
 
     log_dir = Path(tempfile.mkdtemp(prefix="orchestrator-bench-"))
+    # The generated big file lives (and goes) with the logs.
+    data_dir = log_dir / "data"
+    data_dir.mkdir()
     # Requests authenticate as a user's would (a key per request); the per-key limit is raised
     # far above what the load reaches, so its check is measured but never refuses.
     env = dict(
@@ -62,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         ADMIN_API_KEY=API_KEY,
         RATE_LIMIT="1000000 per second",
         RATE_LIMIT_HEAVY="100000 per minute",
+        DATA_DIR=str(data_dir),
     )
     stack = Stack(env=env, log_dir=log_dir)
     try:
@@ -86,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         results["priority"] = scenarios.priority(b, big, f"[5/{steps}]")
         results["reads"] = scenarios.reads(b, big, read_seconds, 32, f"[6/{steps}]")
         results["memory"] = scenarios.worker_memory(b, big, MEMORY_ROUNDS, f"[7/{steps}]")
+        results["bigfile"] = bigfile.split_run(b, data_dir, big_rows, big_bots, f"[8/{steps}]")
     except Interrupted as stopped:
         say(f"{stopped} received; stopping the stack")
         return 130

@@ -247,29 +247,29 @@ def _drop_computer(operations: tuple[str, ...]) -> Callable[[Dataset], bytearray
 
         def keep(step: int, numbers: list[int], header: Any, rows: list[Any]) -> list[bool]:
             batch = Rows(numbers, rows, header)
-            seen, others = first_by_hash[step - 1], exact[step - 1]
+            identities = batch.identities(plain[step - 1], dataset.uniform)
+            first_of = first_by_hash[step - 1].setdefault
+            others = exact[step - 1]
             kept = []
-            for number, blank, identity in zip(
+            for number, blank, identity, key in zip(
                 numbers,
                 batch.blanks(plain[step - 1]),
-                batch.identities(plain[step - 1], dataset.uniform),
+                identities,
+                map(hash, identities),
                 strict=True,
             ):
-                duplicate = blank
                 if not blank:
-                    key = hash(identity)
-                    first = seen.get(key)
-                    if first is None:
-                        seen[key] = number
-                    elif identity_at(first, step) == identity:
-                        duplicate = True
-                    elif identity in others:
-                        duplicate = True
-                    else:
+                    first = first_of(key, number)
+                    if first == number:
+                        kept.append(True)
+                        continue
+                    # The same hash: the same row, unless (rarely) two rows' hashes collide.
+                    if identity_at(first, step) != identity and identity not in others:
                         others[identity] = number
-                if duplicate:
-                    drops[number] = step
-                kept.append(not duplicate)
+                        kept.append(True)
+                        continue
+                drops[number] = step
+                kept.append(False)
             return kept
 
         for batch in dataset.batches(0, dataset.total):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,7 +167,7 @@ def to_number(value: Any) -> Any:
     return value
 
 
-def _filled(values: list[Any], stripped: bool = False) -> float:
+def _filled(values: Sequence[Any], stripped: bool = False) -> float:
     """The share of non-empty values, 3 decimals (`stripped`: no value is a blank string)."""
     if not values:
         return 0.0
@@ -201,10 +201,10 @@ def _fields(keys: list[Any]) -> tuple[list[Any], list[int] | None]:
     return unique, [last[key] for key in unique]
 
 
-def _rekeyed(rows: Rows, keys: list[Any], values: list[list[Any]]) -> Rows:
+def _rekeyed(rows: Rows, keys: list[Any], values: list[Any]) -> Rows:
     header, places = _fields(keys)
     if places is not None:
-        values = [[row[i] for i in places] for row in values]
+        values = [tuple(row[i] for i in places) for row in values]
     return Rows(rows.numbers, values, header)
 
 
@@ -212,11 +212,14 @@ def _strip(rows: Rows) -> Rows:
     if rows.header is None:
         return Rows(rows.numbers, [strip_row(row) for row in rows.rows], None)
     keys = [key.strip() if type(key) is str else key for key in rows.header]
+    strip = str.strip
     try:
-        values = [[value.strip() for value in row] for row in rows.rows]
-    except AttributeError:  # None for a missing cell, or numbers
+        # Tuples built by map(): about twice as fast as a list comprehension per row.
+        values: list[Any] = [tuple(map(strip, row)) for row in rows.rows]
+    except TypeError:  # None for a missing cell, or numbers
         values = [
-            [value.strip() if type(value) is str else value for value in row] for row in rows.rows
+            tuple(value.strip() if type(value) is str else value for value in row)
+            for row in rows.rows
         ]
     return _rekeyed(rows, keys, values)
 
@@ -225,19 +228,19 @@ def _transform(rows: Rows) -> Rows:
     if rows.header is None:
         return Rows(rows.numbers, [transform_row(row) for row in rows.rows], None)
     keys = [snake_case(key) for key in rows.header]
-    return _rekeyed(rows, keys, [[to_number(value) for value in row] for row in rows.rows])
+    return _rekeyed(rows, keys, [tuple(map(to_number, row)) for row in rows.rows])
 
 
 def _enrich(rows: Rows, stripped: bool) -> Rows:
     if rows.header is None:
-        enriched = [
+        dicts = [
             enrich_row(row, number) for number, row in zip(rows.numbers, rows.rows, strict=True)
         ]
-        return Rows(rows.numbers, enriched, None)
+        return Rows(rows.numbers, dicts, None)
     header = rows.header
     if "_row" not in header and "_filled" not in header:
         values = [
-            [*row, number + 1, _filled(row, stripped)]
+            (*row, number + 1, _filled(row, stripped))
             for number, row in zip(rows.numbers, rows.rows, strict=True)
         ]
         return Rows(rows.numbers, values, [*header, "_row", "_filled"])
@@ -248,10 +251,10 @@ def _enrich(rows: Rows, stripped: bool) -> Rows:
         if key not in new_header:
             new_header.append(key)
     row_at, filled_at = new_header.index("_row"), new_header.index("_filled")
-    values = []
+    enriched: list[Any] = []
     for number, row in zip(rows.numbers, rows.rows, strict=True):
         out = list(row) + [None] * (len(new_header) - len(row))
         out[row_at] = number + 1
         out[filled_at] = _filled([row[place] for place in others], stripped)
-        values.append(out)
-    return Rows(rows.numbers, values, new_header)
+        enriched.append(tuple(out))
+    return Rows(rows.numbers, enriched, new_header)
