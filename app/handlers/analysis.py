@@ -161,13 +161,6 @@ class AnalysisSummary:
         )
 
 
-def sentiment_counts(texts: Iterable[Any]) -> dict[str, Any]:
-    """Positive, negative and neutral counts and the mean VADER compound score of texts."""
-    summary = AnalysisSummary("sentiment", 0, 0)
-    summary.add_texts(texts)
-    return {**summary.counts, "mean_compound": summary.compound.mean(summary.rows)}
-
-
 def _sentiment_analyzer() -> SentimentIntensityAnalyzer:
     # Loading the lexicon takes tens of milliseconds: once per process, not once per task.
     global _analyzer

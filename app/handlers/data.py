@@ -20,24 +20,14 @@ MAX_RESULT_RECORDS of the whole output.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from app.handlers import TaskFailed, TaskInput
 from app.handlers.datasets import Dataset, open_dataset, row_range
-from app.handlers.pipeline import (
-    Rows,
-    enrich_row,
-    plain_until,
-    row_identity,
-    run_batch,
-    snake_case,
-    strip_row,
-    transform_row,
-)
+from app.handlers.pipeline import Rows, plain_until, run_batch
 from app.handlers.summaries import Columns, pack, unpack
-from app.handlers.values import is_empty, parse_number
 
 Record = dict[str, Any]
 
@@ -45,8 +35,6 @@ DEFAULT_OPERATIONS = ("clean", "analyze")
 OUTPUT_FORMATS = ("json", "summary")
 # Results stay small enough to store per task however large the input is.
 MAX_RESULT_RECORDS = 100
-
-__all__ = ["is_empty", "parse_number", "process", "snake_case"]
 
 
 def process(task: TaskInput) -> dict[str, Any]:
@@ -72,42 +60,6 @@ def optional_chunk_size(data: dict[str, Any]) -> int | None:
     if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
         raise TaskFailed(f"'chunk_size' must be a whole number of at least 1, got {raw!r}")
     return raw
-
-
-# ---- whole lists (inline use and tests) ----------------------------------------------------
-
-
-def clean(records: Iterable[Record]) -> list[Record]:
-    """Strip strings, drop all-empty rows and exact duplicates."""
-    seen: set[Any] = set()
-    cleaned = []
-    for row in records:
-        stripped = strip_row(row)
-        if all(is_empty(value) for value in stripped.values()):
-            continue
-        identity = row_identity(stripped, uniform=False)
-        if identity in seen:
-            continue
-        seen.add(identity)
-        cleaned.append(stripped)
-    return cleaned
-
-
-def transform(records: Iterable[Record]) -> list[Record]:
-    """Rename keys to lower snake_case and convert numeric strings to numbers."""
-    return [transform_row(row) for row in records]
-
-
-def enrich(records: Iterable[Record]) -> list[Record]:
-    """Add each row's 1-based position and the share of its fields that are filled."""
-    return [enrich_row(row, number) for number, row in enumerate(records)]
-
-
-def column_stats(records: Iterable[Record]) -> dict[str, dict[str, Any]]:
-    """Per column: count, non_empty, distinct, and min/max/mean when it is numeric."""
-    columns = Columns()
-    columns.add_rows(list(enumerate(records)))
-    return columns.summary()
 
 
 OPERATIONS = ("analyze", "clean", "enrich", "transform")

@@ -7,6 +7,9 @@ mass-action's aggregate is therefore kept as partials written with its outcomes 
 never recomputed from its task rows.
 
 Task types without a rule of their own get COUNTING: tasks by state and failures by reason.
+The data task types (data_processing, mass_data_processing, distributed_analysis, reporting) add
+to it the merged summaries their parts' results carry (`summary_rule`): the answer's `result` is
+what one task over every row of the dataset answers (see app/handlers/summaries.py).
 """
 
 from __future__ import annotations
