@@ -436,3 +436,23 @@ def test_distributed_analysis_without_chunk_size_splits_evenly_end_to_end(
         [Finished("distributed_analysis", "completed", r, None) for _, r in rows],
     )
     assert aggregates.merge("distributed_analysis", [partial])["result"] == single["result"]
+
+
+def test_the_drop_list_is_the_same_found_while_indexing_or_afterwards(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    for directory in (first, second):
+        directory.mkdir()
+        write_awkward_csv(directory / "awkward.csv", 3000, seed=3)
+    data = {"dataset": "awkward.csv", "operations": ["clean", "analyze"]}
+    # a: the first task cleans, so the drop list is found in the pass that indexes the file.
+    found_while_indexing = whole("data_processing", data, first)
+    # b: the file is indexed by a task that does not clean; the drop list comes in its own pass.
+    whole("data_processing", {"dataset": "awkward.csv", "operations": ["analyze"]}, second)
+    assert not list((second / ".index").glob("*.steps"))
+    found_afterwards = whole("data_processing", data, second)
+
+    assert found_while_indexing == found_afterwards
+    lists = [
+        next((directory / ".index").glob("*.steps")).read_bytes() for directory in (first, second)
+    ]
+    assert lists[0] == lists[1] and set(lists[0]) == {0, 1}  # kept, or dropped by the one clean

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.handlers import TaskFailed, TaskInput
-from app.handlers.datasets import Dataset, open_dataset, row_range
+from app.handlers.datasets import Batch, Dataset, csv_batch, drop_file, open_dataset, row_range
 from app.handlers.pipeline import Rows, plain_until, run_batch
 from app.handlers.summaries import Columns, pack, unpack
 
@@ -42,7 +42,9 @@ def process(task: TaskInput) -> dict[str, Any]:
     operations = _operations(task.data.get("operations"))
     output_format = _output_format(task.data.get("output_format"))
     chunk_size = optional_chunk_size(task.data)
-    dataset = open_dataset(task.data, task.data_dir)
+    # The first task to open a file indexes it; its drop list is found in the same pass.
+    companion = _DropsWhileIndexing(operations) if "clean" in operations else None
+    dataset = open_dataset(task.data, task.data_dir, companion)
     start, end = row_range(dataset.total, task, chunk_size)
     summary = DataSummary.of_rows(dataset, start, end, operations, output_format)
     result = summary.presented()
@@ -179,56 +181,98 @@ def _signature(operations: tuple[str, ...]) -> str:
     return ",".join(op for op in operations[: last_clean + 1] if op != "analyze")
 
 
+class DropBuilder:
+    """Finds, in one pass over a dataset's rows in order, the clean step that drops each row.
+
+    Per clean step, a dict from the hash of a row's identity to the first row with it; when a
+    later row's hash is already there, that first row is read again and compared, so a hash
+    collision never drops a row (colliding identities are then kept whole in `exact`).
+    """
+
+    def __init__(
+        self, operations: tuple[str, ...], uniform: bool, batch_at: Callable[[int], Batch]
+    ) -> None:
+        self.steps = tuple(_signature(operations).split(","))
+        self.clean_places = [place for place, op in enumerate(self.steps) if op == "clean"]
+        self.uniform, self.batch_at = uniform, batch_at
+        self.drops = bytearray()
+        self.first_by_hash: list[dict[int, int]] = [{} for _ in self.clean_places]
+        self.exact: list[dict[Any, int]] = [{} for _ in self.clean_places]
+        self.plain = [plain_until(self.steps, n) for n in range(1, len(self.clean_places) + 1)]
+
+    def feed(self, batch: Batch) -> None:
+        """The next rows, in order."""
+        self.drops.extend(bytes(len(batch.rows)))
+        run_batch(batch, self.steps, self._keep)
+
+    def _identity_at(self, number: int, step: int) -> Any:
+        batch = self.batch_at(number)
+        row = run_batch(batch, self.steps, None, upto=self.clean_places[step - 1] + 1)
+        return row.identities(self.plain[step - 1], self.uniform)[0]
+
+    def _keep(self, step: int, numbers: list[int], header: Any, rows: list[Any]) -> list[bool]:
+        batch = Rows(numbers, rows, header)
+        identities = batch.identities(self.plain[step - 1], self.uniform)
+        first_of = self.first_by_hash[step - 1].setdefault
+        others = self.exact[step - 1]
+        kept = []
+        for number, blank, identity, key in zip(
+            numbers,
+            batch.blanks(self.plain[step - 1]),
+            identities,
+            map(hash, identities),
+            strict=True,
+        ):
+            if not blank:
+                first = first_of(key, number)
+                if first == number:
+                    kept.append(True)
+                    continue
+                # The same hash: the same row, unless (rarely) two rows' hashes collide.
+                if self._identity_at(first, step) != identity and identity not in others:
+                    others[identity] = number
+                    kept.append(True)
+                    continue
+            self.drops[number] = step
+            kept.append(False)
+        return kept
+
+
 def _drop_computer(operations: tuple[str, ...]) -> Callable[[Dataset], bytearray]:
     """How to find, in one pass over a dataset, the clean step that drops each row."""
-    steps = tuple(_signature(operations).split(","))
-    clean_places = [place for place, op in enumerate(steps) if op == "clean"]
 
     def compute(dataset: Dataset) -> bytearray:
-        drops = bytearray(dataset.total)
-        # Per clean step: hash of a row's identity -> the first row with it; identities whose
-        # hash matched another identity's (a hash collision) are kept whole in `exact`.
-        first_by_hash: list[dict[int, int]] = [{} for _ in clean_places]
-        exact: list[dict[Any, int]] = [{} for _ in clean_places]
-        plain = [plain_until(steps, step) for step in range(1, len(clean_places) + 1)]
-
-        def identity_at(number: int, step: int) -> Any:
-            batch = next(iter(dataset.batches(number, number + 1)))
-            row = run_batch(batch, steps, None, upto=clean_places[step - 1] + 1)
-            return row.identities(plain[step - 1], dataset.uniform)[0]
-
-        def keep(step: int, numbers: list[int], header: Any, rows: list[Any]) -> list[bool]:
-            batch = Rows(numbers, rows, header)
-            identities = batch.identities(plain[step - 1], dataset.uniform)
-            first_of = first_by_hash[step - 1].setdefault
-            others = exact[step - 1]
-            kept = []
-            for number, blank, identity, key in zip(
-                numbers,
-                batch.blanks(plain[step - 1]),
-                identities,
-                map(hash, identities),
-                strict=True,
-            ):
-                if not blank:
-                    first = first_of(key, number)
-                    if first == number:
-                        kept.append(True)
-                        continue
-                    # The same hash: the same row, unless (rarely) two rows' hashes collide.
-                    if identity_at(first, step) != identity and identity not in others:
-                        others[identity] = number
-                        kept.append(True)
-                        continue
-                drops[number] = step
-                kept.append(False)
-            return kept
-
+        builder = DropBuilder(
+            operations, dataset.uniform, lambda n: next(iter(dataset.batches(n, n + 1)))
+        )
         for batch in dataset.batches(0, dataset.total):
-            run_batch(batch, steps, keep)
-        return drops
+            builder.feed(batch)
+        return builder.drops
 
     return compute
+
+
+class _DropsWhileIndexing:
+    """A file's drop list built in the pass that indexes it (file_index.Companion)."""
+
+    def __init__(self, operations: tuple[str, ...]) -> None:
+        self.operations = operations
+        self.builder: DropBuilder | None = None
+
+    def target(self, stem: Any) -> Any:
+        return drop_file(stem, _signature(self.operations))
+
+    def feed(
+        self, first: int, rows: list[list[str]], header: list[str], read: Callable[[int], list[str]]
+    ) -> None:
+        if self.builder is None:
+            self.builder = DropBuilder(
+                self.operations, True, lambda n: csv_batch(n, [read(n)], header)
+            )
+        self.builder.feed(csv_batch(first, rows, header))
+
+    def result(self) -> bytes:
+        return bytes(self.builder.drops) if self.builder is not None else b""
 
 
 def _operations(raw: Any) -> tuple[str, ...]:

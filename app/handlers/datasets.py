@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from app.handlers import TaskFailed, TaskInput
-from app.handlers.file_index import FileIndex, csv_records, index_of, locked, write_atomically
+from app.handlers.file_index import (
+    Companion,
+    FileIndex,
+    csv_records,
+    index_of,
+    locked,
+    write_atomically,
+)
 from app.handlers.files import data_file_name, resolve_data_file
 
 Record = dict[str, Any]
@@ -210,24 +217,14 @@ class FileDataset:
         if header is None or len(set(header)) != len(header):
             yield from dict_batches(self.index.read(start, end), max(0, start))
             return
-        width = len(header)
         first, rows = max(0, start), []
         for cells in self.index.read_cells(start, end):
             rows.append(cells)
             if len(rows) == BATCH_ROWS:
-                yield self._batch(first, rows, header, width)
+                yield csv_batch(first, rows, header)
                 first, rows = first + len(rows), []
         if rows:
-            yield self._batch(first, rows, header, width)
-
-    @staticmethod
-    def _batch(first: int, rows: list[list[Any]], header: list[str], width: int) -> Batch:
-        if any(len(cells) > width for cells in rows):
-            return Batch(first, list(csv_records(rows, header)))
-        for cells in rows:
-            if len(cells) < width:
-                cells.extend([None] * (width - len(cells)))
-        return Batch(first, rows, header)
+            yield csv_batch(first, rows, header)
 
     def drop_steps(self, signature: str, compute: DropComputer) -> DropSteps:
         key = (str(self.index.path), self.index.version, signature)
@@ -240,18 +237,35 @@ class FileDataset:
         return steps
 
 
+def csv_batch(first: int, rows: list[list[Any]], header: list[str]) -> Batch:
+    """CSV rows (lists of cells, parsed) as a batch: lists in the header's order, missing cells
+    None; as dicts when a row has surplus cells or the header names a field twice."""
+    width = len(header)
+    if len(set(header)) != width or any(len(cells) > width for cells in rows):
+        return Batch(first, list(csv_records(rows, header)))
+    for cells in rows:
+        if len(cells) < width:
+            cells.extend([None] * (width - len(cells)))
+    return Batch(first, rows, header)
+
+
 # Drop lists of file versions this process has used: (path, version, signature) -> steps.
 _FILE_DROPS: dict[tuple[str, str, str], DropSteps] = {}
 
 
-def open_dataset(data: dict[str, Any], data_dir: Path) -> Dataset:
-    """The task's dataset: inline `records`, or the file named by `input_file` / `dataset`."""
+def open_dataset(
+    data: dict[str, Any], data_dir: Path, companion: Companion | None = None
+) -> Dataset:
+    """The task's dataset: inline `records`, or the file named by `input_file` / `dataset`.
+
+    A file's index is built on first use; `companion` then sees its rows in the same pass.
+    """
     if "records" in data:
         return _inline(data["records"])
     name = data_file_name(data)
     if name is None:
         raise TaskFailed("give the data as 'records', 'input_file' or 'dataset'")
-    return FileDataset(index_of(resolve_data_file(data_dir, name), data_dir))
+    return FileDataset(index_of(resolve_data_file(data_dir, name), data_dir, companion))
 
 
 # Tasks of one chunk share their data object: its dataset (and drop lists) is built once.
@@ -270,12 +284,19 @@ def _inline(records: Any) -> InlineDataset:
     return dataset
 
 
+def drop_file(stem: Path, signature: str) -> Path:
+    """Where the drop list of a pipeline (its signature) is kept for the file version `stem`."""
+    return (
+        stem.parent
+        / f"{stem.name}-drop-{hashlib.sha256(signature.encode()).hexdigest()[:16]}.steps"
+    )
+
+
 def _file_drops(stem: Path | None, signature: str, compute: Callable[[], bytearray]) -> DropSteps:
     """A file version's drop list: read from beside its index, or computed once and kept there."""
     if stem is None:
         return DropSteps(compute())
-    name = "drop-" + hashlib.sha256(signature.encode()).hexdigest()[:16]
-    target = stem.parent / f"{stem.name}-{name}.steps"
+    target = drop_file(stem, signature)
     with locked(stem):
         if not target.exists():
             steps = compute()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import fcntl
-import functools
 import hashlib
 import io
 import json
@@ -32,7 +31,7 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from app.handlers import TaskFailed
 
@@ -44,6 +43,7 @@ _OFFSET = struct.Struct("<q")
 _BLOCK_BYTES = 1 << 20
 # Rows decoded at once when reading a range: memory stays flat for a task over a whole file.
 _READ_ROWS = 8192
+_COMPANION_ROWS = 2048
 _SPACE = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
 
@@ -105,8 +105,29 @@ class FileIndex:
             raise TaskFailed(f"data file {self.path.name!r} is not valid CSV: {exc}") from None
 
 
-def index_of(path: Path, data_dir: Path) -> FileIndex:
-    """The offsets index of the file's current version, built now if no process has built it."""
+class Companion(Protocol):
+    """Something worth computing in the same pass that indexes a CSV file (a drop list)."""
+
+    def target(self, stem: Path) -> Path:
+        """Where its result is kept, beside the index of the file version `stem` names."""
+        ...
+
+    def feed(
+        self, first: int, rows: list[list[str]], header: list[str], read: Callable[[int], list[str]]
+    ) -> None:
+        """Rows first, first + 1, ... as cells; `read(n)` parses an earlier row n again."""
+        ...
+
+    def result(self) -> bytes:
+        """What to keep."""
+        ...
+
+
+def index_of(path: Path, data_dir: Path, companion: Companion | None = None) -> FileIndex:
+    """The offsets index of the file's current version, built now if no process has built it.
+
+    When this call builds it, `companion` (if any) is fed every row in the same pass.
+    """
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise TaskFailed(
@@ -117,7 +138,18 @@ def index_of(path: Path, data_dir: Path) -> FileIndex:
         stat = path.stat()
     except OSError as exc:
         raise TaskFailed(f"data file {path.name!r} cannot be read: {exc.strerror}") from None
-    return _index_cached(str(path), stat.st_size, stat.st_mtime_ns, str(data_dir))
+    # Size and mtime are part of the key: a replaced file gets a fresh index.
+    key = (str(path), f"{stat.st_size}-{stat.st_mtime_ns}", str(data_dir))
+    index = _INDEXES.get(key)
+    if index is None:
+        index = _INDEXES[key] = _open_or_build(path, key[1], Path(data_dir), companion)
+        while len(_INDEXES) > 8:
+            del _INDEXES[next(iter(_INDEXES))]
+    return index
+
+
+# The indexes this process has open: (path, version, DATA_DIR) -> index.
+_INDEXES: dict[tuple[str, str, str], FileIndex] = {}
 
 
 def index_directory(data_dir: Path) -> Path | None:
@@ -138,23 +170,24 @@ def index_directory(data_dir: Path) -> Path | None:
     return None
 
 
-@functools.lru_cache(maxsize=8)
-def _index_cached(path: str, size: int, mtime_ns: int, data_dir: str) -> FileIndex:
-    # Size and mtime are part of the key: a replaced file gets a fresh index.
-    directory = index_directory(Path(data_dir))
-    stem = None
-    if directory is not None:
-        name = hashlib.sha256(path.encode()).hexdigest()[:24]
-        stem = directory / f"{name}-{size}-{mtime_ns}"
-    if stem is None:
-        return _build(Path(path), f"{size}-{mtime_ns}", None)
+def _open_or_build(
+    path: Path, version: str, data_dir: Path, companion: Companion | None
+) -> FileIndex:
+    directory = index_directory(data_dir)
+    if directory is None:
+        return _build(path, version, None, None)
+    name = hashlib.sha256(str(path).encode()).hexdigest()[:24]
+    stem = directory / f"{name}-{version}"
     index_path = stem.with_suffix(".idx")
     with locked(stem):
         if not index_path.exists():
             _remove_older_versions(stem)
-            built = _build(Path(path), f"{size}-{mtime_ns}", stem)
+            built = _build(path, version, stem, companion)
             _write_index(index_path, built)
-    return _load(Path(path), f"{size}-{mtime_ns}", index_path, stem)
+            if companion is not None and built.kind == "csv":
+                kept = companion.result()
+                write_atomically(companion.target(stem), lambda handle: handle.write(kept))
+    return _load(path, version, index_path, stem)
 
 
 @contextlib.contextmanager
@@ -217,10 +250,10 @@ def _load(path: Path, version: str, index_path: Path, stem: Path) -> FileIndex:
     )
 
 
-def _build(path: Path, version: str, stem: Path | None) -> FileIndex:
+def _build(path: Path, version: str, stem: Path | None, companion: Companion | None) -> FileIndex:
     try:
         if path.suffix.lower() == ".csv":
-            header, offsets = _scan_csv(path)
+            header, offsets = _scan_csv(path, companion)
             return FileIndex(
                 path,
                 version,
@@ -251,7 +284,7 @@ def _open_data(path: Path) -> Any:
 # ---- CSV -------------------------------------------------------------------------------------
 
 
-def _scan_csv(path: Path) -> tuple[list[str], array]:
+def _scan_csv(path: Path, companion: Companion | None = None) -> tuple[list[str], array]:
     """The header row and where each data row starts, parsed by the csv module itself."""
     position = 0
 
@@ -275,18 +308,36 @@ def _scan_csv(path: Path) -> tuple[list[str], array]:
             yield carry.decode("utf-8-sig" if first else "utf-8")
 
     offsets = array("q")
-    with _open_data(path) as handle:
+    with _open_data(path) as handle, _open_data(path) as again:
+
+        def read(number: int) -> list[str]:
+            # A row seen earlier in this pass, parsed again from its own bytes.
+            again.seek(offsets[number])
+            text = again.read(offsets[number + 1] - offsets[number]).decode("utf-8")
+            return next(row for row in csv.reader(io.StringIO(text, newline="")) if row)
+
         reader = csv.reader(lines(handle))
         try:
             header = next(reader, [])
             row_start = position
+            batch: list[list[str]] = []
             for row in reader:
                 if row:
                     offsets.append(row_start)
+                    if companion is not None:
+                        batch.append(row)
+                        if len(batch) == _COMPANION_ROWS:
+                            # Row n + 1's start is known: every row fed so far can be read again.
+                            offsets.append(position)
+                            companion.feed(len(offsets) - 1 - len(batch), batch, header, read)
+                            offsets.pop()
+                            batch = []
                 row_start = position
+            offsets.append(position)
+            if companion is not None and batch:
+                companion.feed(len(offsets) - 1 - len(batch), batch, header, read)
         except csv.Error as exc:
             raise TaskFailed(f"data file {path.name!r} is not valid CSV: {exc}") from None
-    offsets.append(position)
     return header, offsets
 
 
