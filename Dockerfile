@@ -1,5 +1,5 @@
 # Orchestrator Service image: the API by default; the same image runs the Celery worker, beat,
-# Flower and the migration step with another command (see docker-compose.yml).
+# Flower and the one-shot steps with another command (see docker-compose.yml).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -10,13 +10,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN useradd --create-home --uid 10001 orchestrator
 WORKDIR /srv/orchestrator
 
-# Requirements first, so code changes do not reinstall them.
-COPY requirements.txt .
-RUN pip install -r requirements.txt
+# The lock first, so code changes do not reinstall it. Every package, dependencies included, is
+# pinned with its hashes: the image gets exactly what `make test` ran against.
+COPY requirements.lock .
+RUN pip install --require-hashes --no-deps -r requirements.lock
 
+# The code and data/, the spec's sample files (DATA_DIR).
 COPY . .
 # metrics: PROMETHEUS_MULTIPROC_DIR; a volume mounted there starts with this owner.
-RUN mkdir -p data metrics && chown orchestrator:orchestrator data metrics
+RUN mkdir -p metrics && chown orchestrator:orchestrator metrics
 
 USER orchestrator
 EXPOSE 5003

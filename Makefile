@@ -4,7 +4,10 @@
 
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.requirements.stamp
+STAMP := $(VENV)/.lock.stamp
+# The locks are resolved for the image's Python (Dockerfile), with markers for other platforms.
+LOCK_FLAGS := --generate-hashes --universal --python-version 3.11 --custom-compile-command "make lock" --quiet
+LOCK_ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 QUEUES := L20,advanced,standard
@@ -13,23 +16,33 @@ QUEUES := L20,advanced,standard
 WITH_SERVICES = exports="$$($(PY) -m deploy.devstack services)" && eval "$$exports" &&
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test fuzz lint format migrate worker beat flower services stop-services bench chaos clean
+.PHONY: help venv lock test-tools run test fuzz lint format migrate worker beat flower services stop-services bench chaos clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-venv: $(STAMP) ## Create .venv, install requirements-dev.txt and the `orchestrator` CLI (again on changes)
+venv: $(STAMP) ## Create .venv from requirements-dev.lock (hashes checked), then the service and `orchestrator`
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+$(STAMP): requirements-dev.lock pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q --require-hashes -r requirements-dev.lock
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
+
+lock: ## Regenerate requirements.lock and requirements-dev.lock from pyproject.toml (LOCK_ARGS=--upgrade)
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q "$$(grep -o 'uv==[0-9.]*' pyproject.toml)"
+	$(VENV)/bin/uv pip compile pyproject.toml $(LOCK_FLAGS) $(LOCK_ARGS) -o requirements.lock
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev -c requirements.lock $(LOCK_FLAGS) $(LOCK_ARGS) \
+		-o requirements-dev.lock
+
+test-tools: ## Install Chromium and nginx for the tests when missing (apt-get as root or with sudo -n)
+	python3 -m deploy.system_tools
 
 run: venv ## Run API, worker and beat with prefixed logs (embedded servers if none configured)
 	$(PY) -m deploy.devstack run
 
-test: venv ## ruff check, mypy and import contracts, then pytest on a fresh database and Redis DB (PYTEST_ARGS=...)
+test: test-tools venv ## ruff check, mypy and import contracts, then pytest on a fresh database and Redis DB (PYTEST_ARGS=...)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy app workers
 	$(VENV)/bin/lint-imports --no-cache
@@ -75,7 +88,7 @@ bench: venv ## Run the benchmark on a fresh database; writes docs/performance.md
 chaos: venv ## Fault soak at 50,000 tasks (kill -9, Redis flush/restart, PostgreSQL restart); writes docs/reliability.md
 	$(PY) -m deploy.devstack test -- $(PY) -m bench.chaos
 
-clean: ## Stop embedded servers, remove var/ and caches (keeps .venv)
-	if [ -x $(PY) ]; then $(PY) -m deploy.devstack stop; fi
+clean: ## Stop embedded servers, delete their data, remove var/ and caches (keeps .venv)
+	if [ -x $(PY) ]; then $(PY) -m deploy.devstack clean; fi
 	rm -rf var .pytest_cache .ruff_cache .mypy_cache .import_linter_cache
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +

@@ -91,4 +91,6 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 
 def _migrations_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "migrations"
+    """migrations/ of the checkout, or app/migrations where `pip install .` put it."""
+    installed = Path(__file__).resolve().parent / "migrations"
+    return installed if installed.is_dir() else installed.parent.parent / "migrations"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from flask import Flask
 
-from app.errors import ServiceError
+from app.errors import Conflict, ServiceError
 from app.models import ROLES
 from app.services import keys
 from app.services.ids import iso
@@ -21,10 +21,24 @@ def register_commands(app: Flask) -> None:
     @click.option("--name", required=True, help="A name to tell the key apart (unique).")
     @click.option("--role", type=click.Choice(ROLES), default="operator", show_default=True)
     @click.option("--tenant", default=None, help="Limit the key to this tenant's resources.")
-    def create_key_command(name: str, role: str, tenant: str | None) -> None:
+    @click.option(
+        "--if-missing",
+        is_flag=True,
+        help="Succeed without a new key when one has this name (a first-start step).",
+    )
+    def create_key_command(name: str, role: str, tenant: str | None, if_missing: bool) -> None:
         """Create a key and print it once; only its hash is stored."""
         try:
             key, plaintext = keys.create_key(name, role, tenant)
+        except Conflict as error:
+            if not if_missing:
+                raise click.ClickException(error.message) from None
+            click.echo(
+                f"{error.message} It was printed when it was made; `keys create --name NAME` "
+                "makes another.",
+                err=True,
+            )
+            return
         except ServiceError as error:
             raise click.ClickException(error.message) from None
         click.echo(plaintext)

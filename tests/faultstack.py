@@ -46,13 +46,8 @@ from app.dispatch import celery as publisher
 from app.extensions import db
 from app.services import task_types
 from app.services.reconciler import reconcile
-from deploy.devstack import (
-    LOOPBACK,
-    EmbeddedPostgres,
-    _embedded_postgres,
-    free_port,
-    wait_for_redis,
-)
+from deploy.devstack import wait_for_redis
+from deploy.pgcluster import LOOPBACK, EmbeddedPostgres, free_port
 from tests.invariants import check_invariants, execution_stats
 from tests.plugins import faults
 from tests.workers import ROOT, WorkerProcess
@@ -125,24 +120,15 @@ class OwnPostgres:
 
     def start(self) -> None:
         """First start picks a port; later starts reuse it, as a restarted server would."""
-        if self.port is None:
-            self.port = self.cluster.start()
-            return
-        options = f"-h {LOOPBACK} -p {self.port} -k ''"
-        log_file = str(self.cluster.pgdata / "server.log")
-        self.cluster._run(
-            _embedded_postgres().pg_ctl, ["-w", "-t", "60", "-l", log_file, "-o", options, "start"]
-        )
+        self.port = self.cluster.start(self.port)
 
     def stop_immediately(self) -> None:
         """`pg_ctl stop -m immediate`: every backend dies at once, recovery on next start."""
-        self.cluster._run(
-            _embedded_postgres().pg_ctl, ["-w", "-t", "30", "-m", "immediate", "stop"]
-        )
+        self.cluster.stop(mode="immediate")
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):
-            self.cluster.stop()
+            self.cluster.remove()
 
 
 # --- the stack ------------------------------------------------------------------------------

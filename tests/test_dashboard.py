@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ from werkzeug.serving import make_server
 from app.extensions import db
 from app.services import dashboard, execution
 from app.services.task_types import TASK_TYPES
+from deploy import system_tools
 from tests.conftest import ADMIN_KEY
 from tests.plugins import faults
 from tests.workers import WorkerProcess
@@ -109,14 +109,13 @@ def test_dashboard_page_is_served_whole_by_the_app_and_kept_out_of_openapi(clien
 
 
 def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    pytest.fail(
-        "Chromium is not installed, so the dashboard cannot be checked in a browser: "
-        "apt-get install -y chromium (.ci/run installs it when missing)"
-    )
+    found = system_tools.find(system_tools.CHROMIUM)
+    if not found:
+        pytest.fail(
+            "Chromium is not installed, so the dashboard cannot be checked in a browser: "
+            "`make test` installs it (python3 -m deploy.system_tools)"
+        )
+    return found
 
 
 def _run_chromium(url: str, profile: Path, *args: str) -> str:

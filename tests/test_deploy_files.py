@@ -1,6 +1,7 @@
-"""The deployment files agree with the code: variables, commands, queues, ports, limits.
+"""The deployment files agree with the code: variables, commands, queues, ports, volumes, limits.
 
-No services needed: these read files and import settings only.
+No Docker engine runs here: these read the files, import the settings, and run the compose file's
+own shell steps and `flask` commands against the test's servers.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import runpy
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,21 @@ def app_services() -> dict[str, dict[str, Any]]:
     return {name: spec for name, spec in services.items() if spec.get("image") == IMAGE}
 
 
+def app_env() -> dict[str, str]:
+    """The environment every app container shares (x-app-env)."""
+    return compose()["x-app-env"]
+
+
+def run_compose_script(spec: dict[str, Any], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run a service's `sh -c` command as its container would (compose turns $$ into $)."""
+    shell, flag, script = command_of(spec)
+    assert (shell, flag) == ("sh", "-c")
+    return subprocess.run(
+        [shell, flag, script.replace("$$", "$")],
+        env=env, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+
+
 def command_of(spec: dict[str, Any]) -> list[str]:
     """A compose command as an argument list."""
     command = spec["command"]
@@ -53,17 +70,22 @@ def dockerfile_instruction(name: str) -> str:
 
 def test_app_services_set_only_known_variables() -> None:
     services = app_services()
-    assert {"migrate", "api", "worker", "beat", "flower"} <= set(services)
-    for name, spec in services.items():
-        unknown = set(spec["environment"]) - set(KNOWN_VARIABLES)
-        assert not unknown, f"{name} sets variables app/config.py does not read: {unknown}"
+    assert {"metrics-reset", "migrate", "admin-key", "api", "worker", "beat", "flower"} <= set(
+        services
+    )
+    unknown = set(app_env()) - set(KNOWN_VARIABLES)
+    assert not unknown, f"x-app-env sets variables app/config.py does not read: {unknown}"
 
 
 def test_app_services_share_one_environment() -> None:
-    environments = [spec["environment"] for spec in app_services().values()]
-    assert all(env == environments[0] for env in environments)
-    assert environments[0]["POSTGRES_HOST"] == "postgres"
-    assert environments[0]["REDIS_HOST"] == "redis"
+    for name, spec in app_services().items():
+        # Flower's container adds its own basic-auth settings, read by its start script.
+        extra = {"FLOWER_USER", "FLOWER_PASSWORD"} if name == "flower" else set()
+        shared = {key: value for key, value in spec["environment"].items() if key not in extra}
+        assert shared == app_env(), name
+        assert set(spec["environment"]) - set(app_env()) == extra, name
+    assert app_env()["POSTGRES_HOST"] == "postgres"
+    assert app_env()["REDIS_HOST"] == "redis"
 
 
 def test_compose_commands_match_the_code() -> None:
@@ -76,12 +98,104 @@ def test_compose_commands_match_the_code() -> None:
     assert worker[:4] == ["celery", "-A", "workers", "worker"]
     assert worker[worker.index("-Q") + 1] == ",".join(TIER_QUEUES)
     assert command_of(services["beat"])[:4] == ["celery", "-A", "workers", "beat"]
-    flower = command_of(services["flower"])
-    assert flower[:4] == ["celery", "-A", "workers", "flower"]
-    assert "--port=5555" in flower
-    assert any(arg.startswith("--basic-auth=") for arg in flower)
-    assert "ports" not in services["flower"], "Flower must only be reachable through nginx"
-    assert services["api"]["ports"] == [f"{DEFAULTS.port}:{DEFAULTS.port}"]
+    flower = command_of(services["flower"])[2]
+    assert "exec celery -A workers flower --port=5555 --url_prefix=flower --basic-auth=" in flower
+
+
+def test_only_nginx_is_published_on_loopback_at_the_service_port() -> None:
+    services = compose()["services"]
+    published = {name: spec["ports"] for name, spec in services.items() if "ports" in spec}
+    # The spec's examples call localhost:5003; they reach the API through nginx (listen 80).
+    assert published == {"nginx": [f"127.0.0.1:{DEFAULTS.port}:80"]}
+    assert "listen 80;" in (ROOT / "deploy" / "nginx.conf").read_text()
+    assert app_env()["PORT"] == str(DEFAULTS.port)
+
+
+def test_flower_is_an_opt_in_profile_nothing_else_waits_for() -> None:
+    services = compose()["services"]
+    assert services["flower"]["profiles"] == ["flower"]
+    for name, spec in services.items():
+        assert "flower" not in (spec.get("depends_on") or {}), name
+        assert "profiles" not in spec or name == "flower", name
+    # A required variable (${VAR:?}) stops `docker compose up` even for an inactive profile.
+    assert ":?" not in (ROOT / "docker-compose.yml").read_text()
+
+
+def test_app_containers_start_after_the_setup_steps() -> None:
+    services = app_services()
+    for name in ("api", "worker", "beat"):
+        depends = services[name]["depends_on"]
+        for step in ("metrics-reset", "migrate"):
+            assert depends[step] == {"condition": "service_completed_successfully"}, name
+    assert services["admin-key"]["depends_on"] == {
+        "migrate": {"condition": "service_completed_successfully"}
+    }
+    for step in ("metrics-reset", "migrate", "admin-key"):
+        assert services[step]["restart"] == "no"
+
+
+def test_sample_data_and_metrics_are_mounted_where_the_app_reads_them() -> None:
+    for name, spec in app_services().items():
+        assert f"./data:{app_env()['DATA_DIR']}:ro" in spec["volumes"], name
+        assert f"metrics:{app_env()['PROMETHEUS_MULTIPROC_DIR']}" in spec["volumes"], name
+    assert set(compose()["volumes"]) == {"pgdata", "metrics"}
+    # The image carries data/ too (a container without the mount still has the samples).
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert "data" not in ignored and "data/" not in ignored
+    # The file the README's example (the spec's) names is among them.
+    readme = (ROOT / "README.md").read_text()
+    datasets = set(re.findall(r'"dataset": "([^"]+)"', readme))
+    assert datasets and all((ROOT / "data" / name).is_file() for name in datasets)
+
+
+def test_metrics_reset_empties_the_shared_directory(tmp_path: Path) -> None:
+    shared = tmp_path / "metrics"
+    (shared / "old").mkdir(parents=True)
+    (shared / "counter_123.db").write_bytes(b"x")
+    (shared / "old" / "gauge_livesum_9.db").write_bytes(b"x")
+    env = {"PATH": os.environ["PATH"], "PROMETHEUS_MULTIPROC_DIR": str(shared)}
+    done = run_compose_script(compose()["services"]["metrics-reset"], env)
+    assert done.returncode == 0, done.stderr
+    assert shared.is_dir() and list(shared.iterdir()) == []
+
+
+def _fake_celery(directory: Path) -> str:
+    """A `celery` that prints its arguments, on a PATH in front of the real one."""
+    directory.mkdir()
+    fake = directory / "celery"
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    fake.chmod(0o755)
+    return f"{directory}:{Path(sys.executable).parent}:{os.environ['PATH']}"
+
+
+def test_flower_makes_and_prints_a_password_when_none_is_given(tmp_path: Path) -> None:
+    path = _fake_celery(tmp_path / "bin")
+    flower = compose()["services"]["flower"]
+    env = {"PATH": path, "FLOWER_USER": "flower", "FLOWER_PASSWORD": ""}
+    done = run_compose_script(flower, env)
+    assert done.returncode == 0, done.stderr
+    printed = re.search(r"user flower password (\S+)", done.stdout)
+    assert printed and len(printed.group(1)) >= 20
+    assert f"--basic-auth=flower:{printed.group(1)}" in done.stdout.splitlines()
+
+    chosen = run_compose_script(flower, {**env, "FLOWER_PASSWORD": "s3cret"})
+    assert "password" not in chosen.stdout
+    assert "--basic-auth=flower:s3cret" in chosen.stdout.splitlines()
+
+
+def test_admin_key_step_prints_an_admin_key_once(app, client) -> None:
+    command = command_of(app_services()["admin-key"])
+    assert command[:3] == ["flask", "--app", "wsgi"]
+    runner = app.test_cli_runner()
+
+    first = runner.invoke(args=command[3:])
+    assert first.exit_code == 0, first.output
+    key = first.stdout.strip()
+    assert client.get("/audit", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+
+    again = runner.invoke(args=command[3:])
+    assert again.exit_code == 0, again.output
+    assert again.stdout == "" and "exists already" in again.stderr
 
 
 def test_makefile_and_devstack_use_the_tier_queues() -> None:
@@ -137,18 +251,17 @@ def test_nginx_matches_service_limits_and_upstreams() -> None:
     assert nginx["environment"]["API_UPSTREAM"] == f"api:{DEFAULTS.port}"
     assert nginx["environment"]["FLOWER_UPSTREAM"] == "flower:5555"
     # nginx and the app read the body limit from one variable, with the app's default.
-    app_env = next(iter(app_services().values()))["environment"]
     expected = f"${{MAX_BODY_BYTES:-{DEFAULTS.max_body_bytes}}}"
-    assert nginx["environment"]["MAX_BODY"] == app_env["MAX_BODY_BYTES"] == expected
-    assert app_env["PROXY_HOPS"] == "1"
+    assert nginx["environment"]["MAX_BODY"] == app_env()["MAX_BODY_BYTES"] == expected
+    assert app_env()["PROXY_HOPS"] == "1"
 
 
-def test_ci_runs_make_test() -> None:
+def test_ci_runs_make_test_alone() -> None:
     script = ROOT / ".ci" / "run"
     assert os.access(script, os.X_OK)
     lines = [line.strip() for line in script.read_text().splitlines()]
-    assert "set -euo pipefail" in lines
-    assert "make test" in lines
+    commands = [line for line in lines if line and not line.startswith("#")]
+    assert commands == ["set -euo pipefail", 'cd "$(dirname "${BASH_SOURCE[0]}")/.."', "make test"]
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")

@@ -8,7 +8,6 @@ import http.client
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from app.config import Settings
+from deploy import system_tools
 from deploy.devstack import free_port
 from tests.conftest import ADMIN_KEY
 from tests.workers import gunicorn_serving, stop_process_group, wait_until_serving
@@ -30,11 +30,9 @@ FORGED = "203.0.113.7"
 
 
 def _nginx() -> str:
-    found = shutil.which("nginx") or next(
-        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
-    )
+    found = system_tools.find(system_tools.NGINX)
     if not found:
-        pytest.fail("nginx is not installed: apt-get install -y nginx-light (.ci/run does this)")
+        pytest.fail("nginx is not installed: `make test` installs it (deploy/system_tools.py)")
     return found
 
 
