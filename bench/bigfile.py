@@ -9,6 +9,7 @@ a fresh worker so its pool processes' peak RSS (VmHWM) belongs to that run alone
 from __future__ import annotations
 
 import csv
+import os
 import random
 import shutil
 import time
@@ -48,6 +49,19 @@ def write_file(data_dir: Path, rows: int, seed: int = 2024) -> Path:
     return path
 
 
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes have used, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def _pool_peaks_mb(b: Bench) -> list[float]:
     main, *pool = b.stack.worker_pids()
     return [proc_status_kb(pid, "VmHWM") / 1024 for pid in pool]
@@ -83,13 +97,15 @@ def split_run(b: Bench, data_dir: Path, rows: int, bots: int, label: str) -> dic
     data = {"dataset": FILE_NAME, "operations": OPERATIONS, "output_format": "json"}
     out: dict[str, Any] = {"rows": rows, "bots": bots, "file_mb": path.stat().st_size / 1e6}
     for mode in ("cold", "warm"):
-        seconds, peaks = [], []
+        seconds, peaks, cpu, load = [], [], [], []
         for run in range(b.runs):
             say(f"{label} {rows:,} rows over {bots:,} bots, {mode}: run {run + 1}/{b.runs}")
             b.wait_idle()
             if mode == "cold":
                 shutil.rmtree(data_dir / ".index", ignore_errors=True)
             _fresh_worker(b)
+            load.append(os.getloadavg()[0])
+            pool_cpu = _cpu_seconds(b.stack.worker_pids())
             started = time.perf_counter()
             answer = b.api.call("POST", f"/swarms/{swarm['id']}/tasks",
                                 {"type": "mass_data_processing", "data": data}, expect=202)  # fmt: skip
@@ -103,8 +119,10 @@ def split_run(b: Bench, data_dir: Path, rows: int, bots: int, label: str) -> dic
                 answer["assignments"],
             )
             seconds.append(time.perf_counter() - started)
+            cpu.append(_cpu_seconds(b.stack.worker_pids()) - pool_cpu)
             peaks.append(max(_pool_peaks_mb(b)))
-        out[mode] = {"seconds": seconds, "peak_worker_rss_mb": peaks}
+        out[mode] = {"seconds": seconds, "peak_worker_rss_mb": peaks, "worker_cpu_seconds": cpu,
+                     "load_average_at_start": load}  # fmt: skip
     out["single"] = single_run(b, data_dir, label)
     return out
 
@@ -123,11 +141,13 @@ def single_run(b: Bench, data_dir: Path, label: str) -> dict[str, Any]:
     bot = b.api.call("POST", "/bots", {"name": "bench-bigfile-one", "tier": "standard",
                                        "capabilities": ["data_processing"]}, expect=201)  # fmt: skip
     data = {"dataset": FILE_NAME, "operations": OPERATIONS, "output_format": "json"}
-    seconds, peaks = [], []
+    seconds, peaks, cpu, load = [], [], [], []
     for run in range(b.runs):
         say(f"{label} one task over the whole file: run {run + 1}/{b.runs}")
         b.wait_idle()
         _fresh_worker(b)
+        load.append(os.getloadavg()[0])
+        pool_cpu = _cpu_seconds(b.stack.worker_pids())
         started = time.perf_counter()
         answer = b.api.call("POST", f"/bots/{bot['id']}/tasks",
                             {"type": "data_processing", "data": data}, expect=202)  # fmt: skip
@@ -140,8 +160,10 @@ def single_run(b: Bench, data_dir: Path, label: str) -> dict[str, Any]:
             1,
         )
         seconds.append(time.perf_counter() - started)
+        cpu.append(_cpu_seconds(b.stack.worker_pids()) - pool_cpu)
         peaks.append(max(_pool_peaks_mb(b)))
-    return {"seconds": seconds, "peak_worker_rss_mb": peaks}
+    return {"seconds": seconds, "peak_worker_rss_mb": peaks, "worker_cpu_seconds": cpu,
+            "load_average_at_start": load}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
