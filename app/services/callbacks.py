@@ -173,19 +173,22 @@ def republish_stale(age_seconds: float = 30.0) -> int:
     return len(ids)
 
 
-def _body(resource_id: str, event_name: str, summary: Any, attempt: int) -> bytes:
+def _body(resource_id: str, event_name: str, summary: Any, attempt: int) -> tuple[bytes, str]:
+    """The body to sign and send, and the timestamp it carries."""
+    timestamp = utcnow().strftime("%Y-%m-%dT%H:%M:%SZ")
     document = {
         "event": event_name,
         "resource_id": resource_id,
         "delivery_id": resource_id,
         "attempt": attempt,
-        "timestamp": iso(utcnow()),
+        "timestamp": timestamp,
         "summary": summary,
     }
-    return json.dumps(document, separators=(",", ":")).encode()
+    return json.dumps(document, separators=(",", ":")).encode(), timestamp
 
 
-def _post(url: str, body: bytes) -> Attempt:
+def _post(url: str, signed: tuple[bytes, str]) -> Attempt:
+    body, timestamp = signed
     secret = current_app.config["SETTINGS"].callback_secret
     if not secret:
         return Attempt(CALLBACK_FAILED, error="CALLBACK_SECRET is no longer configured")
@@ -199,7 +202,7 @@ def _post(url: str, body: bytes) -> Attempt:
             "Content-Type": "application/json",
             "User-Agent": "orchestrator-callbacks/1",
             SIGNATURE_HEADER: sign(body, secret),
-            "X-Orchestrator-Timestamp": json.loads(body)["timestamp"],
+            "X-Orchestrator-Timestamp": timestamp,
         }
     )
     try:
