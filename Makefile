@@ -16,7 +16,7 @@ QUEUES := L20,advanced,standard
 WITH_SERVICES = exports="$$($(PY) -m deploy.devstack services)" && eval "$$exports" &&
 
 .DEFAULT_GOAL := help
-.PHONY: help venv lock test-tools run test fuzz lint format migrate worker beat flower services stop-services bench chaos clean
+.PHONY: help venv lock test-tools run test test-fast fuzz lint format migrate worker beat flower services stop-services bench chaos clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -47,6 +47,11 @@ test: test-tools venv ## ruff check, mypy and import contracts, then pytest on a
 	$(VENV)/bin/mypy app workers
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m deploy.devstack test -- $(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: venv ## ruff check and import contracts, then pytest without browsers, fault stacks, real processes or fuzzing
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
+	$(PY) -m deploy.devstack test -- $(PY) -m pytest -q -m "not browser and not faults and not slow and not fuzz" $(PYTEST_ARGS)
 
 fuzz: venv ## Schemathesis (every check, stateful too; schemathesis.toml) with FUZZ_EXAMPLES (200) examples each
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-200} $(PY) -m deploy.devstack test -- $(PY) -m pytest -q tests/test_fuzz.py $(PYTEST_ARGS)

@@ -1,17 +1,19 @@
-"""Celery settings for the execution pool (read by the API's publisher and by every worker).
+"""Celery settings for the execution pool (used by the API's publisher and by every worker).
+
+create_app() loads this module, then `from_settings(settings)` for what depends on the app's
+settings (app/dispatch.py:init_celery); nothing here reads the environment.
 
 Messages only say "these task ids are ready"; the rows in PostgreSQL are the truth, so results
 are not stored in Redis and a lost message is re-published by the reconciler.
 """
+
+from typing import Any
 
 from kombu import Queue
 
 from app.config import Settings
 from app.tiers import TIER_QUEUES
 
-_settings = Settings.from_env()
-
-broker_url = _settings.redis_url
 broker_connection_retry_on_startup = True
 # Publishing must not hang a request when Redis is down: fail fast, the reconciler re-publishes.
 # (Publishing is bounded by the transport options below and the publish retry policy.)
@@ -23,8 +25,6 @@ broker_transport_options = {
     # Consume queues in the order given to `-Q` (L20 first): BRPOP returns from the first
     # non-empty key.
     "queue_order_strategy": "priority",
-    # Must exceed the longest chunk run time, or Redis re-delivers a chunk still running.
-    "visibility_timeout": _settings.task_lease_seconds * 4,
     "socket_timeout": 5,
     "socket_connect_timeout": 2,
     "max_retries": 1,
@@ -42,10 +42,6 @@ result_backend = None
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
-task_time_limit = _settings.task_lease_seconds
-# Ten seconds before the hard limit; for short leases (tests) four fifths of it, not 1 s, which
-# failed tasks of a chunk that was merely slowed down by a busy machine.
-task_soft_time_limit = max(_settings.task_lease_seconds - 10, _settings.task_lease_seconds * 0.8)
 
 beat_schedule = {
     "reconcile": {"task": "orchestrator.reconcile", "schedule": 15.0},
@@ -73,3 +69,20 @@ beat_schedule = {
     },
 }
 timezone = "UTC"
+
+
+def from_settings(settings: Settings) -> dict[str, Any]:
+    """The settings that depend on the app's configuration: broker, visibility, time limits."""
+    lease = settings.task_lease_seconds
+    return {
+        "broker_url": settings.redis_url,
+        "broker_transport_options": {
+            **broker_transport_options,
+            # Must exceed the longest chunk run time, or Redis re-delivers a chunk still running.
+            "visibility_timeout": lease * 4,
+        },
+        "task_time_limit": lease,
+        # Ten seconds before the hard limit; for short leases (tests) four fifths of it, not 1 s,
+        # which failed tasks of a chunk that was merely slowed down by a busy machine.
+        "task_soft_time_limit": max(lease - 10, lease * 0.8),
+    }

@@ -9,6 +9,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.config import Settings
+from app.dispatch import init_celery
 from app.errors import register_error_handlers
 from app.extensions import db, migrate
 from app.logging import configure_logging, register_request_logging
@@ -50,15 +51,19 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops
         )
-    task_types.load_plugins(list(settings.task_type_plugins))
+    task_types.init_app(app, settings.task_type_plugins)
 
     db.init_app(app)
     migrate.init_app(app, db, directory=str(_migrations_dir()))
     app.extensions["redis"] = redis.Redis.from_url(
         settings.redis_url, socket_timeout=2, socket_connect_timeout=2
     )
+    # Flask's Celery pattern: the publisher (and a worker's tasks) use this app's settings.
+    init_celery(app, settings)
 
-    from app.api import dashboard, metrics, register_blueprints, rest_api
+    from flask_smorest import Api
+
+    from app.api import dashboard, metrics, register_blueprints
     from app.api.audit import register_audit
     from app.api.auth import register_auth
     from app.api.idempotency import register_idempotency
@@ -70,6 +75,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     # depend on who is calling (rate limits per key, body checks, idempotency keys).
     register_request_logging(app)
     register_auth(app)
+    # This app's own API object, so its document describes this app's settings and task types.
+    rest_api = Api()
     # Before init_app, which documents every error status with it.
     rest_api.ERROR_SCHEMA = ErrorResponse
     rest_api.init_app(app, spec_kwargs={"extra_plugins": [DocumentPlugin(settings)]})

@@ -231,7 +231,7 @@ class Settings:
     max_task_attempts: int = 3
     downstream_timeout: float = 10.0
     statement_timeout_ms: int = 30_000
-    # Modules that add task types (see app/services/task_types.py:load_plugins).
+    # Modules that add task types (see app/services/task_types.py:init_app).
     task_type_plugins: tuple[str, ...] = ()
     # Consecutive failures that open a downstream URL's circuit breaker (5, not fewer: one call
     # makes up to 3 attempts per URL, and one unlucky task must not shut the URL for everyone),

@@ -1,4 +1,9 @@
-"""Publishing work to the execution pool, by task name: the API never imports `workers`.
+"""The app's Celery, and publishing work to the execution pool by task name.
+
+Flask's Celery pattern: create_app() builds one Celery app from the settings it was given
+(`init_celery`) and keeps it in `app.extensions["celery"]`; its tasks run inside that Flask
+app's context. The API publishes by task name and never imports `workers`; the worker process
+registers its tasks on the same Celery app (workers/celery_app.py).
 
 Every publish happens after the rows it names are committed, so a worker never receives an id
 whose row it cannot see.
@@ -8,10 +13,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from typing import Any
 
-from celery import Celery
+from celery import Celery, Task
+from flask import Flask, current_app
 
-from app.logging import current_request_id
+import celeryconfig
+from app.config import Settings
+from app.logging import current_request_id, request_id_context
 from app.tiers import queue_for
 
 log = logging.getLogger(__name__)
@@ -23,8 +32,31 @@ DELIVER_CALLBACK = "orchestrator.deliver_callback"
 # next mass-action's backlog.
 CALLBACK_QUEUE = "L20"
 
-celery = Celery("orchestrator")
-celery.config_from_object("celeryconfig")
+
+def init_celery(app: Flask, settings: Settings) -> Celery:
+    """Build the app's Celery from its settings; every task runs inside this app's context."""
+
+    class AppContextTask(Task):
+        """Runs every call inside the Flask app context, so services see the database."""
+
+        abstract = True
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            # The publisher put its request's id in the message headers (publish_chunks);
+            # Celery exposes custom headers as attributes of the task request.
+            with app.app_context(), request_id_context(self.request.get("request_id")):
+                return super().__call__(*args, **kwargs)
+
+    celery = Celery("orchestrator", task_cls=AppContextTask)
+    celery.config_from_object(celeryconfig)
+    celery.conf.update(celeryconfig.from_settings(settings))
+    app.extensions["celery"] = celery
+    return celery
+
+
+def celery_of(app: Flask | None = None) -> Celery:
+    """The Celery of `app` (by default the current one)."""
+    return (app or current_app).extensions["celery"]
 
 
 def chunked(ids: Sequence[int], size: int) -> Iterable[list[int]]:
@@ -43,6 +75,7 @@ def publish_chunks(task_ids: Sequence[int], tier: str, chunk_size: int) -> int:
     # The worker logs each chunk under the id of the request that caused it.
     request_id = current_request_id()
     headers = {"request_id": request_id} if request_id else None
+    celery = celery_of()
     try:
         with celery.producer_or_acquire() as producer:
             for chunk in chunked(task_ids, chunk_size):
@@ -69,7 +102,7 @@ def publish_callback(resource_id: str, countdown: float | None = None) -> None:
     """Send one callback delivery (after the commit that made it pending); failures are logged,
     the reconciler re-publishes."""
     try:
-        celery.send_task(
+        celery_of().send_task(
             DELIVER_CALLBACK,
             args=[resource_id],
             queue=queue_for(CALLBACK_QUEUE),

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from celery import Celery
 
+import celeryconfig
+from app.config import Settings
+
 QUEUE = "bench_noop"
 
 app = Celery("bench")
-app.config_from_object("celeryconfig")
+app.config_from_object(celeryconfig)
+app.conf.update(celeryconfig.from_settings(Settings.from_env()))
 app.conf.task_queues = None
 app.conf.task_default_queue = QUEUE
 app.conf.beat_schedule = {}

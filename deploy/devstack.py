@@ -361,11 +361,23 @@ def claim_redis_db(url: str) -> int:
                 size = client.dbsize()
             except redis.ResponseError:  # the server is configured with fewer databases
                 break
+            if size > 1 or others_connected(client, db):
+                continue
             if size == 0 and client.set(REDIS_CLAIM_KEY, me, nx=True):
                 return db
             if size == 1 and stale_claim(client, me):
                 return db
     raise DevstackError(f"no free Redis DB among 1..15 on {where(url)}")
+
+
+def others_connected(client: redis.Redis, db: int) -> bool:
+    """Whether another client is connected to this DB: a worker left running by an earlier run
+    would take this run's messages from an empty-looking DB."""
+    try:
+        me, clients = client.client_id(), client.client_list()
+    except redis.ResponseError:  # CLIENT refused (a managed server): nothing to go by
+        return False
+    return any(str(c.get("db")) == str(db) and str(c.get("id")) != str(me) for c in clients)
 
 
 def release_redis_db(url: str) -> None:

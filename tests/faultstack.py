@@ -42,9 +42,7 @@ from werkzeug.serving import make_server
 
 from app import create_app
 from app.config import Settings
-from app.dispatch import celery as publisher
 from app.extensions import db
-from app.services import task_types
 from app.services.reconciler import reconcile
 from deploy.devstack import wait_for_redis
 from deploy.pgcluster import LOOPBACK, EmbeddedPostgres, free_port
@@ -231,8 +229,6 @@ class FaultStack:
         }
         self.app: Flask | None = None
         self.http: HttpServer | None = None
-        self._publisher_url: str | None = None
-        self._plugin_types: set[str] = set()
         self._stop_reconciler = threading.Event()
         self._reconciler: threading.Thread | None = None
         self.workers: list[Worker] = []
@@ -240,17 +236,14 @@ class FaultStack:
     # lifecycle
 
     def start(self) -> FaultStack:
-        before = set(task_types.TASK_TYPES)
         self.postgres.start()
         self.redis.start()
         self.env.update(DATABASE_URL=self.postgres.url, REDIS_URL=self.redis.url)
+        # Its own app: the Celery it publishes with and its task types (the faults plugin) come
+        # from these settings and stay out of every other app in this process.
         self.app = create_app(Settings.from_env({**os.environ, **self.env}))
-        self._plugin_types = set(task_types.TASK_TYPES) - before
         with self.app.app_context():
             upgrade()
-        # The API's publisher (app/dispatch.py) read its broker URL at import; point it here.
-        self._publisher_url = publisher.conf.broker_url
-        self._point_publisher(self.redis.url)
         self.http = HttpServer(self.app)
         self._reconciler = threading.Thread(target=self._reconcile_loop, daemon=True)
         self._reconciler.start()
@@ -264,22 +257,12 @@ class FaultStack:
             self.http.stop()
         if self._reconciler:
             self._reconciler.join(timeout=15)
-        if self._publisher_url is not None:
-            self._point_publisher(self._publisher_url)
         if self.app is not None:
             with self.app.app_context():
                 db.engine.dispose()
-        for name in self._plugin_types:  # other tests see the built-in types only
-            task_types.TASK_TYPES.pop(name, None)
         self.redis.kill()
         self.postgres.stop()
         shutil.rmtree(self._pg_home, ignore_errors=True)
-
-    @staticmethod
-    def _point_publisher(url: str) -> None:
-        publisher.conf.broker_url = url
-        publisher.amqp._producer_pool = None
-        publisher._pool = None
 
     def _reconcile_loop(self) -> None:
         assert self.app is not None

@@ -11,7 +11,6 @@ from sqlalchemy import text
 from app import create_app
 from app.config import Settings
 from app.extensions import db
-from app.services.task_types import TASK_TYPES
 
 VALID_SWARM = {"name": "ok-swarm", "count": 3, "tier": "L20", "capabilities": ["analytics"]}
 
@@ -242,20 +241,21 @@ def test_mutating_unknown_bot_or_swarm_returns_404_and_changes_nothing(client, s
 # ---- task assignment refusals --------------------------------------------------------------
 
 
-def test_unknown_task_type_returns_422_listing_known_types(client, seeded):
+def test_unknown_task_type_returns_422_listing_known_types(app, client, seeded):
+    known = sorted(app.extensions["task_types"])
     before = snapshot()
     bot_id = seeded["bot"]["id"]
 
     for path in (f"/bots/{bot_id}/tasks", f"/swarms/{seeded['swarm']['id']}/tasks"):
         error = assert_error(client.post(path, json={"type": "teleport", "data": {}}), 422)
         assert "teleport" in error["message"]
-        assert error["known_types"] == sorted(TASK_TYPES)
+        assert error["known_types"] == known
         assert {"echo", "data_processing", "distributed_analysis"} <= set(error["known_types"])
 
     error = assert_error(
         client.post("/orchestrate", json={"tasks": [{"type": "teleport", "params": {}}]}), 422
     )
-    assert error["known_types"] == sorted(TASK_TYPES)
+    assert error["known_types"] == known
     assert snapshot() == before
 
 
@@ -409,8 +409,8 @@ def test_orchestrate_with_bad_body_returns_422_and_records_nothing(client, body)
 
 
 @pytest.fixture()
-def small_app(test_env):
-    """An app on the same database whose capacity is MAX_BOTS=100."""
+def small_app(app, test_env):
+    """An app on the same (emptied) database whose capacity is MAX_BOTS=100."""
     flask_app = create_app(Settings.from_env({**os.environ, **test_env, "MAX_BOTS": "100"}))
     yield flask_app
     with flask_app.app_context():

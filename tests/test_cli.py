@@ -36,8 +36,8 @@ def serve(wsgi_app) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def base_url(app) -> Iterator[str]:
-    yield from serve(app)
+def base_url(migrated_app) -> Iterator[str]:
+    yield from serve(migrated_app)
 
 
 def run(base_url: str, *args: str) -> Result:
@@ -102,6 +102,7 @@ def test_data_that_is_not_json_is_a_usage_error(base_url) -> None:
     assert "--data" in result.stderr
 
 
+@pytest.mark.slow
 def test_assign_wait_counts_every_task_including_a_second_round(base_url, client, worker) -> None:
     swarm_id = make_swarm(client, 300)
     for _ in range(2):
@@ -153,6 +154,7 @@ def test_bots_stats_shows_the_figures_of_the_api(base_url, client) -> None:
     }
 
 
+@pytest.mark.slow
 def test_task_watch_follows_a_workflow_to_completion(base_url, client, worker) -> None:
     workflow = client.post(
         "/orchestrate",

@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 import requests
@@ -17,8 +17,7 @@ from sqlalchemy import text
 from werkzeug.serving import make_server
 
 from app.extensions import db
-from app.services import dashboard, execution
-from app.services.task_types import TASK_TYPES
+from app.services import dashboard, execution, registry
 from deploy import system_tools
 from tests.conftest import ADMIN_KEY
 from tests.plugins import faults
@@ -83,12 +82,15 @@ def test_throughput_spreads_each_rise_over_the_time_between_samples() -> None:
     assert dashboard.completions_per_bucket([(now - 8, 100), (now - 2, 3)], now)[-1] == 0.0
 
 
-def test_dashboard_says_so_when_no_registry_is_importable(monkeypatch) -> None:
-    monkeypatch.setitem(sys.modules, "app.services.registry", None)
+def test_dashboard_says_so_when_the_registry_cannot_be_read(app, monkeypatch) -> None:
+    def unreadable():
+        raise RuntimeError("registry down")
+
+    monkeypatch.setattr(registry, "list_services", unreadable)
     assert dashboard.downstream_services() == {
         "available": False,
         "items": [],
-        "message": "no services registered",
+        "message": "service registry unavailable",
     }
 
 
@@ -160,16 +162,22 @@ def live_server(app):
 
 
 @pytest.fixture()
-def sleepy_worker(test_env, monkeypatch):
+def sleepy_worker(app, test_env, monkeypatch):
     """A real worker that also knows the `sleep` task type (tests/plugins/faults.py)."""
     [sleep] = [t for t in faults.TASK_TYPES if t.name == "sleep"]
-    monkeypatch.setitem(TASK_TYPES, "sleep", sleep)  # the in-process API, for this test only
+    # The in-process API's catalogue, for this test only.
+    monkeypatch.setitem(
+        app.extensions,
+        "task_types",
+        MappingProxyType({**app.extensions["task_types"], "sleep": sleep}),
+    )
     process = WorkerProcess(test_env, extra_env={"TASK_TYPE_PLUGINS": "tests.plugins.faults"})
     process.start()
     yield process
     process.stop()
 
 
+@pytest.mark.browser
 def test_browser_shows_a_running_mass_action(live_server, sleepy_worker, tmp_path):
     api = requests.Session()
 

@@ -292,3 +292,18 @@ def test_devstack_points_database_urls_at_a_database() -> None:
     moved = devstack.with_database(url, "orchestrator_test_1")
     assert moved == "postgresql+psycopg2://u:p@db:5433/orchestrator_test_1?sslmode=require"
     assert devstack.libpq_url(moved).startswith("postgresql://u:p@db:5433/")
+
+
+def test_devstack_never_claims_a_redis_db_another_client_is_still_using(test_env) -> None:
+    # A worker left running by an earlier run keeps consuming its DB: a run claiming that DB
+    # would lose its messages to it.
+    base = test_env["REDIS_URL"]
+    free = devstack.claim_redis_db(base)
+    devstack.release_redis_db(devstack.with_redis_db(base, free))
+    with devstack.redis_client(devstack.with_redis_db(base, free)) as squatter:
+        squatter.ping()  # connected to that DB, holding no key, like an idle worker
+        taken = devstack.claim_redis_db(base)
+        try:
+            assert taken != free
+        finally:
+            devstack.release_redis_db(devstack.with_redis_db(base, taken))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import text
 
 from app.extensions import db
 from tests.workers import wait_for
+
+pytestmark = pytest.mark.slow  # a worker
 
 
 def test_mass_action_runs_every_task_once_and_counts_exactly(client, worker):

@@ -20,6 +20,8 @@ from app.extensions import db
 from tests import faultstack
 from tests.invariants import check_invariants
 
+pytestmark = pytest.mark.faults  # own PostgreSQL and Redis, broken on purpose
+
 
 @pytest.fixture(scope="module")
 def stack(test_env):

@@ -16,6 +16,8 @@ import requests
 
 from deploy.devstack import free_port
 
+pytestmark = pytest.mark.slow  # a worker and Flower
+
 ROOT = Path(__file__).resolve().parent.parent
 AUTH = ("ops", "s3cret-flower")
 

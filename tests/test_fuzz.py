@@ -21,6 +21,9 @@ from app import create_app
 from app.config import SERVICE_URL_VARIABLES, Settings
 from tests.conftest import ADMIN_KEY, empty_state
 
+# `make test` runs a few derandomized examples, `make fuzz` many; `make test-fast` none.
+pytestmark = pytest.mark.fuzz
+
 ROOT = Path(__file__).resolve().parent.parent
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "5"))
 # Small swarms (the document's maximum follows MAX_BOTS), no rate limits, and a URL for every AI
@@ -49,8 +52,8 @@ schema = schemathesis.openapi.from_wsgi("/openapi.json", _document_app(), config
 
 
 @pytest.fixture(scope="module")
-def fuzz_app(app, test_env):
-    """The app under test: the run's database and Redis, with FUZZ_SETTINGS."""
+def fuzz_app(migrated_app, test_env):
+    """The app under test: the run's (migrated) database and Redis, with FUZZ_SETTINGS."""
     return create_app(Settings.from_env({**os.environ, **test_env, **FUZZ_SETTINGS}))
 
 
@@ -61,11 +64,12 @@ def fuzz_app(app, test_env):
     derandomize=True,
     suppress_health_check=list(HealthCheck),
 )
-def test_api_answers_every_generated_request_within_its_schema(case, fuzz_app):
+def test_api_answers_every_generated_request_within_its_schema(case, app, fuzz_app):
+    # `app` empties the tables and Redis first; the calls go to fuzz_app, on the same ones.
     case.call_and_validate(app=fuzz_app)
 
 
-def test_linked_calls_keep_every_answer_within_its_schema(fuzz_app):
+def test_linked_calls_keep_every_answer_within_its_schema(app, fuzz_app):
     class Scenarios(schema.as_state_machine()):  # type: ignore[misc]
         def setup(self):
             # Each scenario from empty tables: which links can be followed depends on earlier

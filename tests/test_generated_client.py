@@ -59,7 +59,7 @@ def generated(test_env, tmp_path_factory):
     """The generated package, imported: `.api`, `.models`, `.client`."""
     workdir = tmp_path_factory.mktemp("generated-client")
     document = workdir / "openapi.json"
-    # A fresh app: the document served is that of the app created last in this process.
+    # The document of an app with the run's settings (each app serves its own).
     fresh = create_app(Settings.from_env({**os.environ, **test_env}))
     document.write_text(fresh.test_client().get("/openapi.json").get_data(as_text=True))
     config = workdir / "config.json"
@@ -108,8 +108,9 @@ def _modules_of(directory) -> list[str]:
 
 
 @pytest.fixture()
-def services_and_worker(test_env, fake_service):
-    """The two AI services of the spec's workflow, an app that knows them, and a worker."""
+def services_and_worker(app, test_env, fake_service):
+    """The two AI services of the spec's workflow, an app that knows them (on the emptied
+    database), and a worker."""
     image = fake_service(default=(200, {"image_url": "https://img.example/sunset.png"}))
     crypto = fake_service(default=(200, {"symbol": "BTC", "prediction": 67250.5}))
     urls = {"IMAGE_SERVICE_URL": image.url, "CRYPTO_SERVICE_URL": crypto.url}
@@ -144,6 +145,7 @@ def _assert_same_fields(sent, parsed, where: str) -> None:
             _assert_same_fields(left, right, f"{where}[{index}]")
 
 
+@pytest.mark.slow
 def test_generated_client_runs_the_spec_flows_and_parses_every_answer(
     generated, services_and_worker
 ):

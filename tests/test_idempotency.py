@@ -10,7 +10,7 @@ from sqlalchemy import text
 
 import celeryconfig
 from app.config import ConfigError, Settings
-from app.dispatch import celery
+from app.dispatch import celery_of
 from app.extensions import db
 from app.services import idempotency, keys
 from tests.workers import wait_for
@@ -201,6 +201,7 @@ def test_purge_deletes_only_expired_answers_in_batches(app, client):
     assert idempotency.purge_expired() == 0
 
 
+@pytest.mark.slow
 def test_beat_schedules_the_purge_and_a_worker_runs_it(app, client, worker):
     entry = celeryconfig.beat_schedule["purge-idempotency-keys"]
     assert entry["task"] == "orchestrator.purge_idempotency_keys"
@@ -208,7 +209,7 @@ def test_beat_schedules_the_purge_and_a_worker_runs_it(app, client, worker):
     _age_answers(app.config["SETTINGS"].idempotency_ttl_s + 1)
     client.post("/bots", json={"name": "c", "tier": "L20"}, headers={"Idempotency-Key": "new"})
 
-    celery.send_task(entry["task"], **entry.get("options", {}))
+    celery_of(app).send_task(entry["task"], **entry.get("options", {}))
 
     def only_the_new_answer_left():
         keys_left = db.session.scalars(text("SELECT key FROM idempotency_keys")).all()

@@ -6,12 +6,16 @@ import json
 import uuid
 from pathlib import Path
 
+import pytest
 import requests
 
 from tests.workers import gunicorn_serving
 
 
-def test_gunicorn_writes_only_json_lines_and_one_line_per_request(test_env, tmp_path: Path):
+@pytest.mark.slow
+def test_gunicorn_writes_only_json_lines_and_one_line_per_request(
+    migrated_app, test_env, tmp_path: Path
+):
     log = tmp_path / "gunicorn.log"
     request_ids = [uuid.uuid4().hex for _ in range(3)]
     env = {**test_env, "LOG_FORMAT": "json", "WEB_CONCURRENCY": "2"}

@@ -72,13 +72,15 @@ def shared_env(test_env, metrics_dir, image_service) -> dict[str, str]:
 
 
 @pytest.fixture()
-def api(shared_env, tmp_path):
-    """`gunicorn -c gunicorn.conf.py wsgi:app` with two workers and /metrics open."""
+def api(app, shared_env, tmp_path):
+    """`gunicorn -c gunicorn.conf.py wsgi:app` with two workers and /metrics open, on the
+    emptied database."""
     env = {**shared_env, "WEB_CONCURRENCY": "2", "METRICS_PUBLIC": "1"}
     with gunicorn_serving(env, tmp_path / "gunicorn.log") as url:
         yield url
 
 
+@pytest.mark.slow
 def test_metrics_add_up_api_and_worker_processes_and_agree_with_the_api(
     api, shared_env, test_env, metrics_dir, image_service
 ):
@@ -132,9 +134,15 @@ def test_metrics_add_up_api_and_worker_processes_and_agree_with_the_api(
             image = value(
                 found, "orchestrator_tasks_completed_total", tier=TIER, task_type="image_generation"
             )
-            # A chunk's counters and histograms are written one after the other: wait for both.
+            # A chunk's counters and histograms are written one after the other: wait for all.
             started = value(found, "orchestrator_task_assignment_to_start_seconds_count", tier=TIER)
-            return found if (echo, image, started) == (N, 1, N + 1) else None
+            finished = value(
+                found,
+                "orchestrator_task_assignment_to_finish_seconds_count",
+                tier=TIER,
+                outcome="completed",
+            )
+            return found if (echo, image, started, finished) == (N, 1, N + 1, N + 1) else None
 
         found = wait_for(done, timeout=30, interval=0.2)
         worker_side = scrape(f"http://127.0.0.1:{worker_port}")

@@ -21,6 +21,8 @@ from deploy.devstack import free_port
 from tests.conftest import ADMIN_KEY
 from tests.workers import gunicorn_serving, stop_process_group, wait_until_serving
 
+pytestmark = pytest.mark.slow  # gunicorn, nginx and a worker
+
 ROOT = Path(__file__).resolve().parent.parent
 LIMIT = Settings.from_env({}).max_body_bytes
 # The test's client connects from this loopback address, so the address nginx saw can be told
@@ -37,7 +39,7 @@ def _nginx() -> str:
 
 
 @pytest.fixture(scope="module")
-def gunicorn(test_env, tmp_path_factory):
+def gunicorn(migrated_app, test_env, tmp_path_factory):
     """`gunicorn -c gunicorn.conf.py wsgi:app` as deployed behind nginx; yields (url, log path)."""
     log = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
     env = {

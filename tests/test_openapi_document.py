@@ -15,7 +15,7 @@ import pytest
 from app import create_app
 from app.api.auth import required_role
 from app.config import Settings
-from app.services.task_types import TASK_TYPES
+from app.services.task_types import BUILT_IN
 from app.tiers import TIERS
 
 METHODS = ("get", "put", "post", "delete", "patch")
@@ -30,8 +30,7 @@ FREE_FORM = {
 
 @pytest.fixture(scope="module")
 def document(test_env):
-    # Built here: the document served is that of the app created last in this process (one
-    # flask-smorest Api object serves them all), and other tests create apps with other settings.
+    # The document of an app with the run's settings (each app serves its own).
     fresh = create_app(Settings.from_env({**os.environ, **test_env}))
     return fresh.test_client().get("/openapi.json").get_json()
 
@@ -133,7 +132,7 @@ def test_task_or_workflow_answers_are_told_apart_by_kind(document):
 
 def test_enums_are_the_ones_the_code_knows(document):
     schemas = document["components"]["schemas"]
-    assert schemas["TaskAssign"]["properties"]["type"]["enum"] == sorted(TASK_TYPES)
+    assert schemas["TaskAssign"]["properties"]["type"]["enum"] == sorted(BUILT_IN)
     assert schemas["BotOut"]["properties"]["tier"]["enum"] == list(TIERS)
     assert schemas["SwarmCreate"]["properties"]["count"]["maximum"] == 50_000
     assert schemas["SwarmUpdate"]["minProperties"] == 1

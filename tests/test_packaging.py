@@ -114,6 +114,7 @@ def installed(tmp_path: Path) -> Path:
     return site
 
 
+@pytest.mark.slow
 def test_pip_install_gives_the_service_with_its_migrations_and_the_command(
     installed: Path, tmp_path: Path, test_env: dict[str, str]
 ) -> None:

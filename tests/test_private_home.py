@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import psycopg2
+import pytest
 
 from deploy import pgcluster
 from deploy.devstack import PG_DIR, REDIS_DIR
@@ -77,6 +78,7 @@ def run_services_then_clean(home: Path) -> str:
     return data_directory
 
 
+@pytest.mark.slow
 def test_run_servers_start_with_the_checkout_in_a_private_home(tmp_path: Path) -> None:
     home = private_home(tmp_path)
     data_directory = run_services_then_clean(home)
@@ -89,6 +91,7 @@ def test_run_servers_start_with_the_checkout_in_a_private_home(tmp_path: Path) -
     assert_private_and_clean(home, relocated)
 
 
+@pytest.mark.slow
 def test_test_mode_forced_embedded_runs_with_the_install_in_a_private_home(
     tmp_path: Path,
 ) -> None:

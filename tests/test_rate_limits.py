@@ -30,8 +30,9 @@ def bearer(key: str) -> dict[str, str]:
 
 
 @pytest.fixture()
-def limited(test_env):
-    """An app whose budgets are set per test: limited(RATE_LIMIT=..., RATE_LIMIT_HEAVY=...)."""
+def limited(app, test_env):
+    """Apps on the (emptied) database whose budgets are set per test:
+    limited(RATE_LIMIT=..., RATE_LIMIT_HEAVY=...)."""
     made = []
 
     def build(**overrides: str):
@@ -210,6 +211,7 @@ def test_invalid_limit_strings_are_refused_naming_the_variable(variable, raw):
     assert "10/second;500/minute" in message
 
 
+@pytest.mark.slow
 def test_a_bad_limit_string_stops_the_start_with_the_message(test_env):
     env = {**os.environ, **test_env, "RATE_LIMIT": "10/second;500/fortnight"}
 

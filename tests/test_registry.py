@@ -7,7 +7,6 @@ the test run's Redis DB, the registry in its PostgreSQL database.
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import replace
 
 import pytest
@@ -15,8 +14,7 @@ import pytest
 from app.clients.downstream import DownstreamError
 from app.services import breaker, registry
 from tests.fake_services import Scripted
-from tests.test_end_to_end import wait_for
-from tests.workers import WorkerProcess
+from tests.workers import WorkerProcess, wait_for
 
 PAYLOAD = {"type": "image_generation", "params": {"prompt": "Sunset landscape"}}
 
@@ -32,6 +30,11 @@ def short_breaker(app, monkeypatch):
 def image_endpoint(client, url: str) -> dict:
     body = client.get("/services/image").get_json()
     return next(e for e in body["endpoints"] if e["url"] == url)
+
+
+def _state(client, url: str) -> str:
+    """The breaker state the API shows for one of the image service's URLs."""
+    return image_endpoint(client, url)["breaker"]["state"]
 
 
 def test_services_are_seeded_from_variables_and_put_is_never_overwritten(app):
@@ -63,7 +66,7 @@ def test_services_are_seeded_from_variables_and_put_is_never_overwritten(app):
     assert (image.urls, image.timeout_s, image.source) == (["http://c.test:3"], 4.0, "api")
 
 
-def test_dead_first_url_fails_over_to_second(fake_service, dead_url):
+def test_dead_first_url_fails_over_to_second(app, fake_service, dead_url):
     live = fake_service(default=(200, {"image": "sunset.png"}))
     registry.update_service("image", urls=[dead_url, live.url])
 
@@ -102,8 +105,7 @@ def test_breaker_half_opens_after_cooldown_for_one_trial(client, fake_service, s
         registry.call("image_generation", PAYLOAD, retries=0)
     assert len(flapping.requests) == 3
 
-    time.sleep(0.6)
-    assert image_endpoint(client, flapping.url)["breaker"]["state"] == "half_open"
+    wait_for(lambda: _state(client, flapping.url) == "half_open", timeout=10, interval=0.05)
     # The trial fails: open again for another cool-down.
     assert registry.call("image_generation", PAYLOAD, retries=0) == {"from": "second"}
     assert len(flapping.requests) == 4
@@ -111,7 +113,7 @@ def test_breaker_half_opens_after_cooldown_for_one_trial(client, fake_service, s
     assert len(flapping.requests) == 4
     assert image_endpoint(client, flapping.url)["breaker"]["state"] == "open"
 
-    time.sleep(0.6)
+    wait_for(lambda: _state(client, flapping.url) == "half_open", timeout=10, interval=0.05)
     # The trial succeeds: closed, and the first URL is first again.
     assert registry.call("image_generation", PAYLOAD, retries=0) == {"from": "first"}
     assert registry.call("image_generation", PAYLOAD, retries=0) == {"from": "first"}
@@ -127,7 +129,7 @@ def test_only_one_caller_gets_the_half_open_trial(app, dead_url, short_breaker):
     for _ in range(3):
         breaker.record_failure(dead_url)
     assert not breaker.allow(dead_url, trial_ttl_s=5)
-    time.sleep(0.6)
+    wait_for(lambda: breaker.states([dead_url])[dead_url].state == "half_open", 10, 0.05)
     assert breaker.allow(dead_url, trial_ttl_s=5)
     assert not breaker.allow(dead_url, trial_ttl_s=5)
 
@@ -279,6 +281,9 @@ def test_concurrency_limit_holds_across_parallel_callers(app, client, fake_servi
     client.put("/services/image", json={"urls": [slow.url], "max_concurrency": 2})
     results: list[object] = []
 
+    def in_flight() -> int:
+        return client.get("/services/image").get_json()["in_flight"]
+
     def call() -> None:
         with app.app_context():
             try:
@@ -290,8 +295,8 @@ def test_concurrency_limit_holds_across_parallel_callers(app, client, fake_servi
     for thread in threads:
         thread.start()
     try:
-        time.sleep(0.15)
-        assert client.get("/services/image").get_json()["in_flight"] == 2
+        # Two calls hold the service's two slots while the other four wait for one.
+        wait_for(lambda: in_flight() == 2, timeout=10, interval=0.02)
     finally:
         for thread in threads:
             thread.join(timeout=20)
@@ -299,9 +304,10 @@ def test_concurrency_limit_holds_across_parallel_callers(app, client, fake_servi
     assert results == [{"done": True}] * 6
     assert len(slow.requests) == 6
     assert slow.max_in_flight == 2
-    assert client.get("/services/image").get_json()["in_flight"] == 0
+    assert in_flight() == 0
 
 
+@pytest.mark.slow
 def test_worker_runs_an_ai_task_against_the_registry_and_follows_a_put(
     app, client, test_env, fake_service
 ):

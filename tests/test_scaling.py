@@ -73,7 +73,7 @@ def test_tiers_add_up_in_the_pool() -> None:
     assert result.desired_workers == 3
 
 
-def test_rate_comes_from_the_caller_then_measurement_then_default() -> None:
+def test_rate_comes_from_the_caller_then_measurement_then_default(app) -> None:
     assert scaling.per_worker_rate(5.0, 100.0, 4) == (5.0, "given")
     assert scaling.per_worker_rate(None, 100.0, 4) == (25.0, "measured")
     assert scaling.per_worker_rate(None, 100.0, None) == (
@@ -108,7 +108,7 @@ def test_throughput_is_measured_from_counter_samples_in_redis(redis_client) -> N
     assert redis_client.zcard(scaling.SAMPLES_KEY) == 3
 
 
-def test_counters_going_backwards_give_no_throughput() -> None:
+def test_counters_going_backwards_give_no_throughput(app) -> None:
     set_finished(500)
     scaling.sample_throughput(now=2_000.0)
     set_finished(0)

@@ -133,9 +133,9 @@ print(f"Avg tasks/bot: {swarm['average_tasks_per_bot']}")
 
 
 @pytest.fixture(scope="module")
-def live_server(app):
+def live_server(migrated_app):
     """The app served over real HTTP on a free loopback port; yields its base URL."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
+    server = make_server("127.0.0.1", 0, migrated_app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
     yield f"http://127.0.0.1:{server.port}"
@@ -326,7 +326,8 @@ def test_complete_bot_task_example(client):
 # ---- Traditional Orchestration -------------------------------------------------------------
 
 
-def test_orchestrate_example_runs_both_steps_against_their_services(test_env, fake_service):
+@pytest.mark.slow
+def test_orchestrate_example_runs_both_steps_against_their_services(app, test_env, fake_service):
     image = fake_service(default=(200, {"image_url": "https://img.example/sunset.png"}))
     crypto = fake_service(default=(200, {"symbol": "BTC", "prediction": 67250.5}))
     urls = {"IMAGE_SERVICE_URL": image.url, "CRYPTO_SERVICE_URL": crypto.url}
@@ -375,7 +376,7 @@ def test_orchestrate_example_runs_both_steps_against_their_services(test_env, fa
     assert step["result"] == first["result"]
 
 
-def test_get_task_status_of_a_workflow_before_any_worker_runs(test_env, fake_service):
+def test_get_task_status_of_a_workflow_before_any_worker_runs(app, test_env, fake_service):
     urls = {"IMAGE_SERVICE_URL": fake_service().url, "CRYPTO_SERVICE_URL": fake_service().url}
     configured = create_app(Settings.from_env({**os.environ, **test_env, **urls}))
     client = configured.test_client()

@@ -102,8 +102,8 @@ def _connections(server) -> int:
 
 
 @pytest.fixture()
-def strict_app(test_env):
-    """An app whose allowlist names only a host that is not loopback."""
+def strict_app(app, test_env):
+    """An app on the (emptied) database whose allowlist names only a host that is not loopback."""
     import os
 
     from app import create_app

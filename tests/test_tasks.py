@@ -268,7 +268,7 @@ def test_concurrent_http_completions_of_one_task_count_once(app):
 
 
 @pytest.fixture(scope="module")
-def shared_worker(test_env):
+def shared_worker(migrated_app, test_env):
     """One real worker for this module's execution tests."""
     process = WorkerProcess(test_env)
     process.start()
@@ -289,6 +289,7 @@ def wait_for_task(client, task_id: str, timeout: float = 30.0) -> dict:
     return wait_for(finished, timeout)
 
 
+@pytest.mark.slow
 def test_data_processing_on_data_csv_runs_on_a_worker_with_real_figures(
     client, sample_data_dir, shared_worker
 ):
@@ -329,6 +330,7 @@ def test_data_processing_on_data_csv_runs_on_a_worker_with_real_figures(
     assert client.get("/bots/stats").get_json()["tasks_executed"] == 1
 
 
+@pytest.mark.slow
 def test_distributed_sentiment_slices_add_up_to_the_whole_dataset(
     client, sample_data_dir, shared_worker
 ):
@@ -377,6 +379,7 @@ def test_distributed_sentiment_slices_add_up_to_the_whole_dataset(
     assert expected["positive"] > 0 and expected["negative"] > 0
 
 
+@pytest.mark.slow
 def test_mass_data_processing_of_customer_data_splits_the_file_over_the_bots(
     client, sample_data_dir, shared_worker
 ):
@@ -418,6 +421,7 @@ def test_mass_data_processing_of_customer_data_splits_the_file_over_the_bots(
     assert stats["tasks_executed"] == 6
 
 
+@pytest.mark.slow
 def test_a_failing_task_is_recorded_failed_with_its_reason(client, shared_worker):
     bot = create_bot(client)
 

@@ -1,51 +1,44 @@
-"""The Celery app, whose tasks run inside a Flask app built once per worker process."""
+"""The worker's Celery: the one create_app() configured, with the tasks of workers/tasks.py.
+
+Flask's Celery pattern: `celery -A workers` imports this module, which builds the Flask app once
+from the environment and takes the Celery that create_app() configured from those settings
+(app/dispatch.py:init_celery); every task runs inside that app's context. Building the app opens
+no connection, and each pool process drops the database connections it inherited at fork.
+"""
 
 from __future__ import annotations
 
-from celery import Task
-from celery.signals import setup_logging, worker_ready
-from flask import Flask
+import logging
+
+from celery import Celery
+from celery.signals import setup_logging, worker_process_init, worker_ready
 
 from app import create_app, metrics
-from app.config import Settings
-from app.dispatch import celery
-from app.logging import configure_logging, request_id_context
+from app.dispatch import celery_of
+from app.extensions import db
+from app.logging import configure_logging
 
-_flask_app: Flask | None = None
-
-
-def flask_app() -> Flask:
-    """The worker process's Flask app, built on first use (never at import)."""
-    global _flask_app
-    if _flask_app is None:
-        _flask_app = create_app()
-    return _flask_app
-
-
-class AppContextTask(Task):
-    """Runs every call inside the Flask app context, so services see the database."""
-
-    abstract = True
-
-    def __call__(self, *args, **kwargs):
-        # The publisher put its request's id in the message headers (app/dispatch.py); Celery
-        # exposes custom headers as attributes of the task request.
-        with flask_app().app_context(), request_id_context(self.request.get("request_id")):
-            return super().__call__(*args, **kwargs)
+flask_app = create_app()
+celery: Celery = celery_of(flask_app)
 
 
 @setup_logging.connect
 def _setup_logging(loglevel=None, **_kwargs) -> None:
     """Replace Celery's log setup with the service's (LOG_FORMAT); Celery then leaves it alone."""
-    configure_logging(Settings.from_env().log_format, loglevel or "INFO", own=True)
+    configure_logging(flask_app.config["SETTINGS"].log_format, loglevel or "INFO", own=True)
+    logging.getLogger().setLevel(loglevel or "INFO")
+
+
+@worker_process_init.connect
+def _fresh_connections(**_kwargs) -> None:
+    """A forked pool process must not share the parent's database connections."""
+    with flask_app.app_context():
+        db.engine.dispose(close=False)
 
 
 @worker_ready.connect
 def _serve_metrics(**_kwargs) -> None:
     """With WORKER_METRICS_PORT, serve the pool's counted events to Prometheus (app/metrics.py)."""
-    port = Settings.from_env().worker_metrics_port
+    port = flask_app.config["SETTINGS"].worker_metrics_port
     if port:
         metrics.serve_worker_metrics(port)
-
-
-celery.Task = AppContextTask

@@ -5,9 +5,6 @@ from __future__ import annotations
 from flask import Flask
 from flask_smorest import Api
 
-# Attached to the app in create_app(), which then registers the blueprints below on it.
-rest_api = Api()
-
 
 def register_blueprints(app: Flask, api: Api) -> None:
     """Attach every resource's blueprint (and the path converters their routes use)."""

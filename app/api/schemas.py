@@ -34,7 +34,7 @@ from app.models import (
 from app.services import breaker
 from app.services.ids import iso, task_public_id
 from app.services.service_defaults import DOWNSTREAM
-from app.services.task_types import TASK_TYPES
+from app.services.task_types import load_catalogue
 from app.tiers import PRIORITY_TIERS, TIERS, canonical_tier
 
 MAX_PAGE = 1000
@@ -129,7 +129,10 @@ class TaskTypeName(fields.String):
         self.downstream_only = downstream_only
 
     def openapi(self, settings: Settings) -> dict[str, Any]:
-        return {"enum": sorted(DOWNSTREAM if self.downstream_only else TASK_TYPES)}
+        if self.downstream_only:
+            return {"enum": sorted(DOWNSTREAM)}
+        # The types of the app being documented: built-ins and its own plugins.
+        return {"enum": sorted(load_catalogue(settings.task_type_plugins))}
 
 
 def Name(**kwargs: Any) -> fields.String:  # noqa: N802 - a field factory reads like a field

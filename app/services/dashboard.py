@@ -13,7 +13,6 @@ null, not zero: the dashboard only knows what it watched.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 from itertools import pairwise
@@ -24,7 +23,7 @@ from sqlalchemy import text
 
 from app.extensions import db
 from app.models import LIVE_BOT_STATES
-from app.services import health
+from app.services import health, registry
 from app.services.capacity import max_bots
 from app.services.ids import iso, utcnow
 from app.tiers import TIERS
@@ -193,10 +192,6 @@ def completions_per_bucket(
 
 def downstream_services() -> dict[str, Any]:
     """The registry's services and their URLs' health, or why there are none to show."""
-    try:
-        registry = importlib.import_module("app.services.registry")
-    except ImportError:
-        return {"available": False, "items": [], "message": "no services registered"}
     try:
         views = registry.list_services()
     except Exception as error:  # the dashboard must render even when the registry cannot

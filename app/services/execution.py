@@ -24,7 +24,7 @@ from app.models import TASK_ASSIGNED, TASK_COMPLETED, TASK_FAILED, TASK_RUNNING
 from app.services import workflows
 from app.services.outcomes import Outcome, record_outcomes
 from app.services.payloads import load_payloads
-from app.services.task_types import TASK_TYPES
+from app.services.task_types import catalogue
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def claim(task_ids: list[int]) -> list[Claimed]:
 
 def run_one(task: Claimed, data: dict[str, Any], data_dir: Any = None) -> Outcome:
     """Run one claimed task's handler and say how it ended."""
-    task_type = TASK_TYPES.get(task.type)
+    task_type = catalogue().get(task.type)
     if data_dir is None:
         data_dir = current_app.config["SETTINGS"].data_dir
     try:

@@ -1,16 +1,23 @@
-"""The registry of task types: what capability each needs, how it runs, and its chunk size.
+"""The catalogue of task types: what capability each needs, how it runs, and its chunk size.
 
 Chunk size is how many task ids one Celery message carries. Cheap built-ins take large chunks
 (few messages for 50,000 tasks); slow types take small ones, so a chunk of slow work never holds
 cheap or higher-priority work hostage for long.
+
+Each Flask app has its own catalogue (`app.extensions["task_types"]`, made by `init_app`): the
+built-in types plus those of the plugin modules its settings name, so two apps in one process
+(tests, a fault stack) never see each other's plugins.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
+
+from flask import Flask, current_app
 
 from app.clients.downstream import DownstreamError
 from app.config import ConfigError
@@ -92,20 +99,50 @@ _AI = [
     for name, service in DOWNSTREAM.items()
 ]
 
-TASK_TYPES: dict[str, TaskType] = {t.name: t for t in _BUILT_IN + _AI}
+BUILT_IN: Mapping[str, TaskType] = MappingProxyType({t.name: t for t in _BUILT_IN + _AI})
+
+
+def init_app(app: Flask, plugin_modules: Sequence[str]) -> None:
+    """Give the app its catalogue: the built-in types and those its plugin modules declare."""
+    app.extensions["task_types"] = load_catalogue(plugin_modules)
+
+
+def load_catalogue(plugin_modules: Sequence[str]) -> Mapping[str, TaskType]:
+    """The built-in types and those the plugin modules declare, by name.
+
+    A plugin is any importable module (TASK_TYPE_PLUGINS names them) whose TASK_TYPES holds
+    TaskType objects; a name that is already taken stops the start.
+    """
+    types = dict(BUILT_IN)
+    for module_name in plugin_modules:
+        module = importlib.import_module(module_name)
+        for task_type in getattr(module, "TASK_TYPES", []):
+            known = types.get(task_type.name)
+            if known is not None and known is not task_type:
+                raise ConfigError(
+                    f"TASK_TYPE_PLUGINS: {module_name} redefines task type {task_type.name!r}"
+                )
+            types[task_type.name] = task_type
+    return MappingProxyType(types)
+
+
+def catalogue() -> Mapping[str, TaskType]:
+    """The current app's task types, by name."""
+    return current_app.extensions["task_types"]
 
 
 def get_task_type(name: str) -> TaskType:
     """The registered type, or 422 listing the known ones."""
-    task_type = TASK_TYPES.get(name)
+    types = catalogue()
+    task_type = types.get(name)
     if task_type is None:
-        raise Invalid(f"Unknown task type {name!r}.", field="type", known_types=sorted(TASK_TYPES))
+        raise Invalid(f"Unknown task type {name!r}.", field="type", known_types=sorted(types))
     return task_type
 
 
 def chunk_size_of(type_name: str) -> int:
     """How many task ids of this type one message carries (1 for a type no longer known)."""
-    task_type = TASK_TYPES.get(type_name)
+    task_type = catalogue().get(type_name)
     return task_type.chunk_size if task_type else 1
 
 
@@ -137,7 +174,7 @@ def describe_all() -> list[dict[str, Any]]:
     """Every type, for GET /task-types; downstream types name the service the registry gives."""
     serving = registry.services_by_task_type()
     described = []
-    for t in TASK_TYPES.values():
+    for t in catalogue().values():
         view = serving.get(t.name)
         downstream = t.name in DOWNSTREAM
         described.append(
@@ -151,20 +188,3 @@ def describe_all() -> list[dict[str, Any]]:
             }
         )
     return described
-
-
-def load_plugins(module_names: list[str]) -> None:
-    """Add the task types that plugin modules declare in their `TASK_TYPES` list.
-
-    A plugin is any importable module (TASK_TYPE_PLUGINS names them) whose TASK_TYPES holds
-    TaskType objects; a name that is already taken stops the start.
-    """
-    for module_name in module_names:
-        module = importlib.import_module(module_name)
-        for task_type in getattr(module, "TASK_TYPES", []):
-            known = TASK_TYPES.get(task_type.name)
-            if known is not None and known is not task_type:
-                raise ConfigError(
-                    f"TASK_TYPE_PLUGINS: {module_name} redefines task type {task_type.name!r}"
-                )
-            TASK_TYPES[task_type.name] = task_type
