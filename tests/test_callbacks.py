@@ -123,6 +123,7 @@ def test_a_lost_delivery_message_is_published_again_by_the_reconciler(client, re
     assert reconcile().callbacks == 0  # delivered: nothing left to publish
 
 
+@pytest.mark.slow
 def test_a_finished_workflow_posts_its_signed_summary_once(client, receiver, worker):
     hook = receiver()
 
@@ -149,6 +150,7 @@ def test_a_finished_workflow_posts_its_signed_summary_once(client, receiver, wor
     assert len(hook.deliveries) == 1
 
 
+@pytest.mark.slow
 def test_a_failing_receiver_is_retried_with_backoff_until_it_accepts(client, receiver, worker):
     hook = receiver(statuses=[503, 500])
 
@@ -167,6 +169,7 @@ def test_a_failing_receiver_is_retried_with_backoff_until_it_accepts(client, rec
     assert _callback(client, workflow["task_id"])["attempts"] == 3
 
 
+@pytest.mark.slow
 def test_a_receiver_that_refuses_the_signature_ends_the_delivery_as_failed(
     client, receiver, worker
 ):

@@ -343,6 +343,7 @@ def _results(swarm_id: str) -> list[tuple[str, Any]]:
     ).all()
 
 
+@pytest.mark.slow
 def test_mass_data_processing_on_a_swarm_merges_to_one_pass_end_to_end(
     client, sample_data_dir, worker
 ):
@@ -399,6 +400,7 @@ def test_mass_data_processing_on_a_swarm_merges_to_one_pass_end_to_end(
     assert merged["rows_out"] < merged["rows_in"]  # duplicates across parts were found
 
 
+@pytest.mark.slow
 def test_distributed_analysis_without_chunk_size_splits_evenly_end_to_end(
     client, sample_data_dir, worker
 ):
