@@ -309,6 +309,10 @@ class Column:
         self.distinct.add_many(found)
         if not self.numeric or not found:
             return
+        if NUMBER.fullmatch(found[0].strip()) is None:
+            # Most columns that are not numbers show it at once: spare them the whole batch.
+            self.numeric = False
+            return
         texts = [key.strip() for key in found]
         matches = list(map(NUMBER.fullmatch, texts))
         if None in matches:
