@@ -458,3 +458,26 @@ def test_the_drop_list_is_the_same_found_while_indexing_or_afterwards(tmp_path):
         next((directory / ".index").glob("*.steps")).read_bytes() for directory in (first, second)
     ]
     assert lists[0] == lists[1] and set(lists[0]) == {0, 1}  # kept, or dropped by the one clean
+
+
+def test_a_result_that_is_not_a_summary_is_counted_but_not_merged(data_dir):
+    write_awkward_csv(data_dir / "awkward.csv", 50)
+    data = {"dataset": "awkward.csv", "operations": ["analyze"]}
+    good = run("data_processing", data, data_dir, 0, 2)
+    import base64
+    import zlib
+
+    bomb = "z1:" + base64.b64encode(zlib.compress(b" " * (80 * 1024 * 1024), 9)).decode()
+    odd = [
+        {"merge_state": bomb},
+        {"merge_state": "z1:not-base64!"},
+        {"merge_state": {"rows_in": "x"}},
+        "text",
+    ]
+    finished = [Finished("data_processing", "completed", result, None) for result in [good, *odd]]
+
+    answer = aggregates.merge("data_processing", [aggregates.fold("data_processing", finished)])
+
+    assert answer["tasks"] == {"completed": 5}
+    assert answer["merged_tasks"] == 1
+    assert answer["result"]["rows_in"] == good["rows_in"]

@@ -34,6 +34,9 @@ _HLL_BITS = 14
 _HLL_REGISTERS = 1 << _HLL_BITS
 _HLL_ALPHA = 0.7213 / (1 + 1.079 / _HLL_REGISTERS)
 _blake2b = hashlib.blake2b
+# The largest summary unpacked: a part's lists its distinct values (at most EXACT_DISTINCT_LIMIT
+# per column) or a sketch, far below this.
+_MAX_UNPACKED_BYTES = 64 * 1024 * 1024
 
 Number = int | float
 _PLAIN = {str, type(None)}
@@ -57,7 +60,11 @@ def unpack(packed: Any) -> dict[str, Any]:
         return packed
     if not isinstance(packed, str) or not packed.startswith("z1:"):
         raise ValueError("not a packed summary")
-    raw = zlib.decompress(base64.b64decode(packed[3:]))
+    # A result can come from a manual completion too: never inflate more than a summary can be.
+    inflater = zlib.decompressobj()
+    raw = inflater.decompress(base64.b64decode(packed[3:]), _MAX_UNPACKED_BYTES)
+    if inflater.unconsumed_tail:
+        raise ValueError("packed summary too large")
     state = json.loads(raw.decode("utf-8", "surrogatepass"))
     if not isinstance(state, dict):
         raise ValueError("not a packed summary")
