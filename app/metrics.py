@@ -105,6 +105,13 @@ ASSIGNMENT_TO_FINISH = Histogram(
     buckets=WAIT_BUCKETS,
     registry=_LOCAL,
 )
+MASS_ACTION_DURATION = Histogram(
+    "orchestrator_mass_action_duration_seconds",
+    "From a mass-action's creation to its last task's outcome, by how it ended.",
+    ["task_type", "tier", "outcome"],
+    buckets=WAIT_BUCKETS,
+    registry=_LOCAL,
+)
 DOWNSTREAM_CALLS = Counter(
     "orchestrator_downstream_calls",
     "HTTP attempts to downstream AI services, by outcome.",
@@ -152,6 +159,16 @@ def record_moved(summary: list[list[Any]] | None) -> None:
                 _observe_many(ASSIGNMENT_TO_FINISH.labels(tier, status), finish, n)
     except Exception:
         log.exception("metrics: recording outcomes failed")
+
+
+def observe_mass_action(task_type: str, tier: str, outcome: str, seconds: float) -> None:
+    """Observe how long one mass-action took from creation to its end."""
+    try:
+        MASS_ACTION_DURATION.labels(tier=tier, task_type=task_type, outcome=outcome).observe(
+            max(seconds, 0.0)
+        )
+    except Exception:
+        log.exception("metrics: observing a mass-action failed")
 
 
 @contextmanager

@@ -182,6 +182,9 @@ class Task(db.Model):
     # The task's part of a mass-action's dataset: part slice_index (0-based) of slice_count.
     slice_index: Mapped[int | None] = mapped_column(Integer)
     slice_count: Mapped[int | None] = mapped_column(Integer)
+    # The mass-action (`ma-…`) this task is one of; None for single tasks and plain steps. Not
+    # indexed: the mass-action knows the id range its tasks were inserted in (0008).
+    mass_action_id: Mapped[str | None] = mapped_column(String(40))
     # Per-task execution options (workflow steps); None means the service's defaults.
     timeout_s: Mapped[float | None] = mapped_column(Float)
     retries: Mapped[int | None] = mapped_column(Integer)
@@ -205,7 +208,7 @@ class Task(db.Model):
             postgresql_where=text("workflow_id IS NOT NULL"),
         ),
         # Whether any task still uses a payload (retention); a block-range index costs the
-        # 50,000-row inserts next to nothing (0008).
+        # 50,000-row inserts next to nothing (0009).
         Index(
             "ix_tasks_payload_brin",
             "payload_id",
@@ -246,6 +249,66 @@ class Callback(db.Model):
             "ix_callbacks_pending", "next_attempt_at", postgresql_where=text("state = 'pending'")
         ),
     )
+
+
+class MassAction(db.Model):
+    """One task for every active bot of a swarm, followed as one thing (`ma-…`).
+
+    Its counters move in the statements that move its tasks (claim, record, cancel, requeue), so
+    progress never counts task rows; `assigned` is what the others leave of `total`.
+    """
+
+    __tablename__ = "mass_actions"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    swarm_id: Mapped[str] = mapped_column(String(40), nullable=False)
+    tenant: Mapped[str | None] = mapped_column(String(64))
+    type: Mapped[str] = mapped_column(String(64), nullable=False)
+    tier: Mapped[str] = mapped_column(String(16), nullable=False)
+    payload_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    # Set when the mass-action is a workflow step on a swarm.
+    workflow_id: Mapped[str | None] = mapped_column(String(40))
+    step: Mapped[int | None] = mapped_column(Integer)
+    total: Mapped[int] = _counter()
+    running: Mapped[int] = _counter()
+    completed: Mapped[int] = _counter()
+    failed: Mapped[int] = _counter()
+    cancelled: Mapped[int] = _counter()
+    created_at: Mapped[datetime] = _created_at()
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set by the statement whose outcomes bring completed + failed + cancelled to total.
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Its tasks were inserted by one statement: every one of them has an id in this range (others'
+    # tasks inserted at the same moment may sit between them).
+    first_task_id: Mapped[int | None] = mapped_column(BigInteger)
+    last_task_id: Mapped[int | None] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        Index("ix_mass_actions_swarm", "swarm_id", text("created_at DESC"), text("id DESC")),
+        Index(
+            "ix_mass_actions_unfinished",
+            text("created_at DESC"),
+            postgresql_where=text("finished_at IS NULL"),
+        ),
+        Index(
+            "ix_mass_actions_workflow",
+            "workflow_id",
+            "step",
+            postgresql_where=text("workflow_id IS NOT NULL"),
+        ),
+        {"postgresql_with": {"fillfactor": 70}},
+    )
+
+
+class MassActionPartial(db.Model):
+    """A merge-rule partial of some of a mass-action's finished tasks (app/services/aggregates)."""
+
+    __tablename__ = "mass_action_partials"
+
+    mass_action_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    partial: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
 
 
 class IdempotencyKey(db.Model):

@@ -22,6 +22,8 @@ from bench.scenarios import Bench, say
 from bench.stack import Stack
 
 MEMORY_ROUNDS = 10
+# Clients polling one mass-action's progress at once (closed loop, no pause between requests).
+PROGRESS_CONNECTIONS = 4
 
 
 class Interrupted(Exception):
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [5_000] if args.quick else [5_000, 50_000]
     read_seconds = 3.0 if args.quick else 10.0
     big = sizes[-1]
-    steps = 8
+    steps = 10
     # The big-file split: the size, or a tenth of it with --quick.
     big_rows, big_bots = (100_000, 1_000) if args.quick else (1_000_000, 10_000)
     began = time.monotonic()
@@ -80,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         results: dict = {"quick": args.quick, "runs": args.runs, "sizes": sizes,
                          "l20_spacing_seconds": scenarios.L20_SPACING_SECONDS,
                          "single_task_samples": scenarios.SINGLE_TASK_SAMPLES,
-                         "memory_rounds": MEMORY_ROUNDS}  # fmt: skip
+                         "memory_rounds": MEMORY_ROUNDS,
+                         "progress_connections": PROGRESS_CONNECTIONS}  # fmt: skip
         results["machine"] = report.machine(b.db, b.redis, load.generator())
 
         results["create"] = [scenarios.create_swarms(b, n, f"[1/{steps}]") for n in sizes]
@@ -92,7 +95,15 @@ def main(argv: list[str] | None = None) -> int:
         results["priority"] = scenarios.priority(b, big, f"[5/{steps}]")
         results["reads"] = scenarios.reads(b, big, read_seconds, 32, f"[6/{steps}]")
         results["memory"] = scenarios.worker_memory(b, big, MEMORY_ROUNDS, f"[7/{steps}]")
-        results["bigfile"] = bigfile.split_run(b, data_dir, big_rows, big_bots, f"[8/{steps}]")
+        results["mass_action_progress"] = scenarios.mass_action_progress(
+            b, big, read_seconds / 2, PROGRESS_CONNECTIONS, f"[8/{steps}]"
+        )
+        results["ndjson"] = scenarios.ndjson_export(
+            b,
+            [run["mass_action_id"] for run in results["mass_action_progress"]["runs"]],
+            f"[9/{steps}]",
+        )
+        results["bigfile"] = bigfile.split_run(b, data_dir, big_rows, big_bots, f"[10/{steps}]")
     except Interrupted as stopped:
         say(f"{stopped} received; stopping the stack")
         return 130

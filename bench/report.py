@@ -197,8 +197,48 @@ def rows(results: dict[str, Any]) -> list[Row]:
     out.append(Row("Celery worker RSS (main + pool) after", tasks, mem["after_mb"], "MB"))
     out.append(Row("Celery worker RSS growth", tasks, mem["growth_percent"], "%", "≤ +10 %",
                    _goal(mem["growth_percent"], 10, True, full)))  # fmt: skip
+    out.extend(_mass_action_rows(results, full))
     if "bigfile" in results:
         out.extend(bigfile_rows(results["bigfile"], full))
+    return out
+
+
+def _mass_action_rows(results: dict[str, Any], full: bool) -> list[Row]:
+    """GET /mass-actions/{id} while one runs, and the NDJSON export of its results."""
+    progress, export = results.get("mass_action_progress"), results.get("ndjson")
+    if not progress or not export:
+        return []
+    runs = progress["runs"]
+    n = f"{progress['n']:,} tasks, {progress['connections']} conn."
+    during_p99 = median([r["during"]["p99_ms"] for r in runs])
+    trivial_p99 = median([r["trivial_during"]["p99_ms"] for r in runs])
+    out = [
+        Row("GET /mass-actions/{id} while it runs: p50", n,
+            median([r["during"]["p50_ms"] for r in runs]), "ms"),
+        Row("GET /mass-actions/{id} while it runs: p99", n, during_p99, "ms", "≤ 25 ms",
+            _goal(during_p99, 25, True, full)),
+        Row("GET /mass-actions/{id} while it runs: throughput", n,
+            median([r["during"]["rps"] for r in runs]), "req/s"),
+        Row("Mass-action progress when the read load stopped", n,
+            median([r["percent_after_reads"] for r in runs]), "% ended"),
+        Row("Trivial endpoint (GET /docs) while it runs: p99 (baseline)", n, trivial_p99, "ms"),
+        Row("GET /mass-actions/{id} p99 ÷ trivial endpoint's, while it runs", n,
+            during_p99 / trivial_p99 if trivial_p99 else None, "x"),
+        Row("GET /mass-actions/{id} at idle (ended): p99", n,
+            median([r["idle"]["p99_ms"] for r in runs]), "ms"),
+    ]  # fmt: skip
+    lines = f"{export['runs'][0]['lines']:,} results"
+    seconds = median([r["seconds"] for r in export["runs"]])
+    paged = median([r["paged_seconds"] for r in export["runs"]])
+    growth = median([r["api_rss_growth_mb"] for r in export["runs"]])
+    out += [
+        Row("Results as NDJSON, whole export", lines, seconds, "s", "≤ 2.0 s",
+            _goal(seconds, 2.0, True, full)),
+        Row("Results paged as JSON, limit=1000 (baseline)", lines, paged, "s"),
+        Row("NDJSON export ÷ paging", lines, seconds / paged if paged else None, "x"),
+        Row("gunicorn worker RSS growth during the NDJSON export", lines, growth, "MB",
+            "≤ 50 MB", _goal(growth, 50, True, full)),
+    ]  # fmt: skip
     return out
 
 
@@ -317,6 +357,19 @@ the same {m["cores"]} cores.
    and after {results["memory"]["tasks"]:,} echo tasks given as mass-actions of
    {results["memory"]["tasks"] // results["memory_rounds"]:,} to one swarm (measured once, after
    the other scenarios, so the worker is warm).
+8. **Mass-action progress**: a {results["mass_action_progress"]["n"]:,}-task `data_processing`
+   mass-action (20 inline rows each, `clean`, `transform`, `analyze`) on the largest swarm; while
+   it runs, {results["mass_action_progress"]["connections"]} connections load
+   `GET /mass-actions/{{id}}` for {results["mass_action_progress"]["seconds"]:.0f} s, then `GET /docs`
+   (the trivial endpoint, the baseline) for as long while it still runs; the progress it had
+   reached when each load stopped is recorded (`percent_after_reads`, `status_after_reads`,
+   `percent_after_trivial`). Once it ended and the stack is idle, the same load on
+   `GET /mass-actions/{{id}}` again.
+9. **NDJSON export**: `GET /mass-actions/{{id}}/results` with `Accept: application/x-ndjson` for
+   each of the mass-actions of 8, read to the end; the time to the last byte, and the growth of
+   the gunicorn workers' RSS (peak during the export, sampled every 5 ms and from VmHWM reset just
+   before, minus the RSS before; the larger of the two workers). The baseline: the same results
+   paged as JSON with `limit=1000`, in the same run.
 
 The stack gets `MAX_BOTS=1000000`, because every run creates a new swarm and retired bots keep
 their rows; everything else is the service's default configuration.

@@ -87,20 +87,26 @@ class _PeakRss:
 
     def __init__(self, pids: list[int]) -> None:
         self.pids, self.max_kb = pids, 0
+        self.max_by_pid: dict[int, int] = dict.fromkeys(pids, 0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
 
+    def _see(self, key: str) -> None:
+        for pid in self.pids:
+            self.max_by_pid[pid] = max(self.max_by_pid[pid], proc_status_kb(pid, key))
+        self.max_kb = max([self.max_kb, *self.max_by_pid.values()])
+
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self.max_kb = max([self.max_kb] + [proc_status_kb(p, "VmRSS") for p in self.pids])
+            self._see("VmRSS")
             self._stop.wait(0.005)
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
         # VmHWM catches a peak shorter than the sampling interval.
-        self.max_kb = max([self.max_kb] + [proc_status_kb(p, "VmHWM") for p in self.pids])
+        self._see("VmHWM")
 
     @property
     def max_mb(self) -> float:
@@ -312,3 +318,137 @@ def worker_memory(b: Bench, n: int, rounds: int, label: str) -> dict[str, Any]:
         "median_round_seconds": statistics.median(seconds),
         "api_worker_lifetime_peak_mb": max(api_hwm) if api_hwm else None,
     }
+
+
+# --- 8. mass-action progress under load ------------------------------------------------------
+
+# 20 small rows per task: a 50,000-task mass-action that runs long enough to be read while it runs.
+PROGRESS_RECORDS = [
+    {"Name": f" customer {i} ", "Monthly Spend": str(i * 3), "Region": "EU" if i % 2 else "US"}
+    for i in range(20)
+]
+PROGRESS_TASK = {
+    "type": "data_processing",
+    "data": {
+        "records": PROGRESS_RECORDS,
+        "operations": ["clean", "transform", "analyze"],
+        "output_format": "summary",
+    },
+}
+
+
+def mass_action_progress(
+    b: Bench, n: int, seconds: float, connections: int, label: str
+) -> dict[str, Any]:
+    """GET /mass-actions/{id} under load while an n-task mass-action runs, then the trivial
+    endpoint under the same load while it still runs, then GET /mass-actions/{id} at idle."""
+    swarm_id = b.swarms[n][0]["id"]
+    per_run = []
+    for run in range(b.runs):
+        say(
+            f"{label} GET /mass-actions/{{id}} during a {n}-task mass-action: run {run + 1}/{b.runs}"
+        )
+        b.wait_idle()
+        created = b.api.call("POST", f"/swarms/{swarm_id}/tasks", PROGRESS_TASK, expect=202)
+        path = f"/mass-actions/{created['mass_action_id']}"
+        during = load.run(b.stack.base_url, [path], seconds, connections)
+        after_reads = b.api.call("GET", path)
+        trivial = load.run(b.stack.base_url, ["/docs"], seconds, connections)
+        after_trivial = b.api.call("GET", path)
+        final = b.api.wait_for(path, lambda doc: doc["finished_at"] is not None, 900, 0.2)
+        b.wait_idle()
+        idle = load.run(b.stack.base_url, [path], seconds, connections)
+        per_run.append(
+            {
+                "mass_action_id": created["mass_action_id"],
+                "during": during,
+                "percent_after_reads": after_reads["percent"],
+                "status_after_reads": after_reads["status"],
+                "trivial_during": trivial,
+                "percent_after_trivial": after_trivial["percent"],
+                "status_after_trivial": after_trivial["status"],
+                "idle": idle,
+                "counts": final["counts"],
+                "tasks_per_second": final["tasks_per_second"],
+            }
+        )
+    return {"n": n, "seconds": seconds, "connections": connections, "runs": per_run}
+
+
+# --- 9. results as NDJSON ----------------------------------------------------------------------
+
+
+def ndjson_export(b: Bench, mass_action_ids: list[str], label: str) -> dict[str, Any]:
+    """Stream every result of finished mass-actions as NDJSON (time, lines, API worker RSS
+    growth), and page through the same results as JSON with limit=1000 (the baseline)."""
+    per_run = []
+    for run, mass_action_id in enumerate(mass_action_ids):
+        say(f"{label} NDJSON export of {mass_action_id}: run {run + 1}/{len(mass_action_ids)}")
+        b.wait_idle()
+        pids = b.stack.api_worker_pids()
+        before = {pid: proc_status_kb(pid, "VmRSS") for pid in pids}
+        for pid in pids:
+            _reset_peak_rss(pid)
+        peak = _PeakRss(pids)
+        started = time.perf_counter()
+        lines, size = _stream_lines(b, f"/mass-actions/{mass_action_id}/results")
+        seconds = time.perf_counter() - started
+        peak.stop()
+        growth_kb = max(peak.max_by_pid.get(pid, 0) - before[pid] for pid in pids)
+        started = time.perf_counter()
+        paged, after = 0, None
+        while True:
+            query = f"?limit=1000&after={after}" if after else "?limit=1000"
+            page = b.api.call("GET", f"/mass-actions/{mass_action_id}/results{query}")
+            paged += len(page["items"])
+            after = page["next_after"]
+            if after is None:
+                break
+        paged_seconds = time.perf_counter() - started
+        if lines != paged:
+            raise RuntimeError(f"NDJSON gave {lines} results, the pages {paged}")
+        per_run.append(
+            {
+                "mass_action_id": mass_action_id,
+                "lines": lines,
+                "bytes": size,
+                "seconds": seconds,
+                "api_rss_growth_mb": growth_kb / 1024,
+                "paged_seconds": paged_seconds,
+            }
+        )
+    return {"runs": per_run}
+
+
+def _reset_peak_rss(pid: int) -> None:
+    """Start VmHWM afresh (Linux: `5` to clear_refs), so it holds the peak of what follows."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass  # not allowed here: the 5 ms samples still catch the peak
+
+
+def _stream_lines(b: Bench, path: str) -> tuple[int, int]:
+    """GET path with Accept: application/x-ndjson, read to the end in 64 kB reads."""
+    import http.client
+
+    from bench.client import API_KEY
+
+    conn = http.client.HTTPConnection(b.api.host, b.api.port, timeout=300)
+    try:
+        conn.request(
+            "GET",
+            path,
+            headers={"Authorization": f"Bearer {API_KEY}", "Accept": "application/x-ndjson"},
+        )
+        response = conn.getresponse()
+        if response.status != 200:
+            raise RuntimeError(f"GET {path} answered {response.status}: {response.read()[:300]!r}")
+        lines = size = 0
+        while chunk := response.read(65536):
+            lines += chunk.count(b"\n")
+            size += len(chunk)
+        return lines, size
+    finally:
+        conn.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -239,8 +240,8 @@ def swarm_assign(
 ) -> None:
     """Mass-action: one task for every active bot of SWARM_ID (POST /swarms/{id}/tasks).
 
-    With --wait, polls GET /swarms/{id} until completed + failed has grown by the number of
-    assignments; exits 1 if any of them failed.
+    With --wait, follows the new mass-action (GET /mass-actions/{id}) until every task ended;
+    exits 1 if any of them failed or was cancelled.
     """
     try:
         payload = json.loads(data)
@@ -250,54 +251,150 @@ def swarm_assign(
         raise click.BadParameter("must be a JSON object", param_hint="--data")
 
     client = options.client()
-    # Work counted before this mass-action: the target is that plus the new assignments.
-    before = _done(client.get(f"/swarms/{swarm_id}")) if wait else (0, 0)
     assigned = client.post(f"/swarms/{swarm_id}/tasks", {"type": task_type, "data": payload})
     total = int(assigned.get("assignments", 0))
+    if not options.as_json:
+        click.echo(f"Assigned {task_type} to {total:,} bots of swarm {swarm_id}.")
+        click.echo(f"Mass-action {assigned.get('mass_action_id')}")
     if not wait:
         if options.as_json:
             click.echo(dumps(assigned))
-        else:
-            click.echo(f"Assigned {task_type} to {total:,} bots of swarm {swarm_id}.")
         return
-
-    if not options.as_json:
-        click.echo(f"Assigned {task_type} to {total:,} bots of swarm {swarm_id}.")
-    swarm_doc, completed, failed = _wait_for_swarm(
-        client, swarm_id, before, total, interval, wait_timeout, show=not options.as_json
+    document = _follow(
+        client, assigned["mass_action_id"], interval, wait_timeout, show=not options.as_json
     )
     if options.as_json:
-        click.echo(dumps({"assignment": assigned, "swarm": swarm_doc}))
-    counted = completed + failed
-    if counted < total:
-        click.echo(
-            f"Gave up after {wait_timeout:g} s: {counted:,} of {total:,} tasks counted "
-            f"({completed:,} completed, {failed:,} failed).",
-            err=True,
+        click.echo(dumps({"assignment": assigned, "mass_action": document}))
+    _exit_by_outcome(document, wait_timeout, summary=not options.as_json)
+
+
+# ---- mass-actions --------------------------------------------------------------------------
+
+MASS_ACTION_ENDED = ("completed", "failed", "cancelled")
+
+
+@cli.group("mass-actions")
+def mass_actions() -> None:
+    """Follow, read and cancel mass-actions (`ma-…`)."""
+
+
+@mass_actions.command("watch")
+@click.argument("mass_action_id")
+@click.option(
+    "--interval", type=click.FloatRange(min=0.05), default=0.5, show_default=True, help="Poll s."
+)
+@click.option(
+    "--wait-timeout",
+    type=click.FloatRange(min=0),
+    default=0,
+    help="Give up after this many seconds (exit 5); 0 waits for ever.",
+)
+@_json_option
+@click.pass_obj
+def mass_action_watch(
+    options: Options, mass_action_id: str, interval: float, wait_timeout: float
+) -> None:
+    """A progress bar until MASS_ACTION_ID ends: exit 0 when every task completed, 1 when any
+    failed or was cancelled, 5 on --wait-timeout."""
+    document = _follow(
+        options.client(), mass_action_id, interval, wait_timeout, show=not options.as_json
+    )
+    if options.as_json:
+        click.echo(dumps(document))
+    _exit_by_outcome(document, wait_timeout, summary=not options.as_json)
+
+
+@mass_actions.command("results")
+@click.argument("mass_action_id")
+@click.option(
+    "--status",
+    type=click.Choice(["assigned", "running", "completed", "failed", "cancelled"]),
+    default=None,
+    help="Only tasks in this state.",
+)
+@click.option("--after", default=None, help="Start after this task id (task-<n>).")
+@click.pass_obj
+def mass_action_results(
+    options: Options, mass_action_id: str, status: str | None, after: str | None
+) -> None:
+    """Every result of MASS_ACTION_ID as NDJSON on stdout, one task per line, in task order."""
+    query = "&".join(
+        f"{name}={value}" for name, value in (("status", status), ("after", after)) if value
+    )
+    path = f"/mass-actions/{mass_action_id}/results" + (f"?{query}" if query else "")
+    out = sys.stdout.buffer
+    for chunk in options.client().stream(path, "application/x-ndjson"):
+        out.write(chunk)
+    out.flush()
+
+
+@mass_actions.command("show")
+@click.argument("mass_action_id")
+@_json_option
+@click.pass_obj
+def mass_action_show(options: Options, mass_action_id: str) -> None:
+    """Progress, counts and aggregate of one mass-action (GET /mass-actions/{id})."""
+    document = options.client().get(f"/mass-actions/{mass_action_id}")
+    if options.as_json:
+        click.echo(dumps(document))
+        return
+    flat = {key: value for key, value in document.items() if key not in ("counts", "aggregate")}
+    table = _key_value_table(f"Mass-action {mass_action_id}", flat)
+    for state, count in (document.get("counts") or {}).items():
+        table.add_row(f"tasks {state}", _number(count))
+    table.add_row("aggregate", json.dumps(document.get("aggregate")))
+    _out().print(table)
+
+
+@mass_actions.command("list")
+@click.argument("swarm_id")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@_json_option
+@click.pass_obj
+def mass_action_list(options: Options, swarm_id: str, limit: int) -> None:
+    """A swarm's mass-actions, newest first (GET /swarms/{id}/mass-actions)."""
+    document = options.client().get(f"/swarms/{swarm_id}/mass-actions?limit={limit}")
+    if options.as_json:
+        click.echo(dumps(document))
+        return
+    table = Table(title=f"Mass-actions of {swarm_id}")
+    for column in ("id", "type", "status", "done", "failed", "cancelled", "created"):
+        table.add_column(column)
+    for item in document.get("items", []):
+        counts = item.get("counts") or {}
+        table.add_row(
+            item.get("id"),
+            item.get("task_type"),
+            _styled(item.get("status")),
+            f"{item.get('percent', 0):.1f}% of {_number(counts.get('total'))}",
+            _number(counts.get("failed")),
+            _number(counts.get("cancelled")),
+            item.get("created_at") or "",
         )
-        raise click.exceptions.Exit(EXIT_TIMED_OUT)
-    if not options.as_json:
-        click.echo(f"All {total:,} tasks counted: {completed:,} completed, {failed:,} failed.")
-    if failed:
-        raise click.exceptions.Exit(EXIT_WORK_FAILED)
+    _out().print(table)
 
 
-def _done(swarm_doc: dict[str, Any]) -> tuple[int, int]:
-    return int(swarm_doc.get("total_tasks_completed") or 0), int(
-        swarm_doc.get("total_tasks_failed") or 0
+@mass_actions.command("cancel")
+@click.argument("mass_action_id")
+@_json_option
+@click.pass_obj
+def mass_action_cancel(options: Options, mass_action_id: str) -> None:
+    """Cancel every task not yet started (DELETE /mass-actions/{id}); running tasks finish."""
+    document = options.client().delete(f"/mass-actions/{mass_action_id}")
+    if options.as_json:
+        click.echo(dumps(document))
+        return
+    counts = document.get("counts") or {}
+    click.echo(
+        f"Mass-action {mass_action_id}: {_number(counts.get('cancelled'))} tasks cancelled, "
+        f"{_number(counts.get('running'))} still running."
     )
 
 
-def _wait_for_swarm(
-    client: Client,
-    swarm_id: str,
-    before: tuple[int, int],
-    total: int,
-    interval: float,
-    wait_timeout: float,
-    show: bool,
-) -> tuple[dict[str, Any], int, int]:
-    """Poll the swarm until `total` more tasks are completed or failed (or the time is up)."""
+def _follow(
+    client: Client, mass_action_id: str, interval: float, wait_timeout: float, show: bool
+) -> dict[str, Any]:
+    """Poll the mass-action until it ends (or the time is up), drawing a bar on stderr."""
     deadline = time.monotonic() + wait_timeout if wait_timeout else None
     progress = Progress(
         SpinnerColumn(),
@@ -306,24 +403,58 @@ def _wait_for_swarm(
         MofNCompleteColumn(),
         TaskProgressColumn(),
         TextColumn("[red]{task.fields[failed]:,} failed"),
+        TextColumn("[magenta]{task.fields[cancelled]:,} cancelled"),
+        TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
         console=_err(),
         disable=not show,
     )
     with progress:
-        bar = progress.add_task(f"swarm {swarm_id}", total=max(total, 1), failed=0)
+        bar = progress.add_task(mass_action_id, total=1, failed=0, cancelled=0, rate="")
         while True:
-            swarm_doc = client.get(f"/swarms/{swarm_id}")
-            now_completed, now_failed = _done(swarm_doc)
-            completed = max(now_completed - before[0], 0)
-            failed = max(now_failed - before[1], 0)
-            progress.update(bar, completed=min(completed + failed, total), failed=failed)
-            if completed + failed >= total:
-                progress.update(bar, completed=max(total, 1))
-                return swarm_doc, completed, failed
+            document = client.get(f"/mass-actions/{mass_action_id}")
+            counts = document.get("counts") or {}
+            total = int(counts.get("total") or 0)
+            ended = sum(int(counts.get(state) or 0) for state in MASS_ACTION_ENDED)
+            rate = document.get("tasks_per_second")
+            eta = document.get("eta_seconds")
+            progress.update(
+                bar,
+                total=max(total, 1),
+                completed=ended if total else 1,
+                failed=int(counts.get("failed") or 0),
+                cancelled=int(counts.get("cancelled") or 0),
+                rate=(f"{rate:,.0f}/s" if rate else "")
+                + (f" ETA {eta:.0f} s" if eta and document.get("status") == "running" else ""),
+            )
+            if document.get("status") in MASS_ACTION_ENDED:
+                return document
             if deadline is not None and time.monotonic() >= deadline:
-                return swarm_doc, completed, failed
+                return document
             time.sleep(interval)
+
+
+def _exit_by_outcome(document: dict[str, Any], wait_timeout: float, summary: bool) -> None:
+    """Say how the mass-action ended; exit 0 only if every task completed."""
+    counts = document.get("counts") or {}
+    total = int(counts.get("total") or 0)
+    completed, failed = int(counts.get("completed") or 0), int(counts.get("failed") or 0)
+    cancelled = int(counts.get("cancelled") or 0)
+    status = document.get("status")
+    if status not in MASS_ACTION_ENDED:
+        click.echo(
+            f"Gave up after {wait_timeout:g} s: {completed + failed + cancelled:,} of {total:,} "
+            f"tasks ended ({completed:,} completed, {failed:,} failed, {cancelled:,} cancelled).",
+            err=True,
+        )
+        raise click.exceptions.Exit(EXIT_TIMED_OUT)
+    if summary:
+        click.echo(
+            f"Mass-action {document.get('id')} {status}: all {total:,} tasks counted: "
+            f"{completed:,} completed, {failed:,} failed, {cancelled:,} cancelled."
+        )
+    if failed or cancelled or status != "completed":
+        raise click.exceptions.Exit(EXIT_WORK_FAILED)
 
 
 # ---- bots ----------------------------------------------------------------------------------

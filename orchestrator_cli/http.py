@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import requests
@@ -67,6 +68,37 @@ class Client:
 
     def post(self, path: str, body: dict[str, Any]) -> Any:
         return self.request("POST", path, body)
+
+    def delete(self, path: str) -> Any:
+        return self.request("DELETE", path)
+
+    def stream(self, path: str, accept: str) -> Iterator[bytes]:
+        """The body of a 2xx GET as it arrives, in chunks (raises like `request` otherwise)."""
+        url = f"{self.base_url}{path}"
+        try:
+            response = self.session.get(
+                url,
+                headers={"Accept": accept},
+                stream=True,
+                timeout=(min(CONNECT_TIMEOUT, self.timeout), self.timeout),
+            )
+        except requests.Timeout:
+            raise CannotConnect(
+                f"{self.base_url} did not answer GET {path} within {self.timeout:g} s."
+            ) from None
+        except requests.RequestException as error:
+            raise CannotConnect(f"Cannot connect to {self.base_url}: {error}") from None
+        with response:
+            if not response.ok:
+                try:
+                    document = response.json()
+                except ValueError:
+                    document = None
+                raise Refused(response.status_code, _error_message(response, document), document)
+            try:
+                yield from response.iter_content(chunk_size=65536)
+            except requests.RequestException as error:
+                raise CannotConnect(f"The answer to GET {path} broke off: {error}") from None
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         """The decoded JSON answer of a 2xx; raises CannotConnect or Refused otherwise."""

@@ -45,6 +45,23 @@ SELECT count(*) FROM {table} o
     OR o.total_tasks <> coalesce(t.total, 0)
 """
 
+# Per mass-action: its counters against its task rows, and ended exactly when all of them did.
+_MASS_ACTIONS = """
+SELECT count(*) FROM mass_actions m
+  LEFT JOIN (SELECT mass_action_id,
+                    count(*) AS total,
+                    count(*) FILTER (WHERE status = 'running') AS running,
+                    count(*) FILTER (WHERE status = 'completed') AS completed,
+                    count(*) FILTER (WHERE status = 'failed') AS failed,
+                    count(*) FILTER (WHERE status = 'cancelled') AS cancelled
+               FROM tasks WHERE mass_action_id IS NOT NULL GROUP BY mass_action_id) t
+    ON t.mass_action_id = m.id
+ WHERE m.total <> coalesce(t.total, 0) OR m.running <> coalesce(t.running, 0)
+    OR m.completed <> coalesce(t.completed, 0) OR m.failed <> coalesce(t.failed, 0)
+    OR m.cancelled <> coalesce(t.cancelled, 0)
+    OR (m.finished_at IS NULL) <> (m.completed + m.failed + m.cancelled < m.total)
+"""
+
 _CENSUS = """
 SELECT count(*) FROM bot_census c
   FULL JOIN (SELECT coalesce(swarm_id, '') AS swarm_id, tier, status, count(*) AS n
@@ -120,6 +137,9 @@ def check_invariants(
         wrong = _rows(source, _PER_OWNER.format(table=table, key=key))[0][0]
         if wrong:
             problems.append(f"{wrong} {table} whose task counters differ from their task rows")
+    mass_actions_wrong = _rows(source, _MASS_ACTIONS)[0][0]
+    if mass_actions_wrong:
+        problems.append(f"{mass_actions_wrong} mass-actions whose counters differ from their tasks")
     census_wrong = _rows(source, _CENSUS)[0][0]
     if census_wrong:
         problems.append(f"{census_wrong} bot_census tallies differ from the bots table")

@@ -17,7 +17,12 @@ from click.testing import CliRunner, Result
 from werkzeug.serving import make_server
 
 from orchestrator_cli.commands import cli
-from orchestrator_cli.http import EXIT_CANNOT_CONNECT, EXIT_REFUSED, EXIT_WORK_FAILED
+from orchestrator_cli.http import (
+    EXIT_CANNOT_CONNECT,
+    EXIT_REFUSED,
+    EXIT_TIMED_OUT,
+    EXIT_WORK_FAILED,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(sys.executable).parent / "orchestrator"
@@ -124,8 +129,73 @@ def test_assign_wait_counts_every_task_including_a_second_round(base_url, client
         assert result.exit_code == 0, result.output
         lines = result.stdout.strip().splitlines()
         assert lines[0] == f"Assigned echo to 300 bots of swarm {swarm_id}."
-        assert lines[-1] == "All 300 tasks counted: 300 completed, 0 failed."
+        mass_action_id = lines[1].removeprefix("Mass-action ")
+        assert lines[-1] == (
+            f"Mass-action {mass_action_id} completed: all 300 tasks counted: "
+            "300 completed, 0 failed, 0 cancelled."
+        )
     assert client.get(f"/swarms/{swarm_id}").get_json()["total_tasks_completed"] == 600
+
+
+# ---- mass-actions --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_mass_actions_watch_exits_0_when_every_task_completed(base_url, client, worker) -> None:
+    swarm_id = make_swarm(client, 500)
+    started = client.post(f"/swarms/{swarm_id}/tasks", json={"type": "echo"}).get_json()
+    mass_action_id = started["mass_action_id"]
+
+    result = run(base_url, "mass-actions", "watch", mass_action_id, "--interval", "0.1")
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == (
+        f"Mass-action {mass_action_id} completed: all 500 tasks counted: "
+        "500 completed, 0 failed, 0 cancelled."
+    )
+    as_json = json.loads(run(base_url, "--json", "mass-actions", "watch", mass_action_id).stdout)
+    assert as_json["counts"]["completed"] == 500 and as_json["status"] == "completed"
+
+
+def test_mass_actions_watch_exits_1_when_cancelled_and_5_when_it_gives_up(base_url, client) -> None:
+    swarm_id = make_swarm(client, 20)
+    waiting = client.post(f"/swarms/{swarm_id}/tasks", json={"type": "echo"}).get_json()
+    cancelled = client.post(f"/swarms/{swarm_id}/tasks", json={"type": "echo"}).get_json()
+
+    gave_up = run(
+        base_url, "mass-actions", "watch", waiting["mass_action_id"], "--wait-timeout", "0.3"
+    )
+    assert gave_up.exit_code == EXIT_TIMED_OUT
+    assert "Gave up after 0.3 s: 0 of 20 tasks ended" in gave_up.stderr
+
+    cancel = run(base_url, "mass-actions", "cancel", cancelled["mass_action_id"])
+    assert cancel.exit_code == 0, cancel.output
+    assert "20 tasks cancelled, 0 still running" in cancel.stdout
+    watched = run(base_url, "mass-actions", "watch", cancelled["mass_action_id"])
+    assert watched.exit_code == EXIT_WORK_FAILED
+    assert "cancelled: all 20 tasks counted: 0 completed, 0 failed, 20 cancelled." in watched.stdout
+
+
+def test_mass_actions_results_writes_ndjson_to_stdout(base_url, client) -> None:
+    swarm_id = make_swarm(client, 30)
+    mass_action_id = client.post(
+        f"/swarms/{swarm_id}/tasks", json={"type": "echo", "data": {"n": 1}}
+    ).get_json()["mass_action_id"]
+    pages = client.get(f"/mass-actions/{mass_action_id}/results?limit=1000").get_json()["items"]
+
+    result = run(base_url, "mass-actions", "results", mass_action_id)
+
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line) for line in result.stdout.splitlines()] == pages
+    after = run(
+        base_url, "mass-actions", "results", mass_action_id, "--after", pages[24]["task_id"]
+    )
+    assert [json.loads(line) for line in after.stdout.splitlines()] == pages[25:]
+    missing = run(base_url, "mass-actions", "results", "ma-0000000000000000")
+    assert missing.exit_code == EXIT_REFUSED
+    assert "HTTP 404" in missing.stderr and missing.stdout == ""
+    listed = run(base_url, "--json", "mass-actions", "list", swarm_id)
+    assert [item["id"] for item in json.loads(listed.stdout)["items"]] == [mass_action_id]
 
 
 # ---- stats, tasks, services ----------------------------------------------------------------

@@ -62,6 +62,11 @@ def test_dashboard_data_reports_capacity_bots_progress_queues_and_services(clien
     [row] = data["swarms"]
     assert (row["name"], row["bot_count"], row["active_bots"]) == ("dash-swarm", 10, 9)
     assert (row["assigned"], row["completed"], row["failed"], row["progress"]) == (9, 6, 0, 0.6667)
+    [running] = data["mass_actions"]
+    assert running["id"] == assigned.get_json()["mass_action_id"]
+    assert (running["task_type"], running["tier"], running["status"]) == ("echo", "L20", "running")
+    assert (running["total"], running["completed"], running["assigned"]) == (9, 6, 3)
+    assert running["percent"] == 66.67
     assert data["queues"]["L20"]["depth"] == 1
     assert data["queues"]["standard"]["depth"] == 0
     assert data["health"]["postgres"] == "connected"
@@ -187,11 +192,12 @@ def test_browser_shows_a_running_mass_action(live_server, sleepy_worker, tmp_pat
         assert response.status_code == 201, response.text
         return response.json()["id"]
 
-    def mass_action(swarm_id: str, task_type: str, data: dict) -> None:
+    def mass_action(swarm_id: str, task_type: str, data: dict) -> str:
         response = api.post(
             f"{live_server}/swarms/{swarm_id}/tasks", json={"type": task_type, "data": data}
         )
         assert response.status_code == 202, response.text
+        return response.json()["mass_action_id"]
 
     api.get(f"{live_server}/dashboard/data")  # the first throughput sample
     enterprise = swarm("enterprise-processing-swarm", 20_000, "L20")
@@ -200,7 +206,7 @@ def test_browser_shows_a_running_mass_action(live_server, sleepy_worker, tmp_pat
     reserve = swarm("reserve-fleet", 5_000, "advanced")
     api.patch(f"{live_server}/swarms/{reserve}", json={"status": "paused"})
     mass_action(enterprise, "echo", {"note": "warm-up"})
-    mass_action(sleepers, "sleep", {"seconds": 0.02})  # about 10 s of work for two processes
+    sleeping = mass_action(sleepers, "sleep", {"seconds": 0.02})  # about 10 s for two processes
     # Reads a file that is not there: every task fails, so the bar shows failures too.
     mass_action(ledger, "data_processing", {"input_file": "missing.csv", "operations": ["clean"]})
 
@@ -231,6 +237,15 @@ def test_browser_shows_a_running_mass_action(live_server, sleepy_worker, tmp_pat
     assert float(row.group(1)) > 0
     assert '<span class="swarm-name">steady-sleepers</span>' in row.group(2)
     assert re.search(r'class="seg-done"', row.group(2))
+    running = re.search(
+        rf'<li class="mass-action" data-mass-action-id="{sleeping}" data-percent="([\d.]+)"(.*?)</li>',
+        dom,
+        re.S,
+    )
+    assert running, "the running mass-action is not on the page"
+    assert float(running.group(1)) > 0
+    assert 'class="seg-done"' in running.group(2)
+    assert "ended (" in running.group(2)
 
     # The README's picture is refreshed only on request, so a test run leaves the tree clean.
     shot = SCREENSHOT if os.environ.get("UPDATE_SCREENSHOTS") else tmp_path / "dashboard.png"

@@ -159,6 +159,11 @@ def test_metrics_add_up_api_and_worker_processes_and_agree_with_the_api(
         found, "orchestrator_task_assignment_to_start_seconds_bucket", tier=TIER, le="+Inf"
     )
     assert infinity == N + 1
+    # The mass-action ended once, in whichever pool process recorded its last chunk.
+    durations = "orchestrator_mass_action_duration_seconds_count"
+    ended = value(found, durations, tier=TIER, task_type="echo", outcome="completed")
+    assert ended == 1
+    assert total(found, durations) == 1
     # The worker's own exporter serves the same counters from the same directory.
     assert (
         value(worker_side, "orchestrator_tasks_completed_total", tier=TIER, task_type="echo") == N

@@ -25,6 +25,7 @@ FREE_FORM = {
     ("TaskDetail", "result"),
     ("StepOut", "result"),
     ("TaskComplete", "result"),
+    ("MassActionResult", "result"),
 }
 
 
@@ -75,7 +76,8 @@ def test_every_property_of_every_answer_has_a_type(document):
 def test_answers_list_every_field_as_required_and_refuse_unknown_ones(document):
     schemas = document["components"]["schemas"]
     for name in ("BotOut", "SwarmOut", "SwarmCreated", "TaskDetail", "WorkflowOut", "BotStats",
-                 "Health", "Scaling", "ServiceOut", "TaskTypeOut"):  # fmt: skip
+                 "Health", "Scaling", "ServiceOut", "TaskTypeOut", "MassAssigned",
+                 "MassActionOut", "MassActionCounts", "MassActionResult"):  # fmt: skip
         schema = schemas[name]
         optional = set(schema["properties"]) - set(schema["required"])
         assert optional <= {"failing"}, f"{name}: {optional}"

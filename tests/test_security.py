@@ -93,6 +93,7 @@ def tenant_a(client, callers):
         "swarm_id": swarm["id"],
         "swarm_bot_ids": swarm["bot_ids"],
         "workflow_id": workflow["task_id"],
+        "mass_action_id": mass["mass_action_id"],
     }
 
 
@@ -130,6 +131,11 @@ POLICY: dict[str, tuple[str | None, bool]] = {
     "PATCH /swarms/<swarm_id>": ("operator", False),
     "DELETE /swarms/<swarm_id>": ("operator", False),
     "POST /swarms/<swarm_id>/tasks": ("operator", False),
+    "GET /swarms/<swarm_id>/mass-actions": ("viewer", False),
+    "GET /mass-actions/<mass_action_id>": ("viewer", False),
+    "DELETE /mass-actions/<mass_action_id>": ("operator", False),
+    "GET /mass-actions/<mass_action_id>/results": ("viewer", False),
+    "POST /mass-actions/<mass_action_id>/cancel": ("operator", False),
     "GET /task-types": ("viewer", False),
     "GET /task/<task_id>": ("viewer", False),
     "DELETE /task/<task_id>": ("operator", False),
@@ -139,7 +145,7 @@ CALLERS = ("none", "viewer", "tenant_b", "operator", "admin")
 ROLE_OF = {"viewer": "viewer", "operator": "operator", "admin": "admin", "tenant_b": "operator"}
 RANK = {"viewer": 0, "operator": 1, "admin": 2}
 # Path parameters naming another tenant's work: such a route answers 404 to tenant B.
-TENANT_PARAMETERS = {"bot_id", "swarm_id", "task_id"}
+TENANT_PARAMETERS = {"bot_id", "swarm_id", "task_id", "mass_action_id"}
 
 # A valid body per write endpoint, so an allowed call gets past validation.
 BODIES: dict[str, object] = {
@@ -204,6 +210,7 @@ def test_every_route_answers_every_caller_as_required_role_says(
     params = {
         "bot_id": tenant_a["bot_id"],
         "swarm_id": tenant_a["swarm_id"],
+        "mass_action_id": tenant_a["mass_action_id"],
         "name": "image",
         "filename": "dashboard.js",
     }
@@ -239,7 +246,7 @@ def test_every_route_answers_every_caller_as_required_role_says(
 
     assert failures == []
     assert visited == {tuple(entry.split(" ", 1)) for entry in POLICY}
-    assert checked == len(POLICY) * len(CALLERS) == 160
+    assert checked == len(POLICY) * len(CALLERS) == 185
 
 
 def test_a_tenant_admin_key_is_refused_global_views_but_not_its_own_work(client):
@@ -260,6 +267,7 @@ def test_another_tenant_gets_404_for_every_call_on_a_tenants_work(client, caller
     bot, swarm = tenant_a["bot_id"], tenant_a["swarm_id"]
     task, workflow = tenant_a["task_id"], tenant_a["workflow_id"]
     swarm_bot = tenant_a["swarm_bot_ids"][0]
+    mass_action = tenant_a["mass_action_id"]
     before = row_counts()
 
     calls = [
@@ -276,6 +284,11 @@ def test_another_tenant_gets_404_for_every_call_on_a_tenants_work(client, caller
         ("PATCH", f"/swarms/{swarm}", {"status": "paused"}),
         ("DELETE", f"/swarms/{swarm}", None),
         ("POST", f"/swarms/{swarm}/tasks", {"type": "echo"}),
+        ("GET", f"/swarms/{swarm}/mass-actions", None),
+        ("GET", f"/mass-actions/{mass_action}", None),
+        ("GET", f"/mass-actions/{mass_action}/results", None),
+        ("DELETE", f"/mass-actions/{mass_action}", None),
+        ("POST", f"/mass-actions/{mass_action}/cancel", None),
         ("GET", f"/task/{task}", None),
         ("DELETE", f"/task/{task}", None),
         ("POST", f"/task/{task}/cancel", None),

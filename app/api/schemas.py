@@ -32,7 +32,7 @@ from app.models import (
     TASK_WAITING,
 )
 from app.services import breaker
-from app.services.ids import iso, task_public_id
+from app.services.ids import iso, parse_task_id, task_public_id
 from app.services.service_defaults import DOWNSTREAM
 from app.services.task_types import load_catalogue
 from app.tiers import PRIORITY_TIERS, TIERS, canonical_tier
@@ -249,6 +249,26 @@ class TaskPage(Page):
     status = OneOf(TASK_STATES[1:])
 
 
+class TaskCursor(fields.Field):
+    """`after` on a list in task order: the `task-<n>` id of the last item before; loads as the
+    row id."""
+
+    def _deserialize(self, value: Any, attr, data, **kwargs) -> int:
+        row_id = parse_task_id(value) if isinstance(value, str) else None
+        if row_id is None:
+            raise ValidationError("Must be a task id (`task-<n>`) from a previous page.")
+        return row_id
+
+    def openapi(self, settings: Settings) -> dict[str, Any]:
+        return {"type": "string", "pattern": "^task-[0-9]{1,18}$", "example": "task-123"}
+
+
+class ResultPage(Schema):
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=MAX_PAGE))
+    after = TaskCursor()
+    status = OneOf(TASK_STATES[1:])
+
+
 # ---- responses -----------------------------------------------------------------------------
 
 
@@ -342,6 +362,77 @@ class MassAssigned(Answer):
     assignments = fields.Integer()
     status = fields.Constant("distributed")
     timestamp = Timestamp(attribute="assigned_at")
+    mass_action_id = fields.String(
+        metadata={"description": "follow it at GET /mass-actions/{id} (the Location header)"}
+    )
+
+
+MASS_ACTION_STATES = ("queued", "running", TASK_COMPLETED, TASK_FAILED, TASK_CANCELLED)
+
+
+class MassActionCounts(Answer):
+    total = fields.Integer(metadata={"description": "tasks given, one per active bot"})
+    assigned = fields.Integer(metadata={"description": "waiting to start"})
+    running = fields.Integer()
+    completed = fields.Integer()
+    failed = fields.Integer()
+    cancelled = fields.Integer()
+
+
+class MassActionOut(Answer):
+    id = fields.String(attribute="mass_action.id", metadata={"example": "ma-9c1d2e3f4a5b6c7d"})
+    swarm_id = fields.String(attribute="mass_action.swarm_id")
+    task_type = fields.String(attribute="mass_action.type")
+    tier = TierOut(attribute="mass_action.tier")
+    status = OneOf(
+        MASS_ACTION_STATES,
+        metadata={
+            "description": "queued, running, then completed; failed when every task failed;"
+            " cancelled when any task was cancelled"
+        },
+    )
+    workflow_id = fields.String(
+        attribute="mass_action.workflow_id",
+        allow_none=True,
+        metadata={"description": "set when it runs a workflow step on a swarm"},
+    )
+    step = fields.Integer(attribute="mass_action.step", allow_none=True)
+    counts = fields.Nested(MassActionCounts)
+    percent = fields.Float(metadata={"description": "share of the tasks that ended, 0 to 100"})
+    tasks_per_second = fields.Float(
+        allow_none=True, metadata={"description": "tasks ended per second since the first start"}
+    )
+    eta_seconds = fields.Float(
+        allow_none=True, metadata={"description": "0 once ended; null while the rate is unknown"}
+    )
+    created_at = Timestamp(attribute="mass_action.created_at")
+    started_at = Timestamp(attribute="mass_action.started_at", allow_none=True)
+    finished_at = Timestamp(attribute="mass_action.finished_at", allow_none=True)
+    cancel_requested_at = Timestamp(attribute="mass_action.cancel_requested_at", allow_none=True)
+    aggregate = fields.Dict(
+        allow_none=True,
+        metadata={
+            "description": "every finished task's result merged by the task type's merge rule"
+            " (null in lists)"
+        },
+    )
+    results = fields.String(
+        attribute="results_path", metadata={"description": "where its results are read"}
+    )
+
+
+class MassActionResult(Answer):
+    """One task of a mass-action: a JSON page item, or one line of the NDJSON stream."""
+
+    task_id = TaskId()
+    bot_id = fields.String(allow_none=True)
+    slice_index = fields.Integer(allow_none=True)
+    status = OneOf(TASK_STATES[1:])
+    attempts = fields.Integer()
+    result = fields.Raw(allow_none=True, metadata={"description": "What the task answered."})
+    error = fields.String(allow_none=True)
+    started_at = Timestamp(allow_none=True)
+    finished_at = Timestamp(allow_none=True)
 
 
 class TaskOut(Answer):
@@ -353,6 +444,9 @@ class TaskOut(Answer):
     bot_id = fields.String(allow_none=True)
     swarm_id = fields.String(allow_none=True)
     workflow_id = fields.String(allow_none=True)
+    mass_action_id = fields.String(
+        allow_none=True, metadata={"description": "the mass-action (`ma-…`) it is one task of"}
+    )
     tier = TierOut()
     attempts = fields.Integer()
     result = fields.Raw(allow_none=True, metadata={"description": "What the task answered."})
@@ -396,6 +490,7 @@ class _Steps(fields.List):
         for step in steps:
             step["name"] = names.get(step["step"])
             step["depends_on"] = deps.get(step["step"], [])
+            step["mass_action_id"] = obj.mass_actions.get(step["step"])
         return steps
 
 
@@ -499,6 +594,8 @@ def items_of(item: type[Schema], name: str) -> type[Schema]:
 BotList = list_of(BotOut, "BotList")
 SwarmList = list_of(SwarmOut, "SwarmList")
 TaskList = list_of(TaskOut, "TaskList")
+MassActionList = list_of(MassActionOut, "MassActionList")
+MassActionResultList = list_of(MassActionResult, "MassActionResultList")
 
 
 def page_of(items: list[Any], schema: Schema, limit: int, cursor) -> dict[str, Any]:

@@ -9,7 +9,10 @@ from flask_smorest import Blueprint
 
 from app.api.openapi import link, links
 from app.api.schemas import (
+    MassActionList,
+    MassActionOut,
     MassAssigned,
+    Page,
     SwarmCreate,
     SwarmCreated,
     SwarmList,
@@ -19,7 +22,7 @@ from app.api.schemas import (
     TaskAssign,
     page_of,
 )
-from app.services import assignments, swarms
+from app.services import mass_actions, swarms
 from app.services.ids import iso
 
 blp = Blueprint("swarms", __name__, description="Bot swarms and mass-actions")
@@ -94,11 +97,37 @@ def retire_swarm(swarm_id):
 
 @blp.route("/swarms/<swarm_id>/tasks", methods=["POST"])
 @blp.arguments(TaskAssign)
-@blp.response(202, MassAssigned)
+@blp.response(
+    202,
+    MassAssigned,
+    headers={
+        "Location": {
+            "description": "the new mass-action: /mass-actions/{mass_action_id}",
+            "schema": {"type": "string"},
+        }
+    },
+)
 @links(
     202,
     GetSwarm=link("get_swarm", "The swarm's task totals", swarm_id="$response.body#/swarm_id"),
+    GetMassAction=link(
+        "get_mass_action",
+        "The mass-action's progress and aggregate",
+        mass_action_id="$response.body#/mass_action_id",
+    ),
 )
 def assign_to_swarm(body, swarm_id):
-    """Mass-action: one task for every active bot of the swarm."""
-    return assignments.assign_to_swarm(swarm_id, body["type"], body["data"])
+    """Mass-action: one task for every active bot of the swarm; follow it at `Location`."""
+    created = mass_actions.assign_to_swarm(swarm_id, body["type"], body["data"])
+    return created, 202, {"Location": f"/mass-actions/{created.mass_action_id}"}
+
+
+@blp.route("/swarms/<swarm_id>/mass-actions", methods=["GET"])
+@blp.arguments(Page, location="query")
+@blp.alt_response(
+    200, schema=MassActionList, description="A page of mass-actions, newest first", success=True
+)
+def list_mass_actions(query, swarm_id):
+    """The swarm's mass-actions, newest first (progress without aggregates); page with `after`."""
+    items = mass_actions.list_for_swarm(swarm_id, query["limit"], query.get("after"))
+    return page_of(items, MassActionOut(), query["limit"], lambda view: view.mass_action.id)

@@ -6,14 +6,16 @@ statement finished into a partial (`fold`), partials combine in any order and gr
 mass-action's aggregate is therefore kept as partials written with its outcomes and merged on read,
 never recomputed from its task rows.
 
-Task types without a rule of their own get COUNTING: tasks by state and failures by reason.
-The data task types (data_processing, mass_data_processing, distributed_analysis, reporting) add
-to it the merged summaries their parts' results carry (`summary_rule`): the answer's `result` is
-what one task over every row of the dataset answers (see app/handlers/summaries.py).
+Task types without a rule of their own get COUNTING: tasks by state and failures by reason. The AI
+types (calls to a downstream service) get SERVICE_CALLS: the same, plus latency percentiles. The
+data task types (data_processing, mass_data_processing, distributed_analysis, reporting) add the
+merged summaries their parts' results carry (`summary_rule`): the answer's `result` is what one
+task over every row of the dataset answers (see app/handlers/summaries.py).
 """
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from app.handlers.analysis import AnalysisSummary
 from app.handlers.data import DataSummary
 from app.handlers.reporting import ReportSummary
 from app.handlers.summaries import pack
+from app.services.service_defaults import DOWNSTREAM
 
 Partial = dict[str, Any]
 
@@ -42,14 +45,14 @@ class Finished:
 class MergeRule:
     """fold finished tasks into a partial; combine two partials; present the combined one.
 
-    `present_all`, when a rule has it, presents many partials at once: the same answer as
-    combining them pairwise, without turning every intermediate partial back into JSON.
+    `combine_all`, when a rule has it, combines many partials at once: the same partial as
+    combining them pairwise, decoding each once (rules whose partials are costly to decode).
     """
 
     fold: Callable[[list[Finished]], Partial]
     combine: Callable[[Partial, Partial], Partial]
     present: Callable[[Partial], dict[str, Any]]
-    present_all: Callable[[list[Partial]], dict[str, Any]] | None = None
+    combine_all: Callable[[list[Partial]], Partial] | None = None
 
 
 def add_counts(left: Mapping[str, Any], right: Mapping[str, Any]) -> dict[str, Any]:
@@ -92,6 +95,92 @@ def _present_counts(combined: Partial) -> dict[str, Any]:
 
 
 COUNTING = MergeRule(fold=_fold_counts, combine=_combine_counts, present=_present_counts)
+
+
+# ---- calls to AI services: counts, failures by reason, latency percentiles ----------------------
+
+# Latencies are kept as counts per log-scale bucket: bucket i holds (2^((i-1)/8), 2^(i/8)] ms.
+# Counts add, so partials merge exactly; a percentile read from a bucket's geometric middle is
+# within 2^(1/16) - 1 (4.4 %) of the true value (and clamped to the exact min and max).
+LATENCY_BUCKETS_PER_DOUBLING = 8
+LATENCY_ERROR = "approximate: log-scale buckets, within 4.4 %"
+PERCENTILES = (50, 90, 99)
+
+
+def latency_bucket(ms: float) -> int:
+    """The bucket index holding a latency of `ms` milliseconds."""
+    return math.ceil(math.log2(max(ms, 0.001)) * LATENCY_BUCKETS_PER_DOUBLING)
+
+
+def _bucket_middle(index: int) -> float:
+    return float(2 ** ((index - 0.5) / LATENCY_BUCKETS_PER_DOUBLING))
+
+
+def _fold_calls(tasks: list[Finished]) -> Partial:
+    partial = _fold_counts(tasks)
+    timed = [task.duration_ms for task in tasks if task.duration_ms is not None]
+    if timed:
+        buckets: dict[str, int] = {}
+        for ms in timed:
+            key = str(latency_bucket(ms))
+            buckets[key] = buckets.get(key, 0) + 1
+        partial["latency"] = {
+            "n": len(timed),
+            "sum": sum(timed),
+            "min": min(timed),
+            "max": max(timed),
+            "buckets": buckets,
+        }
+    return partial
+
+
+def _combine_calls(left: Partial, right: Partial) -> Partial:
+    merged = _combine_counts(left, right)
+    a, b = left.get("latency"), right.get("latency")
+    if a and b:
+        merged["latency"] = {
+            "n": a["n"] + b["n"],
+            "sum": a["sum"] + b["sum"],
+            "min": min(a["min"], b["min"]),
+            "max": max(a["max"], b["max"]),
+            "buckets": add_counts(a["buckets"], b["buckets"]),
+        }
+    elif a or b:
+        merged["latency"] = a or b
+    return merged
+
+
+def _present_calls(combined: Partial) -> dict[str, Any]:
+    answer = _present_counts(combined)
+    latency = combined.get("latency")
+    if not latency:
+        answer["latency_ms"] = None
+        return answer
+    n = latency["n"]
+    ordered = sorted((int(index), count) for index, count in latency["buckets"].items())
+    figures: dict[str, Any] = {
+        "count": n,
+        "mean": round(latency["sum"] / n, 3),
+        "min": round(latency["min"], 3),
+        "max": round(latency["max"], 3),
+    }
+    for q in PERCENTILES:
+        rank, seen = max(1, math.ceil(q / 100 * n)), 0
+        for index, count in ordered:
+            seen += count
+            if seen >= rank:
+                middle = _bucket_middle(index)
+                figures[f"p{q}"] = round(min(max(middle, latency["min"]), latency["max"]), 3)
+                break
+    figures["percentiles"] = LATENCY_ERROR
+    answer["latency_ms"] = figures
+    return answer
+
+
+SERVICE_CALLS = MergeRule(fold=_fold_calls, combine=_combine_calls, present=_present_calls)
+
+
+# ---- data task types: the answer of one task over every row -------------------------------------
 
 
 class Summary(Protocol):
@@ -142,28 +231,27 @@ def summary_rule(decode: Callable[[Any], Summary]) -> MergeRule:
         partial["state"] = None if total is None else pack(total.to_json())
         return partial
 
-    def combine(left: Partial, right: Partial) -> Partial:
-        combined = _combine_counts(left, right)
-        combined["merged"] = left.get("merged", 0) + right.get("merged", 0)
-        total = merged([decoded(left.get("state")), decoded(right.get("state"))])
-        combined["state"] = None if total is None else pack(total.to_json())
-        return combined
-
-    def present_all(partials: list[Partial]) -> dict[str, Any]:
+    def combine_all(partials: list[Partial]) -> Partial:
         counts: Partial = {}
         for partial in partials:
             counts = _combine_counts(counts, partial)
-        answer = _present_counts(counts)
-        answer["merged_tasks"] = sum(partial.get("merged", 0) for partial in partials)
+        counts["merged"] = sum(partial.get("merged", 0) for partial in partials)
         total = merged(decoded(partial.get("state")) for partial in partials)
+        counts["state"] = None if total is None else pack(total.to_json())
+        return counts
+
+    def present(partial: Partial) -> dict[str, Any]:
+        answer = _present_counts(partial)
+        answer["merged_tasks"] = partial.get("merged", 0)
+        total = decoded(partial.get("state"))
         answer["result"] = None if total is None else total.presented()
         return answer
 
     return MergeRule(
         fold=fold,
-        combine=combine,
-        present=lambda partial: present_all([partial]),
-        present_all=present_all,
+        combine=lambda left, right: combine_all([left, right]),
+        present=present,
+        combine_all=combine_all,
     )
 
 
@@ -171,6 +259,7 @@ _DATA = summary_rule(DataSummary.from_json)
 
 # Task type -> its rule. Types absent here use COUNTING.
 RULES: Mapping[str, MergeRule] = {
+    **dict.fromkeys(DOWNSTREAM, SERVICE_CALLS),
     "data_processing": _DATA,
     "mass_data_processing": _DATA,
     "distributed_analysis": summary_rule(AnalysisSummary.from_json),
@@ -188,12 +277,18 @@ def fold(task_type: str, tasks: list[Finished]) -> Partial:
     return rule_for(task_type).fold(tasks)
 
 
-def merge(task_type: str, partials: Iterable[Partial]) -> dict[str, Any]:
-    """One answer from any number of partials of one type (an empty answer for none)."""
+def combine(task_type: str, partials: Iterable[Partial]) -> Partial:
+    """One partial standing for any number of partials of one type (the empty fold for none)."""
     rule = rule_for(task_type)
-    if rule.present_all is not None:
-        return rule.present_all(list(partials))
+    if rule.combine_all is not None:
+        some = list(partials)
+        return rule.combine_all(some) if some else rule.fold([])
     combined: Partial | None = None
     for partial in partials:
         combined = partial if combined is None else rule.combine(combined, partial)
-    return rule.present(combined if combined is not None else rule.fold([]))
+    return combined if combined is not None else rule.fold([])
+
+
+def merge(task_type: str, partials: Iterable[Partial]) -> dict[str, Any]:
+    """One answer from any number of partials of one type (an empty answer for none)."""
+    return rule_for(task_type).present(combine(task_type, partials))

@@ -22,7 +22,7 @@ from app.models import (
     Task,
     Workflow,
 )
-from app.services import swarms, task_rows, workflows
+from app.services import task_rows, workflows
 from app.services.ids import utcnow
 from app.services.outcomes import Outcome, add_to_counters_sql, record_outcomes
 from app.services.payloads import load_payloads, store_payload
@@ -37,16 +37,6 @@ class Assignment:
     task_id: int
     bot_id: str
     task_type: str
-    assigned_at: datetime
-
-
-@dataclass(frozen=True)
-class MassAssignment:
-    """What one mass-action created."""
-
-    swarm_id: str
-    task_type: str
-    assignments: int
     assigned_at: datetime
 
 
@@ -87,32 +77,22 @@ def assign_to_bot(bot_id: str, type_name: str, data: dict[str, Any]) -> Assignme
     return Assignment(task_id=task_id, bot_id=bot_id, task_type=type_name, assigned_at=now)
 
 
-def assign_to_swarm(swarm_id: str, type_name: str, data: dict[str, Any]) -> MassAssignment:
-    """Give one task to every active bot of a swarm: one INSERT ... SELECT, few messages."""
-    task_type = get_task_type(type_name)
-    swarm = swarms.lock_for_tasks(swarm_id, type_name)
-    now = utcnow()
-    task_ids = task_rows.insert_for_swarm(swarm, type_name, store_payload(data), now)
-    tier = swarm.tier
-    db.session.commit()
-    metrics.count_assigned(tier, type_name, len(task_ids))
-    publish_chunks(task_ids, tier, task_type.chunk_size)
-    return MassAssignment(
-        swarm_id=swarm_id, task_type=type_name, assignments=len(task_ids), assigned_at=now
-    )
-
-
 def complete_task(bot_id: str, task_id: int, result: Any) -> Task:
     """Mark a bot's task completed by hand; a repeat, or a race with the worker, counts once."""
     task = get_bot_task(bot_id, task_id)
+    # Held until the record commits: the state it moves from is then known exactly (a worker
+    # recording the same task waits, then finds it completed and counts nothing).
+    db.session.refresh(task, with_for_update=True)
     if task.status in OPEN_TASK_STATES:
         # A swarm step's task may be completed by hand: its workflow then advances.
         record_outcomes(
             [Outcome(task_id, TASK_COMPLETED, result, None, None)],
-            OPEN_TASK_STATES,
+            (task.status,),
             on_workflows=workflows.on_steps_moved,
         )
         db.session.refresh(task)
+    else:
+        db.session.rollback()  # nothing to record: let go of the row at once
     if task.status != TASK_COMPLETED:
         raise Conflict(f"Task is {task.status}; it cannot be completed.", task_status=task.status)
     return task

@@ -1,7 +1,8 @@
 """The figures of the swarm dashboard (/dashboard), from tallies and a few small queries.
 
 Nothing here counts bot or task rows: bots come from `bot_census`, totals from `counters`, swarm
-progress from the 20 most recent swarms' own counters, queue depths from health.check().
+progress from the 20 most recent swarms' own counters, running mass-actions from theirs (through
+the partial index of unfinished ones), queue depths from health.check().
 
 Throughput: `counters.tasks_completed` only ever grows, so each /dashboard/data call adds a
 sample (time, value) to a Redis sorted set, at most one a second however many viewers poll,
@@ -23,7 +24,7 @@ from sqlalchemy import text
 
 from app.extensions import db
 from app.models import LIVE_BOT_STATES
-from app.services import health, registry
+from app.services import health, mass_actions, registry
 from app.services.capacity import max_bots
 from app.services.ids import iso, utcnow
 from app.tiers import TIERS
@@ -36,6 +37,7 @@ WINDOW_S = 300
 BUCKET_S = 10
 MAX_SAMPLES = 400
 RECENT_SWARMS = 20
+RECENT_MASS_ACTIONS = 20
 BOT_STATUSES = ("active", "paused", "retired")
 
 _RECENT_SWARMS = """
@@ -77,6 +79,7 @@ def snapshot() -> dict[str, Any]:
             "failed": counters.get("tasks_failed", 0),
         },
         "swarms": recent_swarms(),
+        "mass_actions": running_mass_actions(),
         "throughput": throughput(counters.get("tasks_completed", 0)),
         "queues": report["queues"],
         "health": {
@@ -126,6 +129,28 @@ def recent_swarms(limit: int = RECENT_SWARMS) -> list[dict[str, Any]]:
             }
         )
     return swarms
+
+
+def running_mass_actions(limit: int = RECENT_MASS_ACTIONS) -> list[dict[str, Any]]:
+    """The most recent mass-actions still running, with their progress (their own counters)."""
+    items = []
+    for view in mass_actions.list_unfinished(limit):
+        m = view.mass_action
+        items.append(
+            {
+                "id": m.id,
+                "swarm_id": m.swarm_id,
+                "task_type": m.type,
+                "tier": m.tier,
+                "status": view.status,
+                **view.counts,
+                "percent": view.percent,
+                "tasks_per_second": view.tasks_per_second,
+                "eta_seconds": view.eta_seconds,
+                "created_at": iso(m.created_at),
+            }
+        )
+    return items
 
 
 def throughput(completed_total: int, now: float | None = None) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Public identifiers: random ids for bots, swarms and workflows; `task-<n>` for tasks."""
+"""Public identifiers: random ids for bots, swarms, workflows and mass-actions; `task-<n>` for
+tasks."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from datetime import UTC, datetime
 
 TASK_PREFIX = "task-"
 WORKFLOW_PREFIX = "wf-"
+MASS_ACTION_PREFIX = "ma"
 
 # The SQL twin of new_id("bot"): 64 random bits, so 50,000 ids are made in one INSERT.
 SQL_NEW_BOT_ID = "'bot-' || substr(replace(gen_random_uuid()::text, '-', ''), 1, 16)"

@@ -28,13 +28,16 @@ from sqlalchemy.exc import OperationalError
 from app import metrics
 from app.errors import is_connection_error
 from app.extensions import db
+from app.models import TASK_RUNNING
+from app.services import mass_action_counts
 
 log = logging.getLogger(__name__)
 
 # How long a worker keeps retrying to record finished tasks while PostgreSQL is unreachable.
 DATABASE_OUTAGE_PATIENCE_SECONDS = 60.0
 
-# Reads `moved`'s (bot_id, swarm_id, status) and adds the amounts where they belong.
+# Reads `moved`'s (bot_id, swarm_id, status) and adds the amounts where they belong. The
+# mass-action counters follow it in each statement (mass_action_counts.ended_cte).
 TALLY_CTES = """
 , per_bot AS (
     UPDATE bots b
@@ -69,12 +72,30 @@ TALLY_CTES = """
 """
 
 
-def counted(move: str) -> str:
-    """A statement running `move` as the `moved` CTE, tallying it, and answering how many moved.
+# What every `move` of counted() returns: TALLY_CTES reads the first three, the mass-action
+# counters (app/services/mass_action_counts.py) the last two.
+MOVED_COLUMNS = "bot_id, swarm_id, status, mass_action_id"
 
-    `move` is an UPDATE of tasks RETURNING bot_id, swarm_id, status. Built once, at import.
+
+def counted(move: str) -> str:
+    """A statement running `move` as the `moved` CTE, tallying it; run it with run_counted.
+
+    `move` is an UPDATE of tasks from a state not started (cancels, steps that never ran)
+    RETURNING MOVED_COLUMNS. Built once, at import.
     """
-    return f"WITH moved AS ({move})" + TALLY_CTES + "SELECT count(*) FROM moved"
+    return (
+        f"WITH moved AS ({move})"
+        + TALLY_CTES
+        + mass_action_counts.ended_cte(was_running="0")
+        + f"SELECT count(*), {mass_action_counts.ENDED_SUMMARY_SQL} FROM moved"
+    )
+
+
+def run_counted(statement: str, params: dict[str, Any]) -> int:
+    """Run a counted() statement in the caller's transaction; how many tasks it moved."""
+    moved, mass_actions = db.session.execute(text(statement), params).one()
+    mass_action_counts.note_moved(mass_actions)
+    return int(moved)
 
 
 def add_to_counters_sql(pairs: str) -> str:
@@ -119,17 +140,25 @@ WITH outcome AS (
      WHERE t.id = o.id AND (t.status = ANY(:from_states)) IS TRUE
        AND (o.attempt IS NULL OR {attempt_now} = o.attempt)
     RETURNING t.bot_id, t.swarm_id, t.status, t.workflow_id,
-              t.tier, t.type, t.assigned_at, t.started_at, t.finished_at
+              t.tier, t.type, t.assigned_at, t.started_at, t.finished_at,
+              t.id, t.mass_action_id
 )
 """
         + TALLY_CTES
-        + """
+        + mass_action_counts.ended_cte(
+            was_running="CASE WHEN CAST(:from_running AS boolean) THEN count(*) ELSE 0 END"
+        )
+        + f"""
 SELECT count(*),
        array_remove(array_agg(DISTINCT workflow_id), NULL),
        (SELECT json_agg(json_build_array(tier, type, status, start_s, finish_s, n)) FROM (
             SELECT tier, type, status, extract(epoch FROM started_at - assigned_at) AS start_s,
                    extract(epoch FROM finished_at - assigned_at) AS finish_s, count(*) AS n
-              FROM moved GROUP BY 1, 2, 3, 4, 5) AS g)
+              FROM moved GROUP BY 1, 2, 3, 4, 5) AS g),
+       {mass_action_counts.ENDED_SUMMARY_SQL},
+       (SELECT json_agg(json_build_array(mass_action_id, ids)) FROM (
+            SELECT mass_action_id, array_agg(id) AS ids FROM moved
+             WHERE mass_action_id IS NOT NULL GROUP BY mass_action_id) AS ma)
   FROM moved
 """
     )
@@ -148,6 +177,8 @@ class Outcome:
     result: Any
     error: str | None
     attempt: int | None
+    # How long its handler ran, for the merge rules' latency figures; None when not measured.
+    duration_ms: float | None = None
 
 
 # Called inside the record's transaction with the workflows whose tasks moved; returns what to
@@ -185,7 +216,14 @@ def record_outcomes(
     to workflows, `on_workflows` advances them in the same transaction and what it releases runs
     after the commit. Returns how many moved.
     """
-    params = {"outcomes": _outcomes_json(outcomes), "from_states": list(from_states)}
+    if len(from_states) != 1:
+        # The mass-action counters must know whether the moved tasks were running.
+        raise ValueError(f"record_outcomes moves tasks from one state, not {from_states}")
+    params = {
+        "outcomes": _outcomes_json(outcomes),
+        "from_states": list(from_states),
+        "from_running": from_states[0] == TASK_RUNNING,
+    }
     statement = _RECORD
     if unclaimed_since is not None:
         statement, params["started_at"] = _RECORD_UNCLAIMED, unclaimed_since
@@ -193,7 +231,11 @@ def record_outcomes(
     deadlocks = 0
     while True:
         try:
-            moved, workflow_ids, summary = db.session.execute(text(statement), params).one()
+            row = db.session.execute(text(statement), params).one()
+            moved, workflow_ids, summary, mass_actions, moved_ids = row
+            if mass_actions:
+                by_id = {outcome.task_id: outcome for outcome in outcomes}
+                mass_action_counts.note_moved(mass_actions, moved_ids, by_id)
             after_commit = on_workflows(workflow_ids) if workflow_ids else None
             db.session.commit()
             metrics.record_moved(summary)

@@ -22,7 +22,7 @@ from sqlalchemy import text
 from app.dispatch import publish_chunks
 from app.extensions import db
 from app.models import TASK_FAILED, TASK_RUNNING
-from app.services import callbacks, task_rows, workflows
+from app.services import callbacks, mass_action_counts, task_rows, workflows
 from app.services.outcomes import Outcome, record_outcomes
 from app.services.task_types import chunk_size_of
 from app.tiers import TIERS, queue_for
@@ -41,10 +41,18 @@ SELECT id, attempts, coalesce(error, 'lease expired') FROM tasks
  ORDER BY id LIMIT 10000 FOR UPDATE SKIP LOCKED
 """
 
-_REQUEUE = """
-UPDATE tasks SET status = 'assigned', lease_expires_at = NULL, started_at = NULL
- WHERE id = ANY(:ids) AND status = 'running'
+# Their mass-actions (if any) stop counting them as running in the same statement.
+_REQUEUE = (
+    """
+WITH requeued AS (
+    UPDATE tasks SET status = 'assigned', lease_expires_at = NULL, started_at = NULL
+     WHERE id = ANY(:ids) AND status = 'running'
+    RETURNING mass_action_id
+)
 """
+    + mass_action_counts.requeued_cte("requeued")
+    + "SELECT count(*) FROM requeued"
+)
 
 _STRANDED = """
 SELECT t.type, array_agg(t.id ORDER BY t.id) FROM (

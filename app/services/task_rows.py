@@ -15,7 +15,7 @@ from sqlalchemy import text
 from app.dispatch import publish_chunks
 from app.extensions import db
 from app.models import Swarm
-from app.services.outcomes import add_to_counters_sql, counted
+from app.services.outcomes import MOVED_COLUMNS, add_to_counters_sql, counted, run_counted
 from app.services.task_types import chunk_size_of
 
 # One task row per active bot of the swarm, and the bots' totals, in one statement. Bot k of n
@@ -27,10 +27,10 @@ WITH targets AS (
     RETURNING id, position
 )
 INSERT INTO tasks (type, tier, status, bot_id, swarm_id, payload_id, slice_index, slice_count,
-                   assigned_at, workflow_id, step)
+                   assigned_at, workflow_id, step, mass_action_id)
 SELECT :type, :tier, 'assigned', id, :swarm_id, :payload_id,
        CAST(row_number() OVER (ORDER BY position) - 1 AS int), CAST(count(*) OVER () AS int),
-       :now, :workflow_id, :step
+       :now, :workflow_id, :step, :mass_action_id
   FROM targets ORDER BY position
 RETURNING id
 """
@@ -38,11 +38,14 @@ RETURNING id
 _COUNT_ASSIGNED = add_to_counters_sql("VALUES ('tasks_assigned', CAST(:n AS bigint))")
 
 _CANCEL = "UPDATE tasks SET status = 'cancelled', finished_at = now() WHERE status = 'assigned'"
-_CANCEL_TASK = counted(_CANCEL + " AND id = :task_id RETURNING bot_id, swarm_id, status")
-_CANCEL_OF_BOTS = counted(
-    _CANCEL + " AND bot_id = ANY(:bot_ids) RETURNING bot_id, swarm_id, status"
+_RETURNING = f" RETURNING {MOVED_COLUMNS}"
+_CANCEL_TASK = counted(_CANCEL + " AND id = :task_id" + _RETURNING)
+_CANCEL_OF_BOTS = counted(_CANCEL + " AND bot_id = ANY(:bot_ids)" + _RETURNING)
+_CANCEL_OF_SWARM = counted(_CANCEL + " AND swarm_id = :swarm_id" + _RETURNING)
+# Its tasks lie in the id range of its INSERT: a primary-key range, filtered by mass-action.
+_CANCEL_OF_MASS_ACTION = counted(
+    _CANCEL + " AND id BETWEEN :first AND :last AND mass_action_id = :mass_action_id" + _RETURNING
 )
-_CANCEL_OF_SWARM = counted(_CANCEL + " AND swarm_id = :swarm_id RETURNING bot_id, swarm_id, status")
 
 _WAITING = "SELECT tier, type, array_agg(id ORDER BY id) FROM tasks WHERE status = 'assigned'"
 _WAITING_BY_ID = _WAITING + " AND id = ANY(:task_ids) GROUP BY tier, type"
@@ -65,8 +68,11 @@ def insert_for_swarm(
     now: datetime,
     workflow_id: str | None = None,
     step: int | None = None,
+    *,
+    mass_action_id: str,
 ) -> list[int]:
-    """One task per active bot of a locked swarm, counted; the caller commits and publishes."""
+    """One task per active bot of a locked swarm, counted, all of one mass-action; the caller
+    commits and publishes."""
     rows = db.session.execute(
         text(_INSERT_FOR_SWARM),
         {
@@ -77,6 +83,7 @@ def insert_for_swarm(
             "now": now,
             "workflow_id": workflow_id,
             "step": step,
+            "mass_action_id": mass_action_id,
         },
     )
     task_ids = [row[0] for row in rows]
@@ -87,19 +94,28 @@ def insert_for_swarm(
 
 def cancel_waiting_task(task_id: int) -> int:
     """Cancel the task if it has not started, counting it; 0 or 1. The caller commits."""
-    return int(db.session.execute(text(_CANCEL_TASK), {"task_id": task_id}).scalar_one())
+    return run_counted(_CANCEL_TASK, {"task_id": task_id})
 
 
 def cancel_waiting_of_bots(bot_ids: list[str]) -> int:
     """Cancel these bots' tasks that have not started, counting them. The caller commits."""
     if not bot_ids:
         return 0
-    return int(db.session.execute(text(_CANCEL_OF_BOTS), {"bot_ids": bot_ids}).scalar_one())
+    return run_counted(_CANCEL_OF_BOTS, {"bot_ids": bot_ids})
 
 
 def cancel_waiting_of_swarm(swarm_id: str) -> int:
     """Cancel the swarm's tasks that have not started, counting them. The caller commits."""
-    return int(db.session.execute(text(_CANCEL_OF_SWARM), {"swarm_id": swarm_id}).scalar_one())
+    return run_counted(_CANCEL_OF_SWARM, {"swarm_id": swarm_id})
+
+
+def cancel_waiting_of_mass_action(mass_action_id: str, first: int, last: int) -> int:
+    """Cancel every task of the mass-action not yet started (its tasks' ids are in first..last),
+    in one statement, counting them (bots, swarm, totals and the mass-action's own counters).
+    The caller commits."""
+    return run_counted(
+        _CANCEL_OF_MASS_ACTION, {"mass_action_id": mass_action_id, "first": first, "last": last}
+    )
 
 
 def waiting_by_id(task_ids: list[int]) -> list[Waiting]:

@@ -39,9 +39,9 @@ from app.models import (
     Task,
     Workflow,
 )
-from app.services import callbacks, swarms, task_rows
+from app.services import callbacks, mass_actions, swarms
 from app.services.ids import iso, new_id, utcnow
-from app.services.outcomes import counted
+from app.services.outcomes import MOVED_COLUMNS, counted, run_counted
 from app.services.payloads import load_payloads, store_payload
 from app.services.task_types import chunk_size_of, get_task_type, require_runnable
 from app.services.tenancy import current_tenant, visible
@@ -55,19 +55,15 @@ _END_STEPS = counted(
     """
     UPDATE tasks SET status = :to_state, error = :error, finished_at = now()
      WHERE workflow_id = :workflow_id AND status = ANY(:states) AND step = ANY(:steps)
-    RETURNING bot_id, swarm_id, status
-"""
+    RETURNING """
+    + MOVED_COLUMNS
 )
 
 
-# A swarm step's tasks: how many are still open, and how they ended.
-_SWARM_STEP_PROGRESS = """
-SELECT count(*) AS total,
-       count(*) FILTER (WHERE status IN ('waiting', 'assigned', 'running')) AS open,
-       count(*) FILTER (WHERE status = 'completed') AS completed,
-       count(*) FILTER (WHERE status = 'failed') AS failed,
-       count(*) FILTER (WHERE status = 'cancelled') AS cancelled
-  FROM tasks WHERE workflow_id = :workflow_id AND step = :step AND bot_id IS NOT NULL
+# A swarm step's mass-action: its counters say when every task has ended, and how.
+_SWARM_STEP_MASS_ACTION = """
+SELECT id, total, completed, failed, cancelled, finished_at FROM mass_actions
+ WHERE workflow_id = :workflow_id AND step = :step
 """
 
 # The aggregated result: every numeric top-level field of the tasks' results, summed.
@@ -85,8 +81,8 @@ _FINISH_SWARM_STEP = counted(
     UPDATE tasks SET status = :state, result = CAST(:result AS jsonb), error = :error,
                      finished_at = now()
      WHERE id = :id AND status = 'running'
-    RETURNING bot_id, swarm_id, status
-"""
+    RETURNING """
+    + MOVED_COLUMNS
 )
 
 _CANCEL_SWARM_STEPS = counted(
@@ -94,8 +90,8 @@ _CANCEL_SWARM_STEPS = counted(
     UPDATE tasks SET status = 'cancelled', finished_at = now()
      WHERE workflow_id = :workflow_id AND bot_id IS NULL AND status = 'running'
        AND lease_expires_at IS NULL
-    RETURNING bot_id, swarm_id, status
-"""
+    RETURNING """
+    + MOVED_COLUMNS
 )
 
 
@@ -129,6 +125,8 @@ class WorkflowView:
 
     workflow: Workflow
     steps: list[Task]
+    # Step number -> the mass-action a swarm step runs as.
+    mass_actions: dict[int, str] = field(default_factory=dict)
 
     @property
     def callback(self) -> dict[str, Any] | None:
@@ -204,7 +202,7 @@ def orchestrate(
     ready = [_start(task, spec) for task in tasks if task.status == TASK_ASSIGNED]
     db.session.commit()
     publish_steps(ready)
-    return WorkflowView(workflow, tasks)
+    return WorkflowView(workflow, tasks, mass_actions.for_workflow(workflow.id))
 
 
 def _start(step: Task, spec: list[dict[str, Any]]) -> Release:
@@ -214,7 +212,7 @@ def _start(step: Task, spec: list[dict[str, Any]]) -> Release:
         return Release([step.id], step.type, step.tier)
     swarm = swarms.lock_for_tasks(swarm_id, step.type)
     now = utcnow()
-    ids = task_rows.insert_for_swarm(
+    _, ids = mass_actions.start_on_swarm(
         swarm, step.type, step.payload_id, now, step.workflow_id, step.step
     )
     # The step itself is never published: it is running while its tasks are, and `advance`
@@ -430,10 +428,12 @@ def _steps_of(workflow_id: str) -> list[Task]:
 
 
 def _finish_swarm_step_if_done(step: Task) -> None:
+    # The mass-action's counters moved in the statement that recorded its tasks (this
+    # transaction's, or one committed before it): a primary-key read, not a count of tasks.
     counts = db.session.execute(
-        text(_SWARM_STEP_PROGRESS), {"workflow_id": step.workflow_id, "step": step.step}
-    ).one()
-    if counts.open:
+        text(_SWARM_STEP_MASS_ACTION), {"workflow_id": step.workflow_id, "step": step.step}
+    ).one_or_none()
+    if counts is None or counts.finished_at is None:
         return
     totals: dict[str, Any] = dict(
         db.session.execute(
@@ -446,11 +446,12 @@ def _finish_swarm_step_if_done(step: Task) -> None:
         "failed": counts.failed,
         "cancelled": counts.cancelled,
         "totals": {key: float(value) if value % 1 else int(value) for key, value in totals.items()},
+        "mass_action_id": counts.id,
     }
     every_task_failed = counts.total > 0 and counts.failed == counts.total
     db.session.flush()
-    db.session.execute(
-        text(_FINISH_SWARM_STEP),
+    run_counted(
+        _FINISH_SWARM_STEP,
         {
             "id": step.id,
             "state": TASK_FAILED if every_task_failed else TASK_COMPLETED,
@@ -463,8 +464,8 @@ def _finish_swarm_step_if_done(step: Task) -> None:
 
 def _end_steps(workflow_id: str, steps: list[int], to_state: str, error: str | None) -> None:
     db.session.flush()
-    db.session.execute(
-        text(_END_STEPS),
+    run_counted(
+        _END_STEPS,
         {
             "workflow_id": workflow_id,
             "steps": steps,
@@ -479,7 +480,7 @@ def _cancel_unstarted(workflow_id: str) -> None:
     """Cancel every step (and swarm-step task) not started; swarm steps in progress end too."""
     steps = [_number(step) for step in _steps_of(workflow_id)]
     _end_steps(workflow_id, steps, TASK_CANCELLED, None)
-    db.session.execute(text(_CANCEL_SWARM_STEPS), {"workflow_id": workflow_id})
+    run_counted(_CANCEL_SWARM_STEPS, {"workflow_id": workflow_id})
 
 
 def _settle(workflow: Workflow, status: str, error: str | None) -> None:
@@ -542,7 +543,7 @@ def get_workflow(workflow_id: str) -> WorkflowView:
     workflow = db.session.get(Workflow, workflow_id)
     if workflow is None or not visible(workflow.tenant):
         raise NotFound(f"Task {workflow_id!r} not found.")
-    return WorkflowView(workflow, _steps_of(workflow_id))
+    return WorkflowView(workflow, _steps_of(workflow_id), mass_actions.for_workflow(workflow_id))
 
 
 def cancel_workflow(workflow_id: str) -> WorkflowView:
@@ -552,6 +553,7 @@ def cancel_workflow(workflow_id: str) -> WorkflowView:
         raise NotFound(f"Task {workflow_id!r} not found.")
     if workflow.status == WORKFLOW_ACTIVE:
         _cancel_unstarted(workflow_id)
+        mass_actions.note_cancel_requested("workflow_id = :id", {"id": workflow_id})
         _settle(workflow, WORKFLOW_CANCELLED, "cancelled by request")
         db.session.commit()
     elif workflow.status != WORKFLOW_CANCELLED:

@@ -134,6 +134,33 @@
     }).join("") + "</ul>";
   }
 
+  function massActions(items) {
+    if (!items.length) return '<p class="note">No mass-action running.</p>';
+    return '<ul class="swarms">' + items.map(function (m) {
+      var total = Math.max(m.total, 1);
+      var done = 1000 * m.completed / total, bad = 1000 * m.failed / total;
+      var off = 1000 * m.cancelled / total, busy = 1000 * m.running / total;
+      return '<li class="mass-action" data-mass-action-id="' + esc(m.id) + '" data-percent="' + m.percent +
+        '" data-completed="' + m.completed + '"><div class="swarm-head"><span class="swarm-name">' +
+        esc(m.id) + '</span> <span class="badge">' + esc(m.task_type) + '</span> <span class="badge tier-' +
+        esc(m.tier) + '">' + esc(m.tier) + '</span> <span class="swarm-bots">swarm ' + esc(m.swarm_id) +
+        "</span></div>" +
+        '<svg viewBox="0 0 1000 14" preserveAspectRatio="none" class="progress" role="img" aria-label="' +
+        esc(m.id) + ' progress"><rect x="0" y="0" width="1000" height="14" class="bar-track"/>' +
+        '<rect x="0" y="0" width="' + fix(done, 1) + '" height="14" class="seg-done"/>' +
+        '<rect x="' + fix(done, 1) + '" y="0" width="' + fix(bad, 1) + '" height="14" class="seg-failed"/>' +
+        '<rect x="' + fix(done + bad, 1) + '" y="0" width="' + fix(off, 1) + '" height="14" class="seg-cancelled"/>' +
+        '<rect x="' + fix(done + bad + off, 1) + '" y="0" width="' + fix(busy, 1) + '" height="14" class="seg-active"/></svg>' +
+        '<div class="swarm-figures"><span class="mass-action-progress">' +
+        num(m.completed + m.failed + m.cancelled) + " / " + num(m.total) + " ended (" + fix(m.percent, 1) +
+        "%)</span>" + (m.running ? " · " + num(m.running) + " running" : "") +
+        (m.failed ? ' · <span class="failed">' + num(m.failed) + " failed</span>" : "") +
+        (m.cancelled ? " · " + num(m.cancelled) + " cancelled" : "") +
+        (m.tasks_per_second ? " · " + num(Math.round(m.tasks_per_second)) + "/s" : "") +
+        (m.eta_seconds ? " · ETA " + fix(m.eta_seconds, 0) + " s" : "") + "</div></li>";
+    }).join("") + "</ul>";
+  }
+
   function health(h, generatedAt) {
     return '<span class="chip ' + (h.postgres === "connected" ? "ok" : "bad") + '">PostgreSQL ' + esc(h.postgres) + "</span> " +
       '<span class="chip ' + (h.redis === "connected" ? "ok" : "bad") + '">Redis ' + esc(h.redis) + "</span> " +
@@ -149,6 +176,7 @@
     put("queues", queues(data.queues));
     put("throughput", throughput(data.throughput));
     put("services", services(data.services));
+    put("mass-actions", massActions(data.mass_actions));
     put("swarms", swarms(data.swarms));
   }
 
