@@ -283,6 +283,8 @@ class MassAction(db.Model):
     # tasks inserted at the same moment may sit between them).
     first_task_id: Mapped[int | None] = mapped_column(BigInteger)
     last_task_id: Mapped[int | None] = mapped_column(BigInteger)
+    # Where to POST the summary once the mass-action ends (app/services/callbacks.py).
+    callback_url: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         Index("ix_mass_actions_swarm", "swarm_id", text("created_at DESC"), text("id DESC")),

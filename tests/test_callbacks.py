@@ -219,3 +219,84 @@ def test_without_a_callback_secret_no_callback_url_is_taken(test_env):
         )
         assert response.status_code == 422
         assert "CALLBACK_SECRET" in response.get_json()["error"]["message"]
+
+
+# ---- mass-actions -------------------------------------------------------------------------------
+
+
+def _swarm(client, count: int) -> str:
+    body = {
+        "name": "hooked",
+        "count": count,
+        "tier": "advanced",
+        "capabilities": ["data_processing"],
+    }
+    response = client.post("/swarms", json=body)
+    assert response.status_code == 201
+    return response.get_json()["id"]
+
+
+@pytest.mark.slow
+def test_a_finished_mass_action_posts_its_counts_and_aggregate(client, receiver, worker):
+    hook = receiver()
+    swarm_id = _swarm(client, 6)
+    data = {"dataset": "customer_data_2024.csv", "operations": ["clean", "analyze"]}
+
+    created = client.post(
+        f"/swarms/{swarm_id}/tasks",
+        json={"type": "mass_data_processing", "data": data, "callback_url": hook.url},
+    )
+    assert created.status_code == 202, created.get_json()
+    mass_action_id = created.get_json()["mass_action_id"]
+
+    def delivered():
+        view = client.get(f"/mass-actions/{mass_action_id}").get_json()
+        return view if view["callback"]["state"] == "delivered" else None
+
+    view = wait_for(delivered, 30)
+    assert len(hook.deliveries) == 1 and hook.refused == []
+    body = hook.deliveries[0]
+    assert (body["event"], body["resource_id"]) == ("mass_action.finished", mass_action_id)
+    summary = body["summary"]
+    assert (summary["kind"], summary["status"], summary["swarm_id"]) == (
+        "mass_action",
+        "completed",
+        swarm_id,
+    )
+    assert summary["counts"] == {"total": 6, "completed": 6, "failed": 0, "cancelled": 0}
+    # The one answer: the six parts merged, as one task over the 1,000 rows.
+    assert summary["aggregate"]["result"]["rows_in"] == 1000
+    assert summary["aggregate"] == view["aggregate"]
+    assert view["callback"]["attempts"] == 1
+
+
+def test_a_mass_action_with_nothing_to_run_tells_its_receiver_at_once(client, receiver):
+    hook = receiver()
+    swarm_id = _swarm(client, 2)
+    for bot in client.get(f"/bots?swarm_id={swarm_id}").get_json()["items"]:
+        client.patch(f"/bots/{bot['id']}", json={"status": "paused"})
+
+    created = client.post(
+        f"/swarms/{swarm_id}/tasks", json={"type": "echo", "callback_url": hook.url}
+    ).get_json()
+
+    # It ended as it started (no active bot): the delivery is pending (or, with a worker
+    # running, already made).
+    mass_action_id = created["mass_action_id"]
+    callbacks.deliver(mass_action_id)
+    wait_for(lambda: hook.deliveries, 30)
+    assert hook.deliveries[0]["summary"]["counts"]["total"] == 0
+    view = client.get(f"/mass-actions/{mass_action_id}").get_json()
+    assert view["callback"]["state"] == "delivered"
+
+
+def test_a_mass_action_with_a_refused_callback_url_is_not_created(client):
+    swarm_id = _swarm(client, 2)
+
+    response = client.post(
+        f"/swarms/{swarm_id}/tasks",
+        json={"type": "echo", "callback_url": "http://169.254.169.254/hook"},
+    )
+
+    assert response.status_code == 422
+    assert client.get(f"/swarms/{swarm_id}/mass-actions").get_json()["items"] == []

@@ -5,6 +5,8 @@ checked then (`check_url`: the URL guard of the service registry, and a configur
 CALLBACK_SECRET). In the transaction that ends the resource, its service calls
 `resource_finished` with the summary to send: that stores a `callbacks` row in state `pending`,
 and once the transaction commits the delivery is published (`orchestrator.deliver_callback`).
+Workflows do so when they settle; a mass-action is heard through mass_action_events, after the
+commit that ended it, with its counts and merged aggregate.
 
 A delivery (`deliver`) POSTs
 
@@ -40,7 +42,9 @@ from app.dispatch import publish_callback
 from app.errors import Invalid
 from app.extensions import db
 from app.models import CALLBACK_DELIVERED, CALLBACK_FAILED, CALLBACK_PENDING, Callback
+from app.services import aggregates, mass_action_events
 from app.services.ids import iso, utcnow
+from app.services.mass_action_events import FinishedMassAction
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,13 @@ UPDATE callbacks
  WHERE resource_id = :id AND state = 'pending' AND next_attempt_at <= now()
 RETURNING url, event, summary, attempts
 """
+
+# Once per resource: a second end (there is none) or a repeated announcement adds nothing.
+_INSERT_PENDING = (
+    "INSERT INTO callbacks (resource_id, url, event, summary, state, next_attempt_at)"
+    " VALUES (:id, :url, :event, CAST(:summary AS jsonb), 'pending', now())"
+    " ON CONFLICT (resource_id) DO NOTHING"
+)
 
 _STALE = """
 SELECT resource_id FROM callbacks
@@ -104,11 +115,7 @@ def check_url_safe(url: str) -> list[Any]:
 def resource_finished(resource_id: str, url: str, event_name: str, summary: dict[str, Any]) -> None:
     """Store the summary to deliver (in the caller's transaction); published after it commits."""
     db.session.execute(
-        text(
-            "INSERT INTO callbacks (resource_id, url, event, summary, state, next_attempt_at)"
-            " VALUES (:id, :url, :event, CAST(:summary AS jsonb), 'pending', now())"
-            " ON CONFLICT (resource_id) DO NOTHING"
-        ),
+        text(_INSERT_PENDING),
         {"id": resource_id, "url": url, "event": event_name, "summary": json.dumps(summary)},
     )
     db.session().info.setdefault(_SESSION_KEY, []).append(resource_id)
@@ -249,6 +256,51 @@ def _record(
         },
     )
     db.session.commit()
+
+
+@mass_action_events.on_mass_action_finished
+def _mass_action_finished(finished: FinishedMassAction) -> None:
+    """A mass-action ended (announced after its commit): deliver its summary if it asked."""
+    # Announced outside any transaction of the session: read and write on a connection of its
+    # own, one short transaction.
+    with db.engine.begin() as connection:
+        url = connection.execute(
+            text("SELECT callback_url FROM mass_actions WHERE id = :id"), {"id": finished.id}
+        ).scalar_one_or_none()
+        if not url:
+            return
+        stored = connection.execute(
+            text("SELECT partial FROM mass_action_partials WHERE mass_action_id = :id"),
+            {"id": finished.id},
+        ).scalars()
+        summary = {
+            "id": finished.id,
+            "kind": "mass_action",
+            "swarm_id": finished.swarm_id,
+            "task_type": finished.task_type,
+            "tier": finished.tier,
+            "status": finished.status,
+            "counts": {
+                "total": finished.total,
+                "completed": finished.completed,
+                "failed": finished.failed,
+                "cancelled": finished.cancelled,
+            },
+            "created_at": iso(finished.created_at),
+            "finished_at": iso(finished.finished_at),
+            "workflow_id": finished.workflow_id,
+            "aggregate": aggregates.merge(finished.task_type, list(stored)),
+        }
+        connection.execute(
+            text(_INSERT_PENDING),
+            {
+                "id": finished.id,
+                "url": url,
+                "event": "mass_action.finished",
+                "summary": json.dumps(summary),
+            },  # fmt: skip
+        )
+    publish_callback(finished.id)
 
 
 @event.listens_for(Session, "after_commit")

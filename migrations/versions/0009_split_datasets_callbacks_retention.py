@@ -2,8 +2,8 @@
 
 - tasks.slice_count: how many parts a mass-action's dataset is split into (the swarm's active
   bots when it was assigned); with slice_index it names the task's part.
-- workflows.callback_url and the callbacks table: one signed POST of a resource's summary when it
-  ends, with its delivery state.
+- workflows.callback_url, mass_actions.callback_url and the callbacks table: one signed POST of a
+  resource's summary when it ends, with its delivery state.
 - a BRIN index on tasks.payload_id: the retention job asks whether any task still uses a payload;
   payload ids grow with the ids of the tasks that use them, so a block-range index answers at
   almost no cost to the 50,000-row inserts.
@@ -28,6 +28,7 @@ depends_on = None
 def upgrade():
     op.add_column("tasks", sa.Column("slice_count", sa.Integer(), nullable=True))
     op.add_column("workflows", sa.Column("callback_url", sa.Text(), nullable=True))
+    op.add_column("mass_actions", sa.Column("callback_url", sa.Text(), nullable=True))
     op.create_table(
         "callbacks",
         sa.Column("resource_id", sa.String(length=40), nullable=False),
@@ -71,5 +72,6 @@ def downgrade():
     op.drop_index("ix_tasks_payload_brin", table_name="tasks")
     op.drop_index("ix_callbacks_pending", table_name="callbacks")
     op.drop_table("callbacks")
+    op.drop_column("mass_actions", "callback_url")
     op.drop_column("workflows", "callback_url")
     op.drop_column("tasks", "slice_count")
