@@ -42,12 +42,20 @@ def _count(table: str, where: str = "true") -> int:
 
 
 def _figures(client, swarm_id: str, bot_id: str) -> dict:
-    """Every counter the API shows for the swarm, one of its bots and the service."""
+    """Every counter the API shows for the swarm, one of its bots, its mass-actions (with their
+    aggregates) and the service."""
     stats = client.get("/bots/stats").get_json()
     stats.pop("timestamp", None)
+    mass_actions = [
+        client.get(f"/mass-actions/{item['id']}").get_json()
+        for item in client.get(f"/swarms/{swarm_id}/mass-actions").get_json()["items"]
+    ]
+    for view in mass_actions:
+        view.pop("eta_seconds", None)
     return {
         "swarm": client.get(f"/swarms/{swarm_id}").get_json(),
         "bot": client.get(f"/bots/{bot_id}").get_json(),
+        "mass_actions": mass_actions,
         "stats": stats,
     }
 
@@ -74,6 +82,8 @@ def test_a_purge_deletes_old_finished_work_and_changes_no_counter(client, monkey
     bot_id = client.get(f"/bots?swarm_id={swarm['id']}&limit=1").get_json()["items"][0]["id"]
     before = _figures(client, swarm["id"], bot_id)
     assert before["bot"]["tasks_completed"] == 4 and before["stats"]["tasks_executed"] == 81
+    assert [view["counts"]["completed"] for view in before["mass_actions"]] == [20] * 4
+    assert all(view["aggregate"]["tasks"] == {"completed": 20} for view in before["mass_actions"])
     assert _count("tasks") == 20 * 4 + 1 + 1
 
     report = retention.purge()
@@ -83,9 +93,9 @@ def test_a_purge_deletes_old_finished_work_and_changes_no_counter(client, monkey
     assert _count("tasks", f"id = {int(waiting['task_id'].split('-')[1])}") == 1
     assert _count("workflows") == 0
     assert client.get(f"/task/{workflow['task_id']}").status_code == 404
-    # The three old mass-actions' payloads and the workflow step's went; the others are in use.
-    assert report.payloads == 4
-    assert _count("task_payloads") == 2
+    # The workflow step's payload went; the mass-actions keep theirs, the waiting task uses its.
+    assert report.payloads == 1
+    assert _count("task_payloads") == 4 + 1
     assert _figures(client, swarm["id"], bot_id) == before
     # A second pass finds nothing more.
     assert retention.purge().tasks == 0

@@ -1,8 +1,8 @@
 """Forgetting old work: finished tasks and workflows, audit entries, payloads no task uses.
 
 Every figure the API shows is a counter on its own row (bots, swarms, the service totals, a
-mass-action's counts), moved when its tasks moved, so deleting the task rows later changes none of
-them. Beat runs `purge` hourly (or `flask purge`):
+mass-action's counts), moved when its tasks moved, and a mass-action's aggregate is kept as its
+own partials, so deleting the task rows later changes none of them. Beat runs `purge` hourly (or `flask purge`):
 
 - tasks outside workflows, finished (completed, failed or cancelled) before TASK_RETENTION_DAYS;
 - workflows ended before then, with their steps, their swarm steps' tasks and their callbacks;
@@ -66,12 +66,14 @@ _DELETE_WORKFLOW_TASKS = "DELETE FROM tasks WHERE workflow_id = ANY(:ids) RETURN
 
 _OLDEST_AUDIT = "SELECT id, at FROM audit_log ORDER BY id LIMIT :batch"
 
-# A payload goes once no task row names it; the BRIN index on tasks.payload_id answers that
-# without reading the table (payload ids grow with the task ids that use them).
+# A payload goes once no task row names it, nor a mass-action (which keeps its data after its
+# tasks are gone). The BRIN index on tasks.payload_id answers the first without reading the
+# table (payload ids grow with the task ids that use them).
 _DELETE_UNUSED_PAYLOADS = """
 DELETE FROM task_payloads p
  WHERE p.id = ANY(:ids)
    AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.payload_id = p.id)
+   AND p.id NOT IN (SELECT payload_id FROM mass_actions WHERE payload_id = ANY(:ids))
 """
 
 _OLD_PAYLOADS = """
