@@ -80,8 +80,9 @@ MOVED_COLUMNS = "bot_id, swarm_id, status, mass_action_id"
 def counted(move: str) -> str:
     """A statement running `move` as the `moved` CTE, tallying it; run it with run_counted.
 
-    `move` is an UPDATE of tasks from a state not started (cancels, steps that never ran)
-    RETURNING MOVED_COLUMNS. Built once, at import.
+    `move` is an UPDATE of tasks RETURNING MOVED_COLUMNS that moves no running task of a
+    mass-action (cancels and steps that never ran; a workflow's own step rows belong to none).
+    Built once, at import.
     """
     return (
         f"WITH moved AS ({move})"
