@@ -60,6 +60,13 @@ beat_schedule = {
         "schedule": 600.0,
         "options": {"expires": 540},
     },
+    # Finished tasks, ended workflows, old audit entries and unused payloads (TASK_RETENTION_DAYS,
+    # AUDIT_RETENTION_DAYS): hourly keeps each pass short.
+    "retention": {
+        "task": "orchestrator.purge_retention",
+        "schedule": 3600.0,
+        "options": {"expires": 3000},
+    },
 }
 timezone = "UTC"
 

@@ -78,3 +78,14 @@ def register_commands(app: Flask) -> None:
         click.echo(
             f"requeued {report.requeued}, failed {report.failed}, republished {report.republished}"
         )
+
+    @app.cli.command("purge")
+    def purge_command() -> None:
+        """Run one retention pass (TASK_RETENTION_DAYS, AUDIT_RETENTION_DAYS) now."""
+        from app.services.retention import purge
+
+        report = purge()
+        click.echo(
+            f"deleted {report.tasks} tasks, {report.workflows} workflows, {report.audit} audit"
+            f" entries, {report.payloads} payloads in {report.seconds:.1f} s"
+        )

@@ -62,6 +62,9 @@ KNOWN_VARIABLES: tuple[str, ...] = (
     "METRICS_TOKEN",
     "PROMETHEUS_MULTIPROC_DIR",
     "WORKER_METRICS_PORT",
+    "CALLBACK_SECRET",
+    "TASK_RETENTION_DAYS",
+    "AUDIT_RETENTION_DAYS",
     *SERVICE_URL_VARIABLES,
 )
 
@@ -171,6 +174,13 @@ def _directory(env: dict[str, str], name: str) -> Path | None:
     return path
 
 
+def _secret(env: dict[str, str], name: str) -> str | None:
+    raw = env.get(name) or None
+    if raw is not None and len(raw) < 16:
+        raise ConfigError(f"{name} must be at least 16 characters long")
+    return raw
+
+
 def _database_url(env: dict[str, str]) -> str:
     if env.get("DATABASE_URL"):
         url = env["DATABASE_URL"]
@@ -258,6 +268,12 @@ class Settings:
     metrics_token: str | None = None
     metrics_dir: Path | None = None
     worker_metrics_port: int | None = None
+    # Signs callback deliveries (X-Orchestrator-Signature); without it no callback_url is taken.
+    callback_secret: str | None = None
+    # Finished tasks (with their workflows) and audit entries older than this many days are
+    # deleted by beat's retention job; 0 keeps them forever.
+    task_retention_days: int = 7
+    audit_retention_days: int = 90
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -297,4 +313,7 @@ class Settings:
             metrics_token=env.get("METRICS_TOKEN") or None,
             metrics_dir=_directory(env, "PROMETHEUS_MULTIPROC_DIR"),
             worker_metrics_port=_int(env, "WORKER_METRICS_PORT", 0, 0, 65535) or None,
+            callback_secret=_secret(env, "CALLBACK_SECRET"),
+            task_retention_days=_int(env, "TASK_RETENTION_DAYS", 7, 0, 36_500),
+            audit_retention_days=_int(env, "AUDIT_RETENTION_DAYS", 90, 0, 36_500),
         )

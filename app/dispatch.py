@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 EXECUTE_CHUNK = "orchestrator.execute_chunk"
 RECONCILE = "orchestrator.reconcile"
+DELIVER_CALLBACK = "orchestrator.deliver_callback"
+# Deliveries go to the L20 queue: a receiver hears the end of a run without waiting behind the
+# next mass-action's backlog.
+CALLBACK_QUEUE = "L20"
 
 
 def init_celery(app: Flask, settings: Settings) -> Celery:
@@ -92,3 +96,19 @@ def publish_chunks(task_ids: Sequence[int], tier: str, chunk_size: int) -> int:
             error,
         )
     return sent
+
+
+def publish_callback(resource_id: str, countdown: float | None = None) -> None:
+    """Send one callback delivery (after the commit that made it pending); failures are logged,
+    the reconciler re-publishes."""
+    try:
+        celery_of().send_task(
+            DELIVER_CALLBACK,
+            args=[resource_id],
+            queue=queue_for(CALLBACK_QUEUE),
+            countdown=countdown,
+        )
+    except Exception as error:  # kombu raises several unrelated types for a dead broker
+        log.warning(
+            "publishing the callback of %s failed: %s; the reconciler will", resource_id, error
+        )

@@ -42,6 +42,9 @@ TASK_COMPLETED, TASK_FAILED, TASK_CANCELLED = "completed", "failed", "cancelled"
 OPEN_TASK_STATES = (TASK_ASSIGNED, TASK_RUNNING)
 NOT_STARTED_TASK_STATES = (TASK_WAITING, TASK_ASSIGNED)
 
+# Callback delivery states (a resource with a callback_url and no row yet is still running).
+CALLBACK_PENDING, CALLBACK_DELIVERED, CALLBACK_FAILED = "pending", "delivered", "failed"
+
 # Workflow states; queued and running are told apart from the steps when read.
 WORKFLOW_ACTIVE, WORKFLOW_COMPLETED = "active", "completed"
 WORKFLOW_FAILED, WORKFLOW_CANCELLED = "failed", "cancelled"
@@ -154,6 +157,8 @@ class Workflow(db.Model):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _created_at()
+    # Where to POST the summary once the workflow ends (app/services/callbacks.py).
+    callback_url: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         Index("ix_workflows_active", "deadline_at", postgresql_where=text("status = 'active'")),
@@ -174,7 +179,9 @@ class Task(db.Model):
     workflow_id: Mapped[str | None] = mapped_column(String(40))
     step: Mapped[int | None] = mapped_column(Integer)
     payload_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    # The task's part of a mass-action's dataset: part slice_index (0-based) of slice_count.
     slice_index: Mapped[int | None] = mapped_column(Integer)
+    slice_count: Mapped[int | None] = mapped_column(Integer)
     # The mass-action (`ma-…`) this task is one of; None for single tasks and plain steps. Not
     # indexed: the mass-action knows the id range its tasks were inserted in (0008).
     mass_action_id: Mapped[str | None] = mapped_column(String(40))
@@ -200,6 +207,14 @@ class Task(db.Model):
             "step",
             postgresql_where=text("workflow_id IS NOT NULL"),
         ),
+        # Whether any task still uses a payload (retention); a block-range index costs the
+        # 50,000-row inserts next to nothing (0009).
+        Index(
+            "ix_tasks_payload_brin",
+            "payload_id",
+            postgresql_using="brin",
+            postgresql_with={"autosummarize": "on"},
+        ),
         # The reconciler's view: only open tasks, so it stays small however long history grows.
         Index(
             "ix_tasks_open",
@@ -207,6 +222,31 @@ class Task(db.Model):
             "tier",
             "id",
             postgresql_where=text("status IN ('assigned', 'running')"),
+        ),
+    )
+
+
+class Callback(db.Model):
+    """The delivery of one ended resource's summary to its callback_url."""
+
+    __tablename__ = "callbacks"
+
+    resource_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    url: Mapped[str] = mapped_column(Text, nullable=False)
+    event: Mapped[str] = mapped_column(String(40), nullable=False)
+    summary: Mapped[Any] = mapped_column(JSONB, nullable=False)
+    state: Mapped[str] = mapped_column(String(16), nullable=False)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _created_at()
+
+    # The reconciler's view: deliveries still to make.
+    __table_args__ = (
+        Index(
+            "ix_callbacks_pending", "next_attempt_at", postgresql_where=text("state = 'pending'")
         ),
     )
 
@@ -243,6 +283,8 @@ class MassAction(db.Model):
     # tasks inserted at the same moment may sit between them).
     first_task_id: Mapped[int | None] = mapped_column(BigInteger)
     last_task_id: Mapped[int | None] = mapped_column(BigInteger)
+    # Where to POST the summary once the mass-action ends (app/services/callbacks.py).
+    callback_url: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         Index("ix_mass_actions_swarm", "swarm_id", text("created_at DESC"), text("id DESC")),

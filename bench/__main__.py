@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import load, report, scenarios
+from bench import bigfile, load, report, scenarios
 from bench.client import API_KEY, Api, broker, database
 from bench.scenarios import Bench, say
 from bench.stack import Stack
@@ -49,12 +49,17 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [5_000] if args.quick else [5_000, 50_000]
     read_seconds = 3.0 if args.quick else 10.0
     big = sizes[-1]
-    steps = 9
+    steps = 10
+    # The big-file split: the size, or a tenth of it with --quick.
+    big_rows, big_bots = (100_000, 1_000) if args.quick else (1_000_000, 10_000)
     began = time.monotonic()
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
 
     log_dir = Path(tempfile.mkdtemp(prefix="orchestrator-bench-"))
+    # The generated big file lives (and goes) with the logs.
+    data_dir = log_dir / "data"
+    data_dir.mkdir()
     # Requests authenticate as a user's would (a key per request); the per-key limit is raised
     # far above what the load reaches, so its check is measured but never refuses.
     env = dict(
@@ -64,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         ADMIN_API_KEY=API_KEY,
         RATE_LIMIT="1000000 per second",
         RATE_LIMIT_HEAVY="100000 per minute",
+        DATA_DIR=str(data_dir),
     )
     stack = Stack(env=env, log_dir=log_dir)
     try:
@@ -97,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             [run["mass_action_id"] for run in results["mass_action_progress"]["runs"]],
             f"[9/{steps}]",
         )
+        results["bigfile"] = bigfile.split_run(b, data_dir, big_rows, big_bots, f"[10/{steps}]")
     except Interrupted as stopped:
         say(f"{stopped} received; stopping the stack")
         return 130

@@ -45,6 +45,11 @@ def sample_data_dir(tmp_path_factory) -> Path:
     return target
 
 
+# Signs callbacks; kept in the environment like the admin key below, for the same reason.
+CALLBACK_SECRET = os.environ.setdefault(
+    "ORCHESTRATOR_TEST_CALLBACK_SECRET", "test-callback-secret-" + secrets.token_hex(8)
+)
+
 # This run's admin key (ADMIN_API_KEY): the test client sends it unless a test says otherwise.
 # Kept in the environment so that every import of this module (pytest's, and `tests.conftest`
 # from a test module) agrees on it.
@@ -101,6 +106,8 @@ def test_env(sample_data_dir) -> dict[str, str]:
         "ADMIN_API_KEY": ADMIN_KEY,
         # The stand-in AI services the tests start listen on loopback.
         "URL_ALLOWLIST": "127.0.0.1",
+        # Signs callback deliveries; the test receivers check it.
+        "CALLBACK_SECRET": CALLBACK_SECRET,
     }
 
 

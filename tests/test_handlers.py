@@ -13,8 +13,9 @@ import pytest
 from app.handlers import TaskFailed, TaskInput
 from app.handlers.analysis import analyze
 from app.handlers.data import process
+from app.handlers.datasets import open_dataset
 from app.handlers.echo import echo
-from app.handlers.files import load_records, resolve_data_file
+from app.handlers.files import resolve_data_file
 from app.handlers.reporting import report
 
 
@@ -22,6 +23,12 @@ def make_task(
     task_type: str, data: dict[str, Any], data_dir: Path, slice_index: int | None = None
 ) -> TaskInput:
     return TaskInput(task_type=task_type, data=data, slice_index=slice_index, data_dir=data_dir)
+
+
+def load_records(path: Path) -> list[dict[str, Any]]:
+    """Every row of a data file, read through its offsets index as tasks read it."""
+    dataset = open_dataset({"dataset": path.name}, path.parent)
+    return list(dataset.rows(0, dataset.total))
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -117,15 +124,17 @@ def test_unsupported_extension_is_rejected(data_dir):
         load_records(data_dir / "notes.txt")
 
 
-def test_records_are_cached_until_the_file_changes(data_dir):
+def test_a_replaced_file_is_indexed_again(data_dir):
     path = write_csv(data_dir / "a.csv", [{"n": "1"}])
 
-    first = load_records(path)
-    assert load_records(path) is first
+    assert load_records(path) == [{"n": "1"}]
+    assert len(list((data_dir / ".index").glob("*.idx"))) == 1
 
     write_csv(path, [{"n": "1"}, {"n": "22"}])
     os.utime(path, ns=(path.stat().st_mtime_ns + 10**9,) * 2)
     assert load_records(path) == [{"n": "1"}, {"n": "22"}]
+    # The old version's index is gone: one file version, one index.
+    assert len(list((data_dir / ".index").glob("*.idx"))) == 1
 
 
 # --- data_processing ---------------------------------------------------------------------

@@ -25,7 +25,8 @@ N = 400
 TIER = "advanced"
 # Every label name the service may use: none of them can hold a bot or a task id.
 ALLOWED_LABELS = {"tier", "task_type", "status", "state", "outcome", "service", "url", "le"}
-ALLOWED_LABELS |= {"dependency"}
+# `kind`: what the retention job deleted (tasks, workflows, audit, payloads).
+ALLOWED_LABELS |= {"dependency", "kind"}
 
 
 def samples(text: str) -> dict[tuple[str, frozenset], float]:

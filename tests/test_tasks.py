@@ -380,7 +380,7 @@ def test_distributed_sentiment_slices_add_up_to_the_whole_dataset(
 
 
 @pytest.mark.slow
-def test_mass_data_processing_of_customer_data_gives_every_bot_the_whole_file(
+def test_mass_data_processing_of_customer_data_splits_the_file_over_the_bots(
     client, sample_data_dir, shared_worker
 ):
     rows = read_csv(sample_data_dir / "customer_data_2024.csv")
@@ -403,16 +403,20 @@ def test_mass_data_processing_of_customer_data_gives_every_bot_the_whole_file(
     results = [
         row[0]
         for row in db.session.execute(
-            text("SELECT result FROM tasks WHERE swarm_id = :s"), {"s": swarm["id"]}
+            text("SELECT result FROM tasks WHERE swarm_id = :s ORDER BY slice_index"),
+            {"s": swarm["id"]},
         )
     ]
-    assert len(results) == 6
-    for result in results:
-        assert result["rows_in"] == len(rows)
-        assert result["records_total"] == result["rows_out"]
-        assert result["columns"]["customer_id"]["distinct"] == len({r["customer_id"] for r in rows})
-        assert result["records"][0]["_row"] == 1
-        assert result["columns"]["orders"]["max"] == max(int(r["orders"]) for r in rows)
+    # 1,000 rows over 6 bots: four parts of 167 rows and two of 166, in order, no overlap.
+    assert [r["rows_in"] for r in results] == [167, 167, 167, 167, 166, 166]
+    assert [r["slice"] for r in results][:2] == [[0, 167], [167, 334]]
+    assert results[0]["records"][0]["_row"] == 1
+    assert results[1]["records"] == []  # the first 100 output rows are all in the first part
+    ids = [r["columns"]["customer_id"]["distinct"] for r in results]
+    assert sum(ids) == len({r["customer_id"] for r in rows})
+    assert max(r["columns"]["orders"]["max"] for r in results) == max(
+        int(r["orders"]) for r in rows
+    )
     stats = client.get("/bots/stats").get_json()
     assert stats["tasks_executed"] == 6
 

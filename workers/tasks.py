@@ -6,12 +6,21 @@ import logging
 import time
 from typing import Any
 
-from app.dispatch import EXECUTE_CHUNK, RECONCILE
+from app.dispatch import CALLBACK_QUEUE, DELIVER_CALLBACK, EXECUTE_CHUNK, RECONCILE
 from app.extensions import db
-from app.services import execution, health, idempotency, reconciler, registry
+from app.services import (
+    callbacks,
+    execution,
+    health,
+    idempotency,
+    reconciler,
+    registry,
+    retention,
+)
 from workers.celery_app import celery
 
 PROBE_SERVICES = "orchestrator.probe_services"
+PURGE_RETENTION = "orchestrator.purge_retention"
 PURGE_IDEMPOTENCY_KEYS = "orchestrator.purge_idempotency_keys"
 
 log = logging.getLogger(__name__)
@@ -70,5 +79,27 @@ def purge_idempotency_keys() -> int:
     """Delete Idempotency-Key answers older than IDEMPOTENCY_TTL, in short batches."""
     try:
         return idempotency.purge_expired()
+    finally:
+        db.session.remove()
+
+
+@celery.task(name=DELIVER_CALLBACK, bind=True, max_retries=None)
+def deliver_callback(self, resource_id: str) -> str:
+    """POST an ended resource's signed summary to its callback_url; a failure retries later."""
+    try:
+        attempt = callbacks.deliver(resource_id)
+    finally:
+        db.session.remove()
+    if attempt.retry_in is not None:
+        # A countdown on the broker, not a sleep: the worker process is free meanwhile.
+        raise self.retry(countdown=attempt.retry_in, queue=CALLBACK_QUEUE)
+    return attempt.state
+
+
+@celery.task(name=PURGE_RETENTION)
+def purge_retention() -> dict[str, Any]:
+    """Delete finished tasks, ended workflows, old audit entries and unused payloads."""
+    try:
+        return retention.purge().__dict__
     finally:
         db.session.remove()

@@ -187,9 +187,22 @@ class SwarmUpdate(Schema):
             raise ValidationError("Give `count`, `status` or both.")
 
 
+def CallbackUrl() -> fields.Url:  # noqa: N802 - a field factory reads like a field
+    """Where to POST a resource's signed summary once it ends (needs CALLBACK_SECRET)."""
+    return fields.Url(
+        schemes={"http", "https"},
+        require_tld=False,
+        validate=validate.Length(max=2000),
+        metadata={
+            "description": "POSTed the signed summary once it ends (X-Orchestrator-Signature)"
+        },
+    )
+
+
 class TaskAssign(Schema):
     type = TaskTypeName(required=True, metadata={"example": "data_processing"})
     data = fields.Dict(keys=fields.String(), load_default=dict)
+    callback_url = CallbackUrl()
 
 
 class TaskComplete(Schema):
@@ -221,6 +234,7 @@ class Orchestrate(Schema):
     )
     priority = OneOf(PRIORITY_TIERS, load_default="normal")
     deadline_s = fields.Float(load_default=3600.0, validate=validate.Range(min=1, max=86_400))
+    callback_url = CallbackUrl()
 
 
 class Page(Schema):
@@ -373,6 +387,20 @@ class MassActionCounts(Answer):
     cancelled = fields.Integer()
 
 
+class CallbackOut(Answer):
+    """Where a resource's summary is POSTed when it ends, and how the delivery went."""
+
+    url = fields.String()
+    state = OneOf(
+        ("waiting", "pending", "delivered", "failed"),
+        metadata={"description": "waiting: not ended yet; pending: being delivered"},
+    )
+    attempts = fields.Integer()
+    last_status = fields.Integer(allow_none=True)
+    last_error = fields.String(allow_none=True)
+    delivered_at = fields.String(allow_none=True)
+
+
 class MassActionOut(Answer):
     id = fields.String(attribute="mass_action.id", metadata={"example": "ma-9c1d2e3f4a5b6c7d"})
     swarm_id = fields.String(attribute="mass_action.swarm_id")
@@ -412,6 +440,11 @@ class MassActionOut(Answer):
     )
     results = fields.String(
         attribute="results_path", metadata={"description": "where its results are read"}
+    )
+    callback = fields.Nested(
+        CallbackOut,
+        allow_none=True,
+        metadata={"description": "Set when the mass-action was created with a callback_url"},
     )
 
 
@@ -499,6 +532,11 @@ class WorkflowOut(Answer):
     deadline_at = Timestamp(attribute="workflow.deadline_at")
     finished_at = Timestamp(attribute="workflow.finished_at", allow_none=True)
     steps = _Steps()
+    callback = fields.Nested(
+        CallbackOut,
+        allow_none=True,
+        metadata={"description": "Set when the workflow was created with a callback_url"},
+    )
 
 
 def task_or_workflow(description: str) -> dict[str, Any]:

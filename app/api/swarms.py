@@ -118,7 +118,9 @@ def retire_swarm(swarm_id):
 )
 def assign_to_swarm(body, swarm_id):
     """Mass-action: one task for every active bot of the swarm; follow it at `Location`."""
-    created = mass_actions.assign_to_swarm(swarm_id, body["type"], body["data"])
+    created = mass_actions.assign_to_swarm(
+        swarm_id, body["type"], body["data"], body.get("callback_url")
+    )
     return created, 202, {"Location": f"/mass-actions/{created.mass_action_id}"}
 
 

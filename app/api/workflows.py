@@ -34,4 +34,6 @@ def orchestrate(body):
         )
         for step in body["tasks"]
     ]
-    return workflows.orchestrate(steps, body["priority"], body["deadline_s"])
+    return workflows.orchestrate(
+        steps, body["priority"], body["deadline_s"], body.get("callback_url")
+    )

@@ -22,9 +22,12 @@ class TaskInput:
 
     task_type: str
     data: dict[str, Any]
-    # Position of the bot within its swarm for a mass-action (0-based), else None.
+    # For a task of a mass-action: which part of the dataset it takes (0-based) and of how many
+    # (the swarm's active bots when it was assigned); None outside a mass-action. Tasks assigned
+    # before the count was kept have an index and no count.
     slice_index: int | None
     data_dir: Path
     # Per-task limits for calls to downstream services; None means the service's defaults.
     timeout: float | None = None
     retries: int | None = None
+    slice_count: int | None = None

@@ -1,23 +1,28 @@
-"""The distributed_analysis task type: each bot of a swarm analyses its own slice of a dataset.
+"""The distributed_analysis task type: each bot of a swarm analyses its own part of a dataset.
 
-Bot i takes rows [i * chunk_size, (i + 1) * chunk_size); a task outside a mass-action takes the
-whole dataset. A slice past the end is empty rather than an error, since a swarm may have more
-bots than the dataset has chunks.
+On a swarm the dataset is split evenly over the bots, or, with `chunk_size`, bot i takes rows
+[i * chunk_size, (i + 1) * chunk_size) (empty past the end: a swarm may have more bots than the
+dataset has chunks). A task outside a mass-action takes the whole dataset. Each result carries a
+`merge_state`, from which app/services/aggregates.py builds the answer of one pass over every row.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from app.handlers import TaskFailed, TaskInput
-from app.handlers.data import column_stats
-from app.handlers.files import input_records
+from app.handlers.data import optional_chunk_size
+from app.handlers.datasets import Dataset, open_dataset, row_range
+from app.handlers.summaries import Columns, ExactSum, pack, unpack
 
 ANALYSIS_TYPES = ("sentiment", "summary")
 TEXT_FIELDS = ("text", "review", "comment", "message", "content")
+# The slice of tasks assigned before datasets were split evenly and that name no chunk_size.
 DEFAULT_CHUNK_SIZE = 1000
 # VADER's own recommended cut-offs on the compound score.
 POSITIVE_AT = 0.05
@@ -28,61 +33,132 @@ _analyzer_lock = threading.Lock()
 
 
 def analyze(task: TaskInput) -> dict[str, Any]:
-    """Analyse this task's slice of the dataset for sentiment or a column summary."""
+    """Analyse this task's part of the dataset for sentiment or a column summary."""
     analysis_type = task.data.get("analysis_type")
     if analysis_type not in ANALYSIS_TYPES:
         raise TaskFailed(
             f"unknown analysis_type {analysis_type!r}; allowed: {', '.join(ANALYSIS_TYPES)}"
         )
-    chunk_size = _chunk_size(task.data.get("chunk_size", DEFAULT_CHUNK_SIZE))
-    records = input_records(task.data, task.data_dir)
-    start, end = slice_bounds(len(records), task.slice_index, chunk_size)
-    rows = records[start:end]
-    result: dict[str, Any] = {
-        "analysis_type": analysis_type,
-        "rows": len(rows),
-        "slice": [start, end],
-    }
-    if analysis_type == "summary":
-        result["columns"] = column_stats(rows)
-        return result
-    text_field = _text_field(records, task.data.get("text_field"))
-    result["text_field"] = text_field
-    result.update(sentiment_counts(row.get(text_field) for row in rows))
+    chunk_size = optional_chunk_size(task.data)
+    dataset = open_dataset(task.data, task.data_dir)
+    start, end = row_range(dataset.total, task, chunk_size, DEFAULT_CHUNK_SIZE)
+    end = max(start, min(end, dataset.total))
+    text_field = None
+    if analysis_type == "sentiment":
+        text_field = _text_field(dataset, task.data.get("text_field"))
+    summary = AnalysisSummary.of_rows(dataset, start, end, analysis_type, text_field)
+    result = summary.presented()
+    if task.slice_index is not None:
+        result["merge_state"] = pack(summary.to_json())
     return result
 
 
-def slice_bounds(total: int, slice_index: int | None, chunk_size: int) -> tuple[int, int]:
-    """The [start, end) rows a bot takes; empty (start == end) past the end of the data."""
-    if slice_index is None:
-        return 0, total
-    if slice_index < 0:
-        raise TaskFailed(f"slice index must be 0 or more, got {slice_index}")
-    start = slice_index * chunk_size
-    return start, max(start, min(start + chunk_size, total))
+@dataclass
+class AnalysisSummary:
+    """Sentiment counts or column statistics of some rows; merges with other rows' summaries."""
 
+    analysis_type: str
+    start: int
+    end: int
+    rows: int = 0
+    text_field: str | None = None
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"positive": 0, "negative": 0, "neutral": 0}
+    )
+    compound: ExactSum = field(default_factory=ExactSum)
+    columns: Columns | None = None
 
-def sentiment_counts(texts: Any) -> dict[str, Any]:
-    """Positive, negative and neutral counts and the mean VADER compound score of texts."""
-    analyzer = _sentiment_analyzer()
-    positive = negative = neutral = 0
-    total = 0.0
-    for text in texts:
-        compound = analyzer.polarity_scores("" if text is None else str(text))["compound"]
-        total += compound
-        if compound >= POSITIVE_AT:
-            positive += 1
-        elif compound <= NEGATIVE_AT:
-            negative += 1
+    @classmethod
+    def of_rows(
+        cls, dataset: Dataset, start: int, end: int, analysis_type: str, text_field: str | None
+    ) -> AnalysisSummary:
+        """Analyse rows [start, end) of the dataset."""
+        summary = cls(analysis_type, start, end, text_field=text_field)
+        if analysis_type == "summary":
+            summary.columns = Columns()
+            batch: list[tuple[int, dict[str, Any]]] = []
+            for number, row in enumerate(dataset.rows(start, end), start):
+                batch.append((number, row))
+                if len(batch) == 2048:
+                    summary.columns.add_rows(batch, dataset.uniform)
+                    batch = []
+            summary.columns.add_rows(batch, dataset.uniform)
+            summary.rows = end - start
+            return summary
+        summary.add_texts(row.get(text_field or "") for row in dataset.rows(start, end))
+        return summary
+
+    def add_texts(self, texts: Iterable[Any]) -> None:
+        """Score texts with VADER and count them by class."""
+        analyzer = _sentiment_analyzer()
+        for text in texts:
+            compound = analyzer.polarity_scores("" if text is None else str(text))["compound"]
+            self.compound.add(compound)
+            self.rows += 1
+            if compound >= POSITIVE_AT:
+                self.counts["positive"] += 1
+            elif compound <= NEGATIVE_AT:
+                self.counts["negative"] += 1
+            else:
+                self.counts["neutral"] += 1
+
+    def merge(self, other: AnalysisSummary) -> None:
+        """Fold another part's summary into this one."""
+        # The rows covered: empty parts (past the end of the data) add none.
+        if other.start == other.end:
+            if self.start == self.end:
+                self.start = self.end = min(self.start, other.start)
+        elif self.start == self.end:
+            self.start, self.end = other.start, other.end
         else:
-            neutral += 1
-    count = positive + negative + neutral
-    return {
-        "positive": positive,
-        "negative": negative,
-        "neutral": neutral,
-        "mean_compound": round(total / count, 4) if count else 0.0,
-    }
+            self.start, self.end = min(self.start, other.start), max(self.end, other.end)
+        self.rows += other.rows
+        for key, value in other.counts.items():
+            self.counts[key] = self.counts.get(key, 0) + value
+        self.compound.merge(other.compound)
+        if self.columns is not None and other.columns is not None:
+            self.columns.merge(other.columns)
+
+    def presented(self) -> dict[str, Any]:
+        """The result as one task over the same rows shows it."""
+        result: dict[str, Any] = {
+            "analysis_type": self.analysis_type,
+            "rows": self.rows,
+            "slice": [self.start, self.end],
+        }
+        if self.columns is not None:
+            result["columns"] = self.columns.summary()
+            return result
+        result["text_field"] = self.text_field
+        result.update(self.counts)
+        result["mean_compound"] = self.compound.mean(self.rows)
+        return result
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "analysis_type": self.analysis_type,
+            "slice": [self.start, self.end],
+            "rows": self.rows,
+            "text_field": self.text_field,
+            "counts": self.counts,
+            "compound": self.compound.to_json(),
+            "columns": None if self.columns is None else self.columns.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, packed: Any) -> AnalysisSummary:
+        """From `to_json`'s dict, or the string `pack` made of it."""
+        raw = unpack(packed)
+        return cls(
+            analysis_type=raw["analysis_type"],
+            start=int(raw["slice"][0]),
+            end=int(raw["slice"][1]),
+            rows=int(raw["rows"]),
+            text_field=raw["text_field"],
+            counts={key: int(value) for key, value in raw["counts"].items()},
+            compound=ExactSum.from_json(raw["compound"]),
+            columns=None if raw["columns"] is None else Columns.from_json(raw["columns"]),
+        )
 
 
 def _sentiment_analyzer() -> SentimentIntensityAnalyzer:
@@ -95,32 +171,18 @@ def _sentiment_analyzer() -> SentimentIntensityAnalyzer:
     return _analyzer
 
 
-def _chunk_size(raw: Any) -> int:
-    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
-        raise TaskFailed(f"'chunk_size' must be a whole number of at least 1, got {raw!r}")
-    return raw
-
-
-def _text_field(records: list[dict[str, Any]], requested: Any) -> str:
-    # Field names are looked up on the whole dataset so every slice agrees, even an empty one.
-    present = _field_names(records)
+def _text_field(dataset: Dataset, requested: Any) -> str:
+    # Field names come from the whole dataset so every part agrees, even an empty one.
+    present = set(dataset.fields)
     if requested is not None:
-        if not isinstance(requested, str) or (records and requested not in present):
+        if not isinstance(requested, str) or (dataset.total and requested not in present):
             raise TaskFailed(f"text_field {requested!r} is not a column of the dataset")
         return requested
     for name in TEXT_FIELDS:
         if name in present:
             return name
-    if not records:
+    if not dataset.total:
         return TEXT_FIELDS[0]
     raise TaskFailed(
         f"no text column found; name one with 'text_field' or use one of {', '.join(TEXT_FIELDS)}"
     )
-
-
-def _field_names(records: list[dict[str, Any]]) -> set[str]:
-    # The first rows are enough to learn the columns; scanning millions of rows per bot is not.
-    names: set[str] = set()
-    for row in records[:1000]:
-        names.update(row)
-    return names

@@ -1,24 +1,32 @@
-"""Data files a task may read: confined to DATA_DIR and parsed once per process."""
+"""Data files a task may read: confined to DATA_DIR (read by ranges, see file_index.py)."""
 
 from __future__ import annotations
 
-import csv
-import functools
-import json
 from pathlib import Path
 from typing import Any
 
 from app.handlers import TaskFailed
 
-SUPPORTED_SUFFIXES = (".csv", ".json")
-
-# A mass-action gives every bot of a swarm the same file; a few entries per process are enough
-# for one file to be parsed once per worker instead of once per bot.
-_CACHE_ENTRIES = 8
-
 
 def resolve_data_file(data_dir: Path, name: str) -> Path:
     """Return the real path of `name` inside data_dir, or raise TaskFailed."""
+    if isinstance(name, str):
+        known = _RESOLVED.get((str(data_dir), name))
+        # A path found inside DATA_DIR stays inside: a link changed later is not followed.
+        if known is not None and known.is_file():
+            return known
+    target = _resolve(data_dir, name)
+    _RESOLVED[(str(data_dir), name)] = target
+    while len(_RESOLVED) > 64:
+        del _RESOLVED[next(iter(_RESOLVED))]
+    return target
+
+
+# (DATA_DIR, name) -> the checked real path: every bot of a mass-action names the same file.
+_RESOLVED: dict[tuple[str, str], Path] = {}
+
+
+def _resolve(data_dir: Path, name: str) -> Path:
     if not isinstance(name, str) or not name.strip():
         raise TaskFailed("data file name must be a non-empty string")
     if "\x00" in name:
@@ -34,71 +42,6 @@ def resolve_data_file(data_dir: Path, name: str) -> Path:
     if not target.is_file():
         raise TaskFailed(f"data file {name!r} not found in DATA_DIR")
     return target
-
-
-def load_records(path: Path) -> list[dict[str, Any]]:
-    """Parse a .csv or .json data file into records; the list is shared, do not mutate it."""
-    suffix = path.suffix.lower()
-    if suffix not in SUPPORTED_SUFFIXES:
-        raise TaskFailed(
-            f"data file {path.name!r} has unsupported type {suffix or '(none)'!r}; "
-            f"supported: {', '.join(SUPPORTED_SUFFIXES)}"
-        )
-    try:
-        stat = path.stat()
-    except OSError as exc:
-        raise TaskFailed(f"data file {path.name!r} cannot be read: {exc.strerror}") from None
-    return _load_cached(str(path), suffix, stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=_CACHE_ENTRIES)
-def _load_cached(path: str, suffix: str, mtime_ns: int, size: int) -> list[dict[str, Any]]:
-    # mtime and size are part of the key so a replaced file is read again.
-    try:
-        if suffix == ".csv":
-            return _read_csv(Path(path))
-        return _read_json(Path(path))
-    except UnicodeDecodeError:
-        raise TaskFailed(f"data file {Path(path).name!r} is not UTF-8 text") from None
-    except OSError as exc:
-        raise TaskFailed(f"data file {Path(path).name!r} cannot be read: {exc.strerror}") from None
-
-
-def _read_csv(path: Path) -> list[dict[str, Any]]:
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        try:
-            # Cells beyond the header go under "_extra" rather than a None key JSON cannot hold.
-            return [dict(row) for row in csv.DictReader(handle, restkey="_extra")]
-        except csv.Error as exc:
-            raise TaskFailed(f"data file {path.name!r} is not valid CSV: {exc}") from None
-
-
-def _read_json(path: Path) -> list[dict[str, Any]]:
-    with path.open(encoding="utf-8-sig") as handle:
-        try:
-            document = json.load(handle)
-        except json.JSONDecodeError as exc:
-            raise TaskFailed(f"data file {path.name!r} is not valid JSON: {exc.msg}") from None
-    if isinstance(document, dict) and "records" in document:
-        document = document["records"]
-    if not isinstance(document, list) or not all(isinstance(item, dict) for item in document):
-        raise TaskFailed(
-            f'data file {path.name!r} must hold a list of objects or {{"records": [...]}}'
-        )
-    return document
-
-
-def input_records(data: dict[str, Any], data_dir: Path) -> list[dict[str, Any]]:
-    """Records given inline as `records`, or read from `input_file` / `dataset` in data_dir."""
-    if "records" in data:
-        records = data["records"]
-        if not isinstance(records, list) or not all(isinstance(row, dict) for row in records):
-            raise TaskFailed("'records' must be a list of objects")
-        return records
-    name = data_file_name(data)
-    if name is None:
-        raise TaskFailed("give the data as 'records', 'input_file' or 'dataset'")
-    return load_records(resolve_data_file(data_dir, name))
 
 
 def data_file_name(data: dict[str, Any]) -> Any:

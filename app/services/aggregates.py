@@ -7,16 +7,24 @@ mass-action's aggregate is therefore kept as partials written with its outcomes 
 never recomputed from its task rows.
 
 Task types without a rule of their own get COUNTING: tasks by state and failures by reason. The AI
-types (calls to a downstream service) get SERVICE_CALLS: the same, plus latency percentiles.
+types (calls to a downstream service) get SERVICE_CALLS: the same, plus latency percentiles. The
+data task types (data_processing, mass_data_processing, distributed_analysis, reporting) add the
+merged summaries their parts' results carry (`summary_rule`): the answer's `result` is what one
+task over every row of the dataset answers (see app/handlers/summaries.py).
 """
 
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from app.handlers.analysis import AnalysisSummary
+from app.handlers.data import DataSummary
+from app.handlers.reporting import ReportSummary
+from app.handlers.summaries import pack
 from app.services.service_defaults import DOWNSTREAM
 
 Partial = dict[str, Any]
@@ -35,11 +43,16 @@ class Finished:
 
 @dataclass(frozen=True)
 class MergeRule:
-    """fold finished tasks into a partial; combine two partials; present the combined one."""
+    """fold finished tasks into a partial; combine two partials; present the combined one.
+
+    `combine_all`, when a rule has it, combines many partials at once: the same partial as
+    combining them pairwise, decoding each once (rules whose partials are costly to decode).
+    """
 
     fold: Callable[[list[Finished]], Partial]
     combine: Callable[[Partial, Partial], Partial]
     present: Callable[[Partial], dict[str, Any]]
+    combine_all: Callable[[list[Partial]], Partial] | None = None
 
 
 def add_counts(left: Mapping[str, Any], right: Mapping[str, Any]) -> dict[str, Any]:
@@ -166,9 +179,91 @@ def _present_calls(combined: Partial) -> dict[str, Any]:
 
 SERVICE_CALLS = MergeRule(fold=_fold_calls, combine=_combine_calls, present=_present_calls)
 
+
+# ---- data task types: the answer of one task over every row -------------------------------------
+
+
+class Summary(Protocol):
+    """A handler's mergeable summary of the rows one task saw (app/handlers)."""
+
+    def merge(self, other: Any) -> None: ...
+
+    def presented(self) -> dict[str, Any]: ...
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+def summary_rule(decode: Callable[[Any], Summary]) -> MergeRule:
+    """The rule of a data task type: counting, plus the merged summaries its results carry.
+
+    A completed task's result holds its summary as `merge_state`; the answer's `result` is the
+    merged summary presented as one task over all the rows would present it, and
+    `merged_tasks` says how many results went into it (a result without a summary, such as a
+    manual completion's, is counted but cannot be merged).
+    """
+
+    def decoded(raw: Any) -> Summary | None:
+        try:
+            return decode(raw) if raw is not None else None
+        except (KeyError, TypeError, ValueError, IndexError, zlib.error):
+            return None
+
+    def merged(summaries: Iterable[Summary | None]) -> Summary | None:
+        total = None
+        for summary in summaries:
+            if summary is None:
+                continue
+            if total is None:
+                total = summary
+            else:
+                total.merge(summary)
+        return total
+
+    def fold(tasks: list[Finished]) -> Partial:
+        partial = _fold_counts(tasks)
+        found = [
+            decoded(task.result.get("merge_state"))
+            for task in tasks
+            if task.state == "completed" and isinstance(task.result, dict)
+        ]
+        total = merged(found)
+        partial["merged"] = sum(1 for summary in found if summary is not None)
+        partial["state"] = None if total is None else pack(total.to_json())
+        return partial
+
+    def combine_all(partials: list[Partial]) -> Partial:
+        counts: Partial = {}
+        for partial in partials:
+            counts = _combine_counts(counts, partial)
+        counts["merged"] = sum(partial.get("merged", 0) for partial in partials)
+        total = merged(decoded(partial.get("state")) for partial in partials)
+        counts["state"] = None if total is None else pack(total.to_json())
+        return counts
+
+    def present(partial: Partial) -> dict[str, Any]:
+        answer = _present_counts(partial)
+        answer["merged_tasks"] = partial.get("merged", 0)
+        total = decoded(partial.get("state"))
+        answer["result"] = None if total is None else total.presented()
+        return answer
+
+    return MergeRule(
+        fold=fold,
+        combine=lambda left, right: combine_all([left, right]),
+        present=present,
+        combine_all=combine_all,
+    )
+
+
+_DATA = summary_rule(DataSummary.from_json)
+
 # Task type -> its rule. Types absent here use COUNTING.
 RULES: Mapping[str, MergeRule] = {
     **dict.fromkeys(DOWNSTREAM, SERVICE_CALLS),
+    "data_processing": _DATA,
+    "mass_data_processing": _DATA,
+    "distributed_analysis": summary_rule(AnalysisSummary.from_json),
+    "reporting": summary_rule(ReportSummary.from_json),
 }
 
 
@@ -185,6 +280,9 @@ def fold(task_type: str, tasks: list[Finished]) -> Partial:
 def combine(task_type: str, partials: Iterable[Partial]) -> Partial:
     """One partial standing for any number of partials of one type (the empty fold for none)."""
     rule = rule_for(task_type)
+    if rule.combine_all is not None:
+        some = list(partials)
+        return rule.combine_all(some) if some else rule.fold([])
     combined: Partial | None = None
     for partial in partials:
         combined = partial if combined is None else rule.combine(combined, partial)

@@ -44,11 +44,12 @@ WITH claimed AS (
        AND (t.bot_id IS NULL
             OR EXISTS (SELECT 1 FROM bots b WHERE b.id = t.bot_id AND b.status = 'active'))
     RETURNING t.id, t.type, t.payload_id, t.slice_index, t.attempts, t.timeout_s, t.retries,
-              t.mass_action_id
+              t.slice_count, t.mass_action_id
 )
 """
     + mass_action_counts.started_cte("claimed")
-    + "SELECT id, type, payload_id, slice_index, attempts, timeout_s, retries FROM claimed"
+    + "SELECT id, type, payload_id, slice_index, attempts, timeout_s, retries, slice_count"
+    + " FROM claimed"
 )
 
 
@@ -64,7 +65,8 @@ ONE_STEP_TYPES = frozenset(
 )
 
 _PEEK = """
-SELECT t.id, t.type, t.payload_id, t.slice_index, t.attempts + 1, t.timeout_s, t.retries, now()
+SELECT t.id, t.type, t.payload_id, t.slice_index, t.attempts + 1, t.timeout_s, t.retries,
+       t.slice_count, now()
   FROM tasks t
  WHERE t.id = ANY(CAST(:ids AS bigint[])) AND (t.status = 'assigned') IS TRUE
    AND (t.bot_id IS NULL
@@ -83,6 +85,7 @@ class Claimed:
     attempt: int
     timeout: float | None
     retries: int | None
+    slice_count: int | None = None
 
 
 def _id_array(task_ids: list[int]) -> str:
@@ -115,6 +118,7 @@ def run_one(task: Claimed, data: dict[str, Any], data_dir: Any = None) -> Outcom
                 data_dir=data_dir,
                 timeout=task.timeout,
                 retries=task.retries,
+                slice_count=task.slice_count,
             )
         )
     except TaskFailed as failure:

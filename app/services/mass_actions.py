@@ -22,7 +22,7 @@ from app.dispatch import publish_chunks
 from app.errors import Conflict, NotFound
 from app.extensions import db
 from app.models import MassAction, MassActionPartial, Swarm
-from app.services import mass_action_events, partials, swarms, task_rows
+from app.services import callbacks, mass_action_events, partials, swarms, task_rows
 from app.services.ids import MASS_ACTION_PREFIX, new_id, utcnow
 from app.services.mass_action_events import ENDED, FinishedMassAction
 from app.services.payloads import store_payload
@@ -93,6 +93,11 @@ class MassActionView:
         }
 
     @property
+    def callback(self) -> dict[str, Any] | None:
+        """Where the summary goes when the mass-action ends, and how its delivery went."""
+        return callbacks.view(self.mass_action.id, self.mass_action.callback_url)
+
+    @property
     def results_path(self) -> str:
         """Where its results are read."""
         return f"/mass-actions/{self.mass_action.id}/results"
@@ -154,12 +159,21 @@ class MassActionView:
 # ---- creating ------------------------------------------------------------------------------
 
 
-def assign_to_swarm(swarm_id: str, type_name: str, data: dict[str, Any]) -> MassAssignment:
-    """Give one task to every active bot of a swarm as a new mass-action; publish after commit."""
+def assign_to_swarm(
+    swarm_id: str, type_name: str, data: dict[str, Any], callback_url: str | None = None
+) -> MassAssignment:
+    """Give one task to every active bot of a swarm as a new mass-action; publish after commit.
+
+    With a callback_url, its summary is POSTed there once it ends (app/services/callbacks.py).
+    """
     task_type = get_task_type(type_name)
+    if callback_url is not None:
+        callbacks.check_url(callback_url)
     swarm = swarms.lock_for_tasks(swarm_id, type_name)
     now = utcnow()
-    mass_action, task_ids = start_on_swarm(swarm, type_name, store_payload(data), now)
+    mass_action, task_ids = start_on_swarm(
+        swarm, type_name, store_payload(data), now, callback_url=callback_url
+    )
     tier, mass_action_id = swarm.tier, mass_action.id
     db.session.commit()
     metrics.count_assigned(tier, type_name, len(task_ids))
@@ -180,6 +194,7 @@ def start_on_swarm(
     now: datetime,
     workflow_id: str | None = None,
     step: int | None = None,
+    callback_url: str | None = None,
 ) -> tuple[MassAction, list[int]]:
     """The mass-action row and its tasks, one per active bot of the locked swarm; the caller
     commits, then publishes the ids. Without a task it has ended already (announced on commit)."""
@@ -206,6 +221,7 @@ def start_on_swarm(
         finished_at=None if task_ids else now,
         first_task_id=first,
         last_task_id=last,
+        callback_url=callback_url,
     )
     db.session.add(mass_action)
     db.session.flush()

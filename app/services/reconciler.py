@@ -22,7 +22,7 @@ from sqlalchemy import text
 from app.dispatch import publish_chunks
 from app.extensions import db
 from app.models import TASK_FAILED, TASK_RUNNING
-from app.services import mass_action_counts, task_rows, workflows
+from app.services import callbacks, mass_action_counts, task_rows, workflows
 from app.services.outcomes import Outcome, record_outcomes
 from app.services.task_types import chunk_size_of
 from app.tiers import TIERS, queue_for
@@ -74,6 +74,8 @@ class Report:
     failed: int
     republished: int
     overdue_workflows: int
+    # Callback deliveries published again (their message was lost).
+    callbacks: int = 0
 
 
 def reconcile() -> Report:
@@ -82,10 +84,15 @@ def reconcile() -> Report:
     requeued, failed = _recover_expired_leases()
     min_age = 0 if _broker_was_reset() else REPUBLISH_AFTER_SECONDS
     republished = sum(_republish_stranded(tier, min_age) for tier in TIERS)
+    redelivered = callbacks.republish_stale(min_age)
     report = Report(
-        requeued=requeued, failed=failed, republished=republished, overdue_workflows=overdue
+        requeued=requeued,
+        failed=failed,
+        republished=republished,
+        overdue_workflows=overdue,
+        callbacks=redelivered,
     )
-    if requeued or failed or republished or overdue:
+    if requeued or failed or republished or overdue or redelivered:
         log.info("reconcile: %s", report)
     return report
 

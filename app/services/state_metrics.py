@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 from flask import current_app
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import text
 
 from app import metrics
 from app.extensions import db
 from app.models import LIVE_BOT_STATES
-from app.services import registry
+from app.services import registry, retention
 from app.services.capacity import max_bots
 from app.services.scaling import gather_loads
 from app.tiers import TIERS
@@ -32,14 +33,14 @@ BREAKER_STATES = ("closed", "half_open", "open")
 class StateCollector(Collector):
     """Gauges read from PostgreSQL and Redis when scraped (needs the Flask app context)."""
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
+    def collect(self) -> Iterable[Any]:
         up = GaugeMetricFamily(
             "orchestrator_dependency_up",
             "Whether the scrape could read this dependency (1) or not (0).",
             labels=["dependency"],
         )
         postgres_ok, redis_ok = True, True
-        families: list[GaugeMetricFamily] = []
+        families: list[Any] = []
         try:
             families += self._tasks_and_queues()
         except Exception as error:
@@ -57,11 +58,34 @@ class StateCollector(Collector):
         except Exception as error:
             postgres_ok = False
             self._rollback(error, "breakers")
+        try:
+            families += self._retention()
+        except Exception as error:
+            postgres_ok = False
+            self._rollback(error, "retention")
         redis_ok = redis_ok and self._redis_answers()
         up.add_metric(["postgres"], 1.0 if postgres_ok else 0.0)
         up.add_metric(["redis"], 1.0 if redis_ok else 0.0)
         yield up
         yield from families
+
+    @staticmethod
+    def _retention() -> list[Any]:
+        done = retention.totals()
+        deleted = CounterMetricFamily(
+            "orchestrator_retention_deleted",
+            "Rows the retention job deleted (finished tasks, ended workflows, audit entries, "
+            "unused payloads), since the database was created.",
+            labels=["kind"],
+        )
+        for kind, amount in done["deleted"].items():
+            deleted.add_metric([kind], float(amount))
+        last = GaugeMetricFamily(
+            "orchestrator_retention_last_run_timestamp_seconds",
+            "When the retention job last finished a pass (0: never).",
+            value=float(done["last_run_epoch"] or 0),
+        )
+        return [deleted, last]
 
     @staticmethod
     def _rollback(error: Exception, part: str) -> None:

@@ -18,17 +18,19 @@ from app.models import Swarm
 from app.services.outcomes import MOVED_COLUMNS, add_to_counters_sql, counted, run_counted
 from app.services.task_types import chunk_size_of
 
-# One task row per active bot of the swarm, and the bots' totals, in one statement.
+# One task row per active bot of the swarm, and the bots' totals, in one statement. Bot k of n
+# (by position) takes part k of n of a dataset: retired or paused bots leave no gap.
 _INSERT_FOR_SWARM = """
 WITH targets AS (
     UPDATE bots SET total_tasks = total_tasks + 1
      WHERE swarm_id = :swarm_id AND status = 'active'
     RETURNING id, position
 )
-INSERT INTO tasks (type, tier, status, bot_id, swarm_id, payload_id, slice_index, assigned_at,
-                   workflow_id, step, mass_action_id)
-SELECT :type, :tier, 'assigned', id, :swarm_id, :payload_id, position, :now,
-       :workflow_id, :step, :mass_action_id
+INSERT INTO tasks (type, tier, status, bot_id, swarm_id, payload_id, slice_index, slice_count,
+                   assigned_at, workflow_id, step, mass_action_id)
+SELECT :type, :tier, 'assigned', id, :swarm_id, :payload_id,
+       CAST(row_number() OVER (ORDER BY position) - 1 AS int), CAST(count(*) OVER () AS int),
+       :now, :workflow_id, :step, :mass_action_id
   FROM targets ORDER BY position
 RETURNING id
 """

@@ -78,7 +78,7 @@ _BUILT_IN = [
     ),
     TaskType(
         "distributed_analysis",
-        "Each bot analyses its own chunk_size slice of a dataset (sentiment or summary).",
+        "Sentiment or a column summary of a dataset; on a swarm each bot takes its part.",
         "analytics",
         20,
         analyze,

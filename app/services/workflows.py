@@ -39,8 +39,8 @@ from app.models import (
     Task,
     Workflow,
 )
-from app.services import mass_actions, swarms
-from app.services.ids import new_id, utcnow
+from app.services import callbacks, mass_actions, swarms
+from app.services.ids import iso, new_id, utcnow
 from app.services.outcomes import MOVED_COLUMNS, counted, run_counted
 from app.services.payloads import load_payloads, store_payload
 from app.services.task_types import chunk_size_of, get_task_type, require_runnable
@@ -129,6 +129,11 @@ class WorkflowView:
     mass_actions: dict[int, str] = field(default_factory=dict)
 
     @property
+    def callback(self) -> dict[str, Any] | None:
+        """Where the summary goes when the workflow ends, and how its delivery went."""
+        return callbacks.view(self.workflow.id, self.workflow.callback_url)
+
+    @property
     def status(self) -> str:
         """queued, running, completed, failed or cancelled."""
         if self.workflow.status != WORKFLOW_ACTIVE:
@@ -149,9 +154,16 @@ class WorkflowView:
 # ---- creating ------------------------------------------------------------------------------
 
 
-def orchestrate(steps: list[StepSpec], priority: str, deadline_s: float) -> WorkflowView:
-    """Check the DAG, record the workflow and its steps, publish the steps with no dependencies."""
+def orchestrate(
+    steps: list[StepSpec], priority: str, deadline_s: float, callback_url: str | None = None
+) -> WorkflowView:
+    """Check the DAG, record the workflow and its steps, publish the steps with no dependencies.
+
+    With a callback_url, the workflow's summary is POSTed there once it ends (callbacks.py).
+    """
     spec = _checked_spec(steps)
+    if callback_url is not None:
+        callbacks.check_url(callback_url)
     for step in steps:
         require_runnable(get_task_type(step.type))
         if step.swarm_id:
@@ -167,6 +179,7 @@ def orchestrate(steps: list[StepSpec], priority: str, deadline_s: float) -> Work
         spec=spec,
         deadline_at=now + timedelta(seconds=deadline_s),
         created_at=now,
+        callback_url=callback_url,
     )
     db.session.add(workflow)
     tasks = [
@@ -474,6 +487,45 @@ def _settle(workflow: Workflow, status: str, error: str | None) -> None:
     workflow.status = status
     workflow.error = error
     workflow.finished_at = utcnow()
+    if workflow.callback_url:
+        callbacks.resource_finished(
+            workflow.id, workflow.callback_url, "workflow.finished", _summary(workflow)
+        )
+
+
+# The steps as they stand inside the transaction that ends the workflow.
+_STEP_SUMMARY = """
+SELECT step, type, status, error, result FROM tasks
+ WHERE workflow_id = :workflow_id AND bot_id IS NULL ORDER BY step
+"""
+
+
+def _summary(workflow: Workflow) -> dict[str, Any]:
+    """What a workflow's callback tells: its end, and each step's outcome."""
+    db.session.flush()
+    names = {index: spec["name"] for index, spec in enumerate(workflow.spec)}
+    steps = [
+        {
+            "name": names.get(step),
+            "type": type_name,
+            "status": status,
+            "error": error,
+            "result": result,
+        }  # fmt: skip
+        for step, type_name, status, error, result in db.session.execute(
+            text(_STEP_SUMMARY), {"workflow_id": workflow.id}
+        )
+    ]
+    return {
+        "id": workflow.id,
+        "kind": "workflow",
+        "status": workflow.status,
+        "priority": workflow.priority,
+        "error": workflow.error,
+        "created_at": iso(workflow.created_at),
+        "finished_at": iso(workflow.finished_at),
+        "steps": steps,
+    }
 
 
 def publish_steps(released: list[Release]) -> None:
