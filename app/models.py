@@ -21,6 +21,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    SmallInteger,
     String,
     Text,
     func,
@@ -121,12 +122,28 @@ class BotCensus(db.Model):
 
 
 class Counter(db.Model):
-    """Service-wide running totals (bots_created, tasks_completed, ...)."""
+    """Service-wide running totals (bots_created, tasks_completed, ...), one row per shard: a
+    total is the sum of its shards (app/services/counter_shards.py)."""
 
     __tablename__ = "counters"
 
     name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True, server_default=text("0"))
     value: Mapped[int] = _counter()
+
+
+class SwarmCounterShard(db.Model):
+    """What single assignments and recorded outcomes add to a swarm's task counters, spread over
+    shard rows; a swarm's counter is its own column plus the sum of its shards."""
+
+    __tablename__ = "swarm_counter_shards"
+
+    swarm_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    total_tasks: Mapped[int] = _counter()
+    completed_tasks: Mapped[int] = _counter()
+    failed_tasks: Mapped[int] = _counter()
+    cancelled_tasks: Mapped[int] = _counter()
 
 
 class TaskPayload(db.Model):

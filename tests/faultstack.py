@@ -378,7 +378,9 @@ class FaultStack:
             )
             extra = execution_stats(session, executions)
             rows = session.execute(text("SELECT status, count(*) FROM tasks GROUP BY status")).all()
-            counters = dict(session.execute(text("SELECT name, value FROM counters")).all())
+            counters = dict(
+                session.execute(text("SELECT name, sum(value) FROM counters GROUP BY name")).all()
+            )
         by_status = {status: int(n) for status, n in rows}
         finished = by_status.get("completed", 0) + by_status.get("failed", 0)
         counted = int(counters.get("tasks_completed", 0)) + int(counters.get("tasks_failed", 0))

@@ -21,13 +21,26 @@ _TASK_TOTALS = """
 SELECT status, count(*), count(bot_id), count(swarm_id) FROM tasks GROUP BY status
 """
 
-_SUMS = """
+# A swarm's task counters: its row's columns plus its shard rows (migration 0010).
+_SWARMS = """
+(SELECT s.id, s.total_tasks + coalesce(c.total_tasks, 0) AS total_tasks,
+        s.completed_tasks + coalesce(c.completed_tasks, 0) AS completed_tasks,
+        s.failed_tasks + coalesce(c.failed_tasks, 0) AS failed_tasks,
+        s.cancelled_tasks + coalesce(c.cancelled_tasks, 0) AS cancelled_tasks
+   FROM swarms s
+   LEFT JOIN (SELECT swarm_id, sum(total_tasks) AS total_tasks,
+                     sum(completed_tasks) AS completed_tasks, sum(failed_tasks) AS failed_tasks,
+                     sum(cancelled_tasks) AS cancelled_tasks
+                FROM swarm_counter_shards GROUP BY swarm_id) c ON c.swarm_id = s.id)
+"""
+
+_SUMS = f"""
 SELECT (SELECT coalesce(sum(completed_tasks), 0) FROM bots),
        (SELECT coalesce(sum(failed_tasks), 0) FROM bots),
        (SELECT coalesce(sum(cancelled_tasks), 0) FROM bots),
-       (SELECT coalesce(sum(completed_tasks), 0) FROM swarms),
-       (SELECT coalesce(sum(failed_tasks), 0) FROM swarms),
-       (SELECT coalesce(sum(cancelled_tasks), 0) FROM swarms)
+       (SELECT coalesce(sum(completed_tasks), 0) FROM {_SWARMS} AS s),
+       (SELECT coalesce(sum(failed_tasks), 0) FROM {_SWARMS} AS s),
+       (SELECT coalesce(sum(cancelled_tasks), 0) FROM {_SWARMS} AS s)
 """
 
 # Per bot and per swarm, so two errors that cancel out in the sums are still caught.
@@ -115,7 +128,7 @@ def check_invariants(
     swarm_sums = dict(zip(OUTCOMES, (int(v) for v in sums[3:]), strict=True))
     counters = {
         name: int(value)
-        for name, value in _rows(source, "SELECT name, value FROM counters")
+        for name, value in _rows(source, "SELECT name, sum(value) FROM counters GROUP BY name")
         if name.startswith("tasks_")
     }
     for outcome in OUTCOMES:
@@ -133,7 +146,7 @@ def check_invariants(
         if counted != rows:
             problems.append(f"{outcome}: counter tasks_{outcome} {counted} != {rows} task rows")
 
-    for table, key in (("bots", "bot_id"), ("swarms", "swarm_id")):
+    for table, key in (("bots", "bot_id"), (_SWARMS, "swarm_id")):
         wrong = _rows(source, _PER_OWNER.format(table=table, key=key))[0][0]
         if wrong:
             problems.append(f"{wrong} {table} whose task counters differ from their task rows")

@@ -21,7 +21,7 @@ def snapshot() -> dict[str, object]:
     for table in ("bots", "swarms", "tasks", "task_payloads", "workflows", "counters"):
         state[table] = db.session.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
     state["counter_values"] = dict(
-        db.session.execute(text("SELECT name, value FROM counters")).all()
+        db.session.execute(text("SELECT name, sum(value) FROM counters GROUP BY name")).all()
     )
     state["census"] = sorted(
         db.session.execute(text("SELECT swarm_id, tier, status, n FROM bot_census")).all()

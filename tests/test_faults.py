@@ -165,7 +165,7 @@ def test_the_checker_catches_a_read_then_write_completion(client):
                 connection.execute(
                     text(
                         "INSERT INTO counters (name, value) VALUES ('tasks_completed', :v)"
-                        " ON CONFLICT (name) DO UPDATE SET value = :v"
+                        " ON CONFLICT (name, shard) DO UPDATE SET value = :v"
                     ),
                     {"v": seen + 1},
                 )

@@ -90,7 +90,7 @@ def set_finished(completed: int, failed: int = 0) -> None:
     db.session.execute(
         text(
             "INSERT INTO counters (name, value) VALUES ('tasks_completed', :c), ('tasks_failed', :f)"
-            " ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+            " ON CONFLICT (name, shard) DO UPDATE SET value = excluded.value"
         ),
         {"c": completed, "f": failed},
     )

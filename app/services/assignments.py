@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import select, text
 
@@ -15,7 +16,6 @@ from app.extensions import db
 from app.models import (
     BOT_ACTIVE,
     OPEN_TASK_STATES,
-    TASK_ASSIGNED,
     TASK_CANCELLED,
     TASK_COMPLETED,
     Bot,
@@ -23,11 +23,17 @@ from app.models import (
     Workflow,
 )
 from app.services import task_rows, workflows
+from app.services.counter_shards import add_to_swarms_sql, add_to_totals_sql
 from app.services.ids import utcnow
-from app.services.outcomes import Outcome, add_to_counters_sql, record_outcomes
-from app.services.payloads import load_payloads, store_payload
-from app.services.task_types import get_task_type, require_capability, require_runnable
-from app.services.tenancy import visible
+from app.services.outcomes import Outcome, record_outcomes
+from app.services.payloads import load_payloads
+from app.services.task_types import (
+    TaskType,
+    get_task_type,
+    require_capability,
+    require_runnable,
+)
+from app.services.tenancy import current_tenant, visible
 
 
 @dataclass(frozen=True)
@@ -40,41 +46,70 @@ class Assignment:
     assigned_at: datetime
 
 
+# One assignment in one statement: the bot (active, visible, capable) counts the task, its data
+# and row are inserted, and the swarm's and the service's shard rows count it, in the lock order
+# of app/services/counter_shards.py (the final SELECT reads the shard upserts in that order).
+_ASSIGN = f"""
+WITH bot AS (
+    UPDATE bots SET total_tasks = total_tasks + 1
+     WHERE id = :bot_id AND status = 'active'
+       AND (CAST(:tenant AS text) IS NULL OR tenant = :tenant)
+       AND (CAST(:capability AS text) IS NULL OR :capability = ANY(capabilities))
+    RETURNING id, tier, swarm_id
+), payload AS (
+    INSERT INTO task_payloads (data) SELECT CAST(:data AS jsonb) FROM bot RETURNING id
+), task AS (
+    INSERT INTO tasks (type, tier, status, bot_id, swarm_id, payload_id, assigned_at)
+    SELECT :type, bot.tier, 'assigned', bot.id, bot.swarm_id, payload.id, :now FROM bot, payload
+    RETURNING id, tier
+), per_swarm AS (
+    {add_to_swarms_sql("SELECT swarm_id, 1, 0, 0, 0 FROM bot WHERE swarm_id IS NOT NULL")}
+    RETURNING 1
+), per_total AS (
+    {add_to_totals_sql("SELECT 'tasks_assigned', 1 FROM bot")}
+    RETURNING 1
+)
+SELECT task.id, task.tier, (SELECT count(*) FROM per_swarm) + (SELECT count(*) FROM per_total)
+  FROM task
+"""
+
+
 def assign_to_bot(bot_id: str, type_name: str, data: dict[str, Any]) -> Assignment:
     """Give one task to one active bot, then publish it."""
     task_type = get_task_type(type_name)
-    bot = db.session.get(Bot, bot_id, with_for_update=True)
+    require_runnable(task_type)
+    now = utcnow()
+    row = db.session.execute(
+        text(_ASSIGN),
+        {
+            "bot_id": bot_id,
+            "tenant": current_tenant(),
+            "capability": task_type.capability or None,
+            "data": json.dumps(data),
+            "type": type_name,
+            "now": now,
+        },
+    ).first()
+    if row is None:
+        db.session.rollback()
+        _refuse(bot_id, task_type)
+    task_id, tier, _counted = row
+    db.session.commit()
+    metrics.count_assigned(tier, type_name)
+    publish_chunks([task_id], tier, 1)
+    return Assignment(task_id=task_id, bot_id=bot_id, task_type=type_name, assigned_at=now)
+
+
+def _refuse(bot_id: str, task_type: TaskType) -> NoReturn:
+    """Why the bot took no task: 404, 409 or 422, as the assignment's conditions say."""
+    bot = db.session.get(Bot, bot_id)
     if bot is None or not visible(bot.tenant):
         raise NotFound(f"Bot {bot_id!r} not found.")
     if bot.status != BOT_ACTIVE:
         raise Conflict(f"Bot {bot_id!r} is {bot.status}; only active bots take tasks.")
     require_capability(task_type, bot.capabilities, f"Bot {bot_id!r}")
-    require_runnable(task_type)
-    now = utcnow()
-    task = Task(
-        type=type_name,
-        tier=bot.tier,
-        status=TASK_ASSIGNED,
-        bot_id=bot.id,
-        swarm_id=bot.swarm_id,
-        payload_id=store_payload(data),
-        slice_index=None,
-        assigned_at=now,
-    )
-    db.session.add(task)
-    bot.total_tasks = Bot.total_tasks + 1
-    if bot.swarm_id:
-        db.session.execute(
-            text("UPDATE swarms SET total_tasks = total_tasks + 1 WHERE id = :id"),
-            {"id": bot.swarm_id},
-        )
-    db.session.execute(text(add_to_counters_sql("VALUES ('tasks_assigned', 1)")))
-    db.session.flush()
-    task_id, tier = task.id, task.tier
-    db.session.commit()
-    metrics.count_assigned(tier, type_name)
-    publish_chunks([task_id], tier, 1)
-    return Assignment(task_id=task_id, bot_id=bot_id, task_type=type_name, assigned_at=now)
+    # It changed between the statement and this read (paused and resumed, say).
+    raise Conflict(f"Bot {bot_id!r} changed while the task was assigned; try again.")
 
 
 def complete_task(bot_id: str, task_id: int, result: Any) -> Task:

@@ -26,6 +26,7 @@ from app.extensions import db
 from app.models import LIVE_BOT_STATES
 from app.services import health, mass_actions, registry
 from app.services.capacity import max_bots
+from app.services.counter_shards import TOTALS_SQL, swarm_counters_sql, swarm_shards_join
 from app.services.ids import iso, utcnow
 from app.tiers import TIERS
 
@@ -40,10 +41,11 @@ RECENT_SWARMS = 20
 RECENT_MASS_ACTIONS = 20
 BOT_STATUSES = ("active", "paused", "retired")
 
-_RECENT_SWARMS = """
-SELECT id, name, tier, status, total_tasks, completed_tasks, failed_tasks, cancelled_tasks,
-       created_at
-  FROM swarms ORDER BY created_at DESC, id DESC LIMIT :limit
+_RECENT_SWARMS = f"""
+SELECT s.id, s.name, s.tier, s.status, {swarm_counters_sql("s")}, s.created_at
+  FROM (SELECT * FROM swarms ORDER BY created_at DESC, id DESC LIMIT :limit) s
+       {swarm_shards_join("s")}
+ ORDER BY s.created_at DESC, s.id DESC
 """
 
 
@@ -52,10 +54,7 @@ def snapshot() -> dict[str, Any]:
     census = db.session.execute(
         text("SELECT tier, status, sum(n) FROM bot_census GROUP BY tier, status")
     ).all()
-    counters = {
-        name: int(value)
-        for name, value in db.session.execute(text("SELECT name, value FROM counters")).all()
-    }
+    counters = {name: int(value) for name, value in db.session.execute(text(TOTALS_SQL)).all()}
     bots = {tier: dict.fromkeys(BOT_STATUSES, 0) for tier in TIERS}
     for tier, status, n in census:
         bots.setdefault(tier, dict.fromkeys(BOT_STATUSES, 0))[status] = int(n)

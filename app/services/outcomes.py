@@ -30,6 +30,7 @@ from app.errors import is_connection_error
 from app.extensions import db
 from app.models import TASK_RUNNING
 from app.services import mass_action_counts
+from app.services.counter_shards import add_to_swarms_sql, add_to_totals_sql
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,15 @@ log = logging.getLogger(__name__)
 DATABASE_OUTAGE_PATIENCE_SECONDS = 60.0
 
 # Reads `moved`'s (bot_id, swarm_id, status) and adds the amounts where they belong. The
-# mass-action counters follow it in each statement (mass_action_counts.ended_cte).
-TALLY_CTES = """
+# mass-action counters follow it in each statement (mass_action_counts.ended_cte). Rows are taken
+# in the order of app/services/counter_shards.py: the bots by id (bots_locked, read before
+# per_bot changes any), then the swarms' and the service's shard rows, in key order; the
+# statement's final SELECT reads TALLIED_SQL after the mass-action summary so that they run in
+# that order.
+TALLY_CTES = f"""
+, bots_locked AS (
+    SELECT b.id FROM bots b WHERE b.id IN (SELECT bot_id FROM moved) ORDER BY b.id FOR UPDATE
+)
 , per_bot AS (
     UPDATE bots b
        SET completed_tasks = b.completed_tasks + x.completed,
@@ -50,26 +58,32 @@ TALLY_CTES = """
                    count(*) FILTER (WHERE status = 'failed') AS failed,
                    count(*) FILTER (WHERE status = 'cancelled') AS cancelled
               FROM moved WHERE bot_id IS NOT NULL GROUP BY bot_id) x
-     WHERE b.id = x.bot_id
+     WHERE b.id = x.bot_id AND (SELECT count(*) FROM bots_locked) >= 0
+    RETURNING 1
 )
 , per_swarm AS (
-    UPDATE swarms s
-       SET completed_tasks = s.completed_tasks + x.completed,
-           failed_tasks = s.failed_tasks + x.failed,
-           cancelled_tasks = s.cancelled_tasks + x.cancelled
-      FROM (SELECT swarm_id,
-                   count(*) FILTER (WHERE status = 'completed') AS completed,
-                   count(*) FILTER (WHERE status = 'failed') AS failed,
-                   count(*) FILTER (WHERE status = 'cancelled') AS cancelled
-              FROM moved WHERE swarm_id IS NOT NULL GROUP BY swarm_id) x
-     WHERE s.id = x.swarm_id
+    {
+    add_to_swarms_sql(
+        "SELECT swarm_id, 0,"
+        " count(*) FILTER (WHERE status = 'completed'),"
+        " count(*) FILTER (WHERE status = 'failed'),"
+        " count(*) FILTER (WHERE status = 'cancelled')"
+        " FROM moved WHERE swarm_id IS NOT NULL GROUP BY swarm_id"
+    )
+}
+    RETURNING 1
 )
 , per_total AS (
-    INSERT INTO counters (name, value)
-    SELECT 'tasks_' || status, count(*) FROM moved GROUP BY status
-    ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value
+    {add_to_totals_sql("SELECT 'tasks_' || status, count(*) FROM moved GROUP BY status")}
+    RETURNING 1
 )
 """
+
+# For the final SELECT, after the mass-action summary: runs the tallies in lock order.
+TALLIED_SQL = (
+    "(SELECT count(*) FROM per_bot) + (SELECT count(*) FROM per_swarm)"
+    " + (SELECT count(*) FROM per_total)"
+)
 
 
 # What every `move` of counted() returns: TALLY_CTES reads the first three, the mass-action
@@ -88,23 +102,20 @@ def counted(move: str) -> str:
         f"WITH moved AS ({move})"
         + TALLY_CTES
         + mass_action_counts.ended_cte(was_running="0")
-        + f"SELECT count(*), {mass_action_counts.ENDED_SUMMARY_SQL} FROM moved"
+        + f"SELECT count(*), {mass_action_counts.ENDED_SUMMARY_SQL}, {TALLIED_SQL} FROM moved"
     )
 
 
 def run_counted(statement: str, params: dict[str, Any]) -> int:
     """Run a counted() statement in the caller's transaction; how many tasks it moved."""
-    moved, mass_actions = db.session.execute(text(statement), params).one()
+    moved, mass_actions, _tallied = db.session.execute(text(statement), params).one()
     mass_action_counts.note_moved(mass_actions)
     return int(moved)
 
 
 def add_to_counters_sql(pairs: str) -> str:
     """An upsert adding `(name, amount)` pairs (a VALUES list or SELECT) to the totals."""
-    return (
-        f"INSERT INTO counters (name, value) {pairs} "
-        "ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value"
-    )
+    return add_to_totals_sql(pairs)
 
 
 # ---- the record statement ------------------------------------------------------------------
@@ -157,6 +168,7 @@ SELECT count(*),
                    extract(epoch FROM finished_at - assigned_at) AS finish_s, count(*) AS n
               FROM moved GROUP BY 1, 2, 3, 4, 5) AS g),
        {mass_action_counts.ENDED_SUMMARY_SQL},
+       {TALLIED_SQL},
        (SELECT json_agg(json_build_array(mass_action_id, ids)) FROM (
             SELECT mass_action_id, array_agg(id) AS ids FROM moved
              WHERE mass_action_id IS NOT NULL GROUP BY mass_action_id) AS ma)
@@ -233,7 +245,7 @@ def record_outcomes(
     while True:
         try:
             row = db.session.execute(text(statement), params).one()
-            moved, workflow_ids, summary, mass_actions, moved_ids = row
+            moved, workflow_ids, summary, mass_actions, _tallied, moved_ids = row
             if mass_actions:
                 by_id = {outcome.task_id: outcome for outcome in outcomes}
                 mass_action_counts.note_moved(mass_actions, moved_ids, by_id)

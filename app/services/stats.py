@@ -10,6 +10,7 @@ from sqlalchemy import text
 from app.extensions import db
 from app.models import BOT_ACTIVE, LIVE_BOT_STATES
 from app.services.capacity import max_bots
+from app.services.counter_shards import TOTALS_SQL
 from app.services.ids import iso, utcnow
 from app.services.tenancy import current_tenant
 from app.tiers import TIERS
@@ -24,7 +25,7 @@ UNION ALL SELECT 'tasks_failed', coalesce(sum(failed_tasks), 0) FROM bots WHERE 
 """
 
 
-_ALL_TOTALS = "SELECT name, value FROM counters"
+_ALL_TOTALS = TOTALS_SQL
 
 # Tallies, totals and the swarm count in one round trip (one query instead of three), as rows
 # tagged 'census', 'counter' and 'swarms'.

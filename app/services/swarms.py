@@ -8,8 +8,17 @@ from sqlalchemy import func, select, text
 
 from app.errors import Conflict, NotFound
 from app.extensions import db
-from app.models import BOT_ACTIVE, BOT_PAUSED, BOT_RETIRED, LIVE_BOT_STATES, BotCensus, Swarm
+from app.models import (
+    BOT_ACTIVE,
+    BOT_PAUSED,
+    BOT_RETIRED,
+    LIVE_BOT_STATES,
+    BotCensus,
+    Swarm,
+    SwarmCounterShard,
+)
 from app.services import capacity, census, task_rows
+from app.services.counter_shards import SWARM_COUNTERS
 from app.services.ids import SQL_NEW_BOT_ID, new_id, utcnow
 from app.services.outcomes import add_to_counters_sql
 from app.services.task_types import get_task_type, require_capability, require_runnable
@@ -37,13 +46,18 @@ class SwarmView:
     swarm: Swarm
     bot_count: int
     active_bots: int
+    # Task counters: the swarm's row plus its shards (counter_shards.py).
+    total_tasks: int
+    completed_tasks: int
+    failed_tasks: int
+    cancelled_tasks: int
 
     @property
     def average_tasks_per_bot(self) -> float:
         """Completed tasks per live bot, to two places."""
         if not self.bot_count:
             return 0.0
-        return round(self.swarm.completed_tasks / self.bot_count, 2)
+        return round(self.completed_tasks / self.bot_count, 2)
 
 
 def create_swarm(
@@ -123,12 +137,17 @@ def lock_for_tasks(swarm_id: str, type_name: str) -> Swarm:
 
 
 def view_swarm(swarm_id: str) -> SwarmView:
-    """The swarm with its live tallies, read in one query."""
+    """The swarm with its live tallies and task counters, read in one query."""
     row = db.session.execute(_VIEW.where(Swarm.id == swarm_id)).first()
     if row is None or not visible(row[0].tenant):
         raise NotFound(f"Swarm {swarm_id!r} not found.")
-    swarm, bot_count, active_bots = row
-    return SwarmView(swarm=swarm, bot_count=int(bot_count), active_bots=int(active_bots))
+    swarm, bot_count, active_bots, *shards = row
+    return SwarmView(swarm, int(bot_count), int(active_bots), *_with_shards(swarm, shards))
+
+
+def _with_shards(swarm: Swarm, shards: list[int]) -> list[int]:
+    """The swarm's four task counters: its columns plus what its shards hold."""
+    return [getattr(swarm, name) + int(n) for name, n in zip(SWARM_COUNTERS, shards, strict=True)]
 
 
 def _tally_of(states: tuple[str, ...]):
@@ -140,15 +159,36 @@ def _tally_of(states: tuple[str, ...]):
     )
 
 
-_VIEW = select(Swarm, _tally_of(LIVE_BOT_STATES), _tally_of((BOT_ACTIVE,)))
+def _shard_sum(name: str):
+    """What the swarm's shard rows hold of one task counter, as a correlated scalar subquery."""
+    column = getattr(SwarmCounterShard, name)
+    return (
+        select(func.coalesce(func.sum(column), 0))
+        .where(SwarmCounterShard.swarm_id == Swarm.id)
+        .scalar_subquery()
+    )
+
+
+_VIEW = select(
+    Swarm,
+    _tally_of(LIVE_BOT_STATES),
+    _tally_of((BOT_ACTIVE,)),
+    *(_shard_sum(name) for name in SWARM_COUNTERS),
+)
 
 
 def _view(swarm: Swarm) -> SwarmView:
     tallies = census.swarm_tallies(swarm.id)
+    shards = db.session.execute(
+        select(
+            *(func.coalesce(func.sum(getattr(SwarmCounterShard, n)), 0) for n in SWARM_COUNTERS)
+        ).where(SwarmCounterShard.swarm_id == swarm.id)
+    ).one()
     return SwarmView(
-        swarm=swarm,
-        bot_count=sum(tallies.get(state, 0) for state in LIVE_BOT_STATES),
-        active_bots=tallies.get(BOT_ACTIVE, 0),
+        swarm,
+        sum(tallies.get(state, 0) for state in LIVE_BOT_STATES),
+        tallies.get(BOT_ACTIVE, 0),
+        *_with_shards(swarm, list(shards)),
     )
 
 

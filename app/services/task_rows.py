@@ -19,12 +19,16 @@ from app.services.outcomes import MOVED_COLUMNS, add_to_counters_sql, counted, r
 from app.services.task_types import chunk_size_of
 
 # One task row per active bot of the swarm, and the bots' totals, in one statement. Bot k of n
-# (by position) takes part k of n of a dataset: retired or paused bots leave no gap.
+# (by position) takes part k of n of a dataset: retired or paused bots leave no gap. The bots are
+# locked in id order first, as every statement locking several bots does (counter_shards.py).
 _INSERT_FOR_SWARM = """
-WITH targets AS (
-    UPDATE bots SET total_tasks = total_tasks + 1
-     WHERE swarm_id = :swarm_id AND status = 'active'
-    RETURNING id, position
+WITH locked AS (
+    SELECT id FROM bots WHERE swarm_id = :swarm_id AND status = 'active' ORDER BY id FOR UPDATE
+), targets AS (
+    UPDATE bots b SET total_tasks = b.total_tasks + 1
+      FROM locked l
+     WHERE b.id = l.id
+    RETURNING b.id, b.position
 )
 INSERT INTO tasks (type, tier, status, bot_id, swarm_id, payload_id, slice_index, slice_count,
                    assigned_at, workflow_id, step, mass_action_id)
