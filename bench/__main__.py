@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import shutil
 import signal
@@ -16,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import bigfile, load, report, scenarios
+from bench import bigfile, load, online, report, scenarios
 from bench.client import API_KEY, Api, broker, database
 from bench.scenarios import Bench, say
 from bench.stack import Stack
@@ -39,6 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="5,000 bots only (under 2 minutes)")
     parser.add_argument("--runs", type=int, default=3, help="runs per scenario (default 3)")
+    parser.add_argument(
+        "--only",
+        choices=["online"],
+        help="only these scenarios: `online` = single assignments beside the plain version,"
+        " reads beside a trivial page, the mixed minute (docs/performance.md's online section)",
+    )
+    parser.add_argument(
+        "--seconds", type=float, help="seconds per load run of the online scenarios (default 10)"
+    )
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
@@ -49,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [5_000] if args.quick else [5_000, 50_000]
     read_seconds = 3.0 if args.quick else 10.0
     big = sizes[-1]
-    steps = 10
+    steps = 11
     # The big-file split: the issue's size, or a tenth of it with --quick.
     big_rows, big_bots = (100_000, 1_000) if args.quick else (1_000_000, 10_000)
     began = time.monotonic()
@@ -85,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                          "memory_rounds": MEMORY_ROUNDS,
                          "progress_connections": PROGRESS_CONNECTIONS}  # fmt: skip
         results["machine"] = report.machine(b.db, b.redis, load.generator())
+        if args.only == "online":
+            return _online_only(b, stack, results, args, began)
 
         results["create"] = [scenarios.create_swarms(b, n, f"[1/{steps}]") for n in sizes]
         results["single_task"] = scenarios.single_task(b, f"[2/{steps}]")
@@ -104,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             f"[9/{steps}]",
         )
         results["bigfile"] = bigfile.split_run(b, data_dir, big_rows, big_bots, f"[10/{steps}]")
+        results["online"] = _online(b, stack, args.seconds or read_seconds, f"[11/{steps}]")
     except Interrupted as stopped:
         say(f"{stopped} received; stopping the stack")
         return 130
@@ -123,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     table = report.rows(results)
     results["table"] = [row.__dict__ for row in table]
     say(f"Raw results: {report.write_json(results).relative_to(report.ROOT)}")
+    if not args.quick:
+        online.write_section(results["online"], results["machine"], results["finished_at"])
     if args.quick:
         say("Quick mode: docs/performance.md left as it is")
     else:
@@ -132,6 +147,52 @@ def main(argv: list[str] | None = None) -> int:
     for line in report.misses(table):
         print(line)
     return 0
+
+
+def _online(
+    b: Bench, stack: Stack, seconds: float, label: str, mixed_seconds: float = 60.0
+) -> dict:
+    """Single assignments beside the plain version, reads, the mixed minute."""
+    out: dict = {"runs": b.runs, "load_before": _load_average()}
+    plain_url = stack.start_plain()
+    try:
+        out["single"] = online.single_assignments(b, plain_url, seconds, label)
+    finally:
+        stack.stop("plain-api")
+        stack.stop("plain-worker")
+    reads_swarm = b.api.call(
+        "POST", "/swarms", {"name": "bench-online-reads", "count": 50_000, "tier": "standard",
+                            "capabilities": scenarios.SWARM_CAPABILITIES}, expect=201,
+    )  # fmt: skip
+    out["reads"] = online.reads(b, reads_swarm, seconds, label)
+    out["mixed"] = online.mixed_minute(
+        b, out["single"]["assign_swarm_bot_ids"], reads_swarm, mixed_seconds, label
+    )
+    out["single"].pop("assign_swarm_bot_ids")
+    out["load_after"] = _load_average()
+    return out
+
+
+def _online_only(b: Bench, stack: Stack, results: dict, args, began: float) -> int:
+    """`--only online`: the online scenarios, their JSON and their section of the report."""
+    seconds = args.seconds or (3.0 if args.quick else 10.0)
+    results["online"] = _online(b, stack, seconds, "[online]", 15.0 if args.quick else 60.0)
+    results["elapsed_seconds"] = time.monotonic() - began
+    results["finished_at"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    path = report.RESULTS / ("online-quick.json" if args.quick else "online.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    say(f"Raw results: {path.relative_to(report.ROOT)}")
+    if not args.quick:
+        online.write_section(results["online"], results["machine"], results["finished_at"])
+        say(f"Report: {report.DOC.relative_to(report.ROOT)} (online section)")
+    print(report.render_table(online.rows(results["online"])))
+    return 0
+
+
+def _load_average() -> str:
+    """The 1, 5 and 15 minute load averages, as `uptime` shows them."""
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 if __name__ == "__main__":

@@ -35,12 +35,30 @@ def generator() -> str:
     return "python (http.client threads)"
 
 
-def run(base_url: str, paths: list[str], seconds: float, connections: int) -> dict:
-    """Load GET paths (a random one per request) for `seconds`; rps, p50/p99 in ms, errors."""
+def run(
+    base_url: str,
+    paths: list[str],
+    seconds: float,
+    connections: int,
+    body: dict | None = None,
+) -> dict:
+    """Load GET paths (a random one per request) for `seconds`, or POST `body` to them when
+    given; rps (of all answers), ok_rps (2xx only), p50/p99 in ms, errors (non-2xx and socket
+    errors), server_errors (5xx, when the generator tells them apart)."""
     if shutil.which("wrk"):
-        return _run_wrk(base_url, paths, seconds, connections)
+        return _run_wrk(base_url, paths, seconds, connections, body)
+    extra = ["--body", json.dumps(body)] if body is not None else []
     done = subprocess.run(
-        [sys.executable, "-m", "bench.load", base_url, str(seconds), str(connections), *paths],
+        [
+            sys.executable,
+            "-m",
+            "bench.load",
+            base_url,
+            str(seconds),
+            str(connections),
+            *extra,
+            *paths,
+        ],  # fmt: skip
         capture_output=True,
         text=True,
         check=True,
@@ -56,15 +74,36 @@ def _ms(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def _run_wrk(base_url: str, paths: list[str], seconds: float, connections: int) -> dict:
+# Counts answers by status class in each wrk thread; done() prints the sum of 5xx.
+_COUNT_5XX = """
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) server_errors = 0 end
+function response(status, headers, body)
+  if status >= 500 then server_errors = server_errors + 1 end
+end
+function done(summary, latency, requests)
+  local n = 0
+  for _, thread in ipairs(threads) do n = n + thread:get("server_errors") end
+  io.write(string.format("server errors: %d\\n", n))
+end
+"""
+
+
+def _run_wrk(
+    base_url: str, paths: list[str], seconds: float, connections: int, body: dict | None
+) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         quoted = ", ".join(json.dumps(p) for p in paths)
+        method, payload = ("GET", "nil") if body is None else ("POST", _lua_string(body))
         script.write(
             f"local paths = {{{quoted}}}\n"
             f'wrk.headers["Authorization"] = "Bearer {API_KEY}"\n'
+            'wrk.headers["Content-Type"] = "application/json"\n'
+            f"local payload = {payload}\n"
             "request = function()\n"
-            "  return wrk.format('GET', paths[math.random(#paths)])\n"
-            "end\n"
+            f"  return wrk.format('{method}', paths[math.random(#paths)], nil, payload)\n"
+            "end\n" + _COUNT_5XX
         )
     try:
         done = subprocess.run(
@@ -85,20 +124,33 @@ def _run_wrk(base_url: str, paths: list[str], seconds: float, connections: int) 
     match = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     if match:
         errors += sum(int(x) for x in match.groups())
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    elapsed = _ms(re.search(r"requests in ([\d.]+\w+),", out).group(1)) / 1000
     return {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "ok_rps": (requests - errors) / elapsed,
         "p50_ms": _ms(percentiles["50"]),
         "p99_ms": _ms(percentiles["99"]),
-        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
+        "requests": requests,
         "errors": errors,
+        "server_errors": int(re.search(r"server errors: (\d+)", out).group(1)),
     }
 
 
-def _python_load(base_url: str, paths: list[str], seconds: float, connections: int) -> dict:
+def _lua_string(body: dict) -> str:
+    """The JSON body as a Lua string literal."""
+    return "[==[" + json.dumps(body) + "]==]"
+
+
+def _python_load(
+    base_url: str, paths: list[str], seconds: float, connections: int, body: str | None = None
+) -> dict:
     parts = urlsplit(base_url)
     latencies: list[float] = []
     errors = [0]
+    server_errors = [0]
     lock = threading.Lock()
+    headers = {**AUTH, "Content-Type": "application/json"}
     stop_at = time.monotonic() + seconds
 
     def loop() -> None:
@@ -107,11 +159,14 @@ def _python_load(base_url: str, paths: list[str], seconds: float, connections: i
         while time.monotonic() < stop_at:
             started = time.perf_counter()
             try:
-                conn.request("GET", random.choice(paths), headers=AUTH)
+                method = "GET" if body is None else "POST"
+                conn.request(method, random.choice(paths), body=body, headers=headers)
                 response = conn.getresponse()
                 response.read()
-                if response.status >= 400:
+                if response.status >= 300:
                     errors[0] += 1
+                if response.status >= 500:
+                    server_errors[0] += 1
                 if response.will_close:
                     conn.close()
             except OSError:
@@ -136,13 +191,18 @@ def _python_load(base_url: str, paths: list[str], seconds: float, connections: i
 
     return {
         "rps": len(latencies) / elapsed,
+        "ok_rps": (len(latencies) - errors[0]) / elapsed,
         "p50_ms": pct(0.50),
         "p99_ms": pct(0.99),
         "requests": len(latencies),
         "errors": errors[0],
+        "server_errors": server_errors[0],
     }
 
 
 if __name__ == "__main__":
     url, secs, conns, *targets = sys.argv[1:]
-    print(json.dumps(_python_load(url, targets, float(secs), int(conns))))
+    posted = None
+    if targets[:1] == ["--body"]:
+        posted, targets = targets[1], targets[2:]
+    print(json.dumps(_python_load(url, targets, float(secs), int(conns), posted)))

@@ -161,6 +161,31 @@ class Stack:
 
         self._start_celery("baseline", ["-A", "bench.baseline", "worker", "-Q", QUEUE], concurrency)
 
+    def start_plain(self, workers: int = 2, concurrency: int = 2) -> str:
+        """The plain Flask + Celery version (bench/plain_app.py): its gunicorn with as many sync
+        workers as ours, and its worker; returns its base URL."""
+        from bench import plain_app
+
+        plain_app.create_tables()
+        port = free_port()
+        self._start(
+            "plain-api",
+            [tool("gunicorn"), "--bind", f"{LOOPBACK}:{port}", "--workers", str(workers),
+             "bench.plain_app:app"],
+        )  # fmt: skip
+        self._start_celery(
+            "plain-worker", ["-A", "bench.plain_app.celery", "worker", "-Q", plain_app.QUEUE],
+            concurrency,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            self._check_alive("plain-api")
+            if len(children_of(self.processes["plain-api"].pid)) >= workers:
+                with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), 1):
+                    return f"http://{LOOPBACK}:{port}"
+            time.sleep(0.2)
+        raise RuntimeError(f"plain gunicorn did not start:\n{self.processes['plain-api'].log()}")
+
     def _start_celery(self, name: str, args: list[str], concurrency: int) -> None:
         process = self._start(
             name,
