@@ -126,7 +126,22 @@ DOWNSTREAM_LATENCY = Histogram(
     registry=_LOCAL,
 )
 
+DATABASE_RETRIES = Counter(
+    "orchestrator_database_retries",
+    "Statements this service ran again after PostgreSQL broke a deadlock or lost the connection.",
+    ["operation", "reason"],
+    registry=_LOCAL,
+)
+
 # ---- recording ---------------------------------------------------------------------------------
+
+
+def count_retry(operation: str, reason: str) -> None:
+    """Count one statement run again (reason: deadlock or connection)."""
+    try:
+        DATABASE_RETRIES.labels(operation, reason).inc()
+    except Exception:  # metrics must never break the work they describe
+        log.warning("could not count a database retry", exc_info=True)
 
 
 def count_assigned(tier: str, task_type: str, n: int = 1) -> None:

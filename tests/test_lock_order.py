@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -177,3 +178,49 @@ def test_assignments_completions_and_chunks_over_shared_bots_never_deadlock(clie
         assert db.session.scalar(
             text("SELECT count(*) FROM tasks WHERE mass_action_id IS NOT NULL")
         ) == BOTS * (2 + 2 * 2)
+
+
+def metric(client, name: str) -> float:
+    """One sample of GET /metrics, by its exact name and labels."""
+    for line in client.get("/metrics").get_data(as_text=True).splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_metrics_show_lock_waits_now_and_deadlocks_so_far(client):
+    bot = client.post("/bots", json={"name": "held", "tier": "standard"}).get_json()["id"]
+    assert metric(client, "orchestrator_postgres_backends_waiting_on_locks") == 0
+    engine = db.engine  # the thread below has no app context
+    holder = engine.connect()
+    holder.execute(text("UPDATE bots SET total_tasks = total_tasks WHERE id = :id"), {"id": bot})
+    waiter_done = threading.Event()
+
+    def wait_for_the_row() -> None:
+        with engine.connect() as waiter:
+            waiter.execute(
+                text("UPDATE bots SET total_tasks = total_tasks WHERE id = :id"), {"id": bot}
+            )
+            waiter.rollback()
+        waiter_done.set()
+
+    thread = threading.Thread(target=wait_for_the_row)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        with engine.connect() as watcher:
+            while not watcher.execute(
+                text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                     " AND wait_event_type = 'Lock'")
+            ).scalar_one():  # fmt: skip
+                watcher.rollback()
+                assert time.monotonic() < deadline, "the second UPDATE never waited"
+        assert metric(client, "orchestrator_postgres_backends_waiting_on_locks") == 1
+        assert metric(client, 'orchestrator_postgres_lock_waits{locktype="transactionid"}') == 1
+        assert metric(client, "orchestrator_postgres_lock_wait_longest_seconds") >= 0
+    finally:
+        holder.rollback()
+        holder.close()
+        thread.join(10)
+    assert waiter_done.is_set()
+    assert metric(client, "orchestrator_postgres_deadlocks_total") == deadlocks_reported()

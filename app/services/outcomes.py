@@ -260,10 +260,12 @@ def record_outcomes(
             if isinstance(error.orig, DeadlockDetected) and deadlocks < 2:
                 # Two chunks touching the same bots in different orders; the loser retries.
                 deadlocks += 1
+                metrics.count_retry("record_outcomes", "deadlock")
                 log.warning("deadlock recording %d outcomes; retrying", len(outcomes))
             elif is_connection_error(error) and time.monotonic() < deadline:
                 # Hold on to finished work while PostgreSQL restarts rather than drop it and
                 # wait for the lease to expire.
+                metrics.count_retry("record_outcomes", "connection")
                 log.warning("database unavailable recording %d outcomes; retrying", len(outcomes))
                 time.sleep(1.0)
             else:

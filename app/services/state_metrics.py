@@ -29,6 +29,23 @@ log = logging.getLogger(__name__)
 
 BREAKER_STATES = ("closed", "half_open", "open")
 
+# Deadlocks so far, backends waiting on a lock and the longest wait, and waiting lock requests by
+# type: one round trip, all for this database.
+_CONTENTION = """
+SELECT (SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()),
+       count(DISTINCT w.pid), extract(epoch FROM max(now() - w.waitstart)),
+       (SELECT json_object_agg(locktype, n) FROM (
+            SELECT locktype, count(*) AS n FROM waiting GROUP BY locktype) t)
+  FROM waiting w
+"""
+# Lock requests not granted, of backends connected to this database (row-lock waits name no
+# database in pg_locks, so the backend's says which).
+_WAITING = """
+SELECT l.pid, l.locktype, l.waitstart FROM pg_locks l
+  JOIN pg_stat_activity a ON a.pid = l.pid
+ WHERE NOT l.granted AND a.datname = current_database()
+"""
+
 
 class StateCollector(Collector):
     """Gauges read from PostgreSQL and Redis when scraped (needs the Flask app context)."""
@@ -59,6 +76,11 @@ class StateCollector(Collector):
             postgres_ok = False
             self._rollback(error, "breakers")
         try:
+            families += self._contention()
+        except Exception as error:
+            postgres_ok = False
+            self._rollback(error, "contention")
+        try:
             families += self._retention()
         except Exception as error:
             postgres_ok = False
@@ -68,6 +90,39 @@ class StateCollector(Collector):
         up.add_metric(["redis"], 1.0 if redis_ok else 0.0)
         yield up
         yield from families
+
+    @staticmethod
+    def _contention() -> list[Any]:
+        """Lock waits now and deadlocks so far, as PostgreSQL sees them for this database."""
+        deadlocks, waiting, oldest, by_mode = db.session.execute(
+            text(f"WITH waiting AS ({_WAITING}) {_CONTENTION}")
+        ).one()
+        db.session.rollback()
+        broken = CounterMetricFamily(
+            "orchestrator_postgres_deadlocks",
+            "Deadlocks PostgreSQL broke in this database (pg_stat_database), since its stats reset.",
+            value=float(deadlocks or 0),
+        )
+        waits = GaugeMetricFamily(
+            "orchestrator_postgres_lock_waits",
+            "Lock requests waiting right now in this database (pg_locks, not granted), by lock type.",
+            labels=["locktype"],
+        )
+        for locktype, n in (by_mode or {}).items():
+            waits.add_metric([locktype], float(n))
+        if not by_mode:
+            waits.add_metric(["relation"], 0.0)
+        longest = GaugeMetricFamily(
+            "orchestrator_postgres_lock_wait_longest_seconds",
+            "How long the longest-waiting backend of this database has waited on a lock (0: none).",
+            value=float(oldest or 0),
+        )
+        backends = GaugeMetricFamily(
+            "orchestrator_postgres_backends_waiting_on_locks",
+            "Backends of this database waiting on a lock right now (pg_locks).",
+            value=float(waiting or 0),
+        )
+        return [broken, waits, longest, backends]
 
     @staticmethod
     def _retention() -> list[Any]:
