@@ -22,7 +22,7 @@ from app.api.schemas import (
     TaskAssign,
     page_of,
 )
-from app.services import mass_actions, swarms
+from app.services import mass_actions, plain_reads, swarms
 from app.services.ids import iso
 
 blp = Blueprint("swarms", __name__, description="Bot swarms and mass-actions")
@@ -77,7 +77,7 @@ def list_swarms(query):
 @blp.response(200, SwarmOut)
 def get_swarm(swarm_id):
     """A swarm's size, live bots and task totals."""
-    return swarms.view_swarm(swarm_id)
+    return Response(plain_reads.swarm_json(swarm_id), mimetype="application/json")
 
 
 @blp.route("/swarms/<swarm_id>", methods=["PATCH"])

@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import text
 
-from app.extensions import db
 from app.models import BOT_ACTIVE, LIVE_BOT_STATES
 from app.services.capacity import max_bots
 from app.services.counter_shards import TOTALS_SQL
 from app.services.ids import iso, utcnow
+from app.services.plain_reads import fetch_all
 from app.services.tenancy import current_tenant
 from app.tiers import TIERS
 
@@ -47,7 +46,7 @@ def bot_stats() -> dict[str, Any]:
     """The figures of GET /bots/stats; a tenant key sees only its tenant's bots and tasks."""
     tenant = current_tenant()
     totals = _ALL_TOTALS if tenant is None else _TENANT_TOTALS
-    rows = db.session.execute(text(_STATS.format(totals=totals)), {"tenant": tenant}).all()
+    rows = fetch_all(_STATS.format(totals=totals), {"tenant": tenant})
     census = [(tier, status, n) for kind, tier, status, n in rows if kind == "census"]
     counters = {name: value for kind, name, _, value in rows if kind == "counter"}
     swarm_count = next(n for kind, _, _, n in rows if kind == "swarms")

@@ -1,0 +1,106 @@
+"""The hottest reads, answered with one SELECT on a pooled connection in autocommit.
+
+No ORM session, no BEGIN/ROLLBACK, no model objects and no schema: the row becomes the answer's
+JSON directly, in the fields and order of the documented schema (app/api/schemas.py: BotOut,
+SwarmOut), which tests/test_plain_reads.py holds them to. Measured on the read benchmark
+(docs/performance.md, the online path).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import text
+
+from app.errors import NotFound
+from app.extensions import db
+from app.services.counter_shards import swarm_counters_sql, swarm_shards_join
+from app.services.ids import iso
+from app.services.tenancy import visible
+
+
+def fetch_one(sql: str, params: dict[str, Any]) -> Any:
+    """The first row of one SELECT, on a pooled connection without a transaction."""
+    with db.engine.connect() as connection:
+        autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
+        return autocommit.execute(text(sql), params).first()
+
+
+def fetch_all(sql: str, params: dict[str, Any]) -> list[Any]:
+    """Every row of one SELECT, on a pooled connection without a transaction."""
+    with db.engine.connect() as connection:
+        autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
+        return list(autocommit.execute(text(sql), params))
+
+
+_BOT = """
+SELECT id, name, tier, status, capabilities, swarm_id, tenant, total_tasks, completed_tasks,
+       failed_tasks, cancelled_tasks, created_at, last_active
+  FROM bots WHERE id = :id
+"""
+
+
+def bot_json(bot_id: str) -> str:
+    """GET /bots/{id} as JSON text, or 404 (also another tenant's bot)."""
+    row = fetch_one(_BOT, {"id": bot_id})
+    if row is None or not visible(row.tenant):
+        raise NotFound(f"Bot {bot_id!r} not found.")
+    return json.dumps(
+        {
+            "id": row.id,
+            "name": row.name,
+            "tier": row.tier,
+            "status": row.status,
+            "capabilities": row.capabilities,
+            "swarm_id": row.swarm_id,
+            "tasks_completed": row.completed_tasks,
+            "total_tasks": row.total_tasks,
+            "pending_tasks": row.total_tasks
+            - row.completed_tasks
+            - row.failed_tasks
+            - row.cancelled_tasks,
+            "completed_tasks": row.completed_tasks,
+            "failed_tasks": row.failed_tasks,
+            "created_at": iso(row.created_at),
+            "last_active": iso(row.last_active),
+        }
+    )
+
+
+_SWARM = f"""
+SELECT s.id, s.name, s.tier, s.capabilities, s.status, s.tenant, s.created_at,
+       {swarm_counters_sql("s")},
+       (SELECT coalesce(sum(n), 0) FROM bot_census c
+         WHERE c.swarm_id = s.id AND c.status IN ('active', 'paused')) AS bot_count,
+       (SELECT coalesce(sum(n), 0) FROM bot_census c
+         WHERE c.swarm_id = s.id AND c.status = 'active') AS active_bots
+  FROM swarms s {swarm_shards_join("s")}
+ WHERE s.id = :id
+"""
+
+
+def swarm_json(swarm_id: str) -> str:
+    """GET /swarms/{id} as JSON text, or 404 (also another tenant's swarm)."""
+    row = fetch_one(_SWARM, {"id": swarm_id})
+    if row is None or not visible(row.tenant):
+        raise NotFound(f"Swarm {swarm_id!r} not found.")
+    bot_count = int(row.bot_count)
+    return json.dumps(
+        {
+            "id": row.id,
+            "name": row.name,
+            "bot_count": bot_count,
+            "tier": row.tier,
+            "capabilities": row.capabilities,
+            "active_bots": int(row.active_bots),
+            "total_tasks_assigned": int(row.total_tasks),
+            "total_tasks_completed": int(row.completed_tasks),
+            "total_tasks_failed": int(row.failed_tasks),
+            "average_tasks_per_bot": (
+                round(int(row.completed_tasks) / bot_count, 2) if bot_count else 0.0
+            ),
+            "status": row.status,
+            "created_at": iso(row.created_at),
+        }
+    )
