@@ -13,7 +13,7 @@ from flask import Flask, current_app, g, request
 
 from app.api.metrics import scraper_admitted
 from app.errors import Forbidden, Unauthorized
-from app.models import ROLES, ApiKey
+from app.models import ROLES
 from app.services import keys
 
 log = logging.getLogger(__name__)
@@ -101,12 +101,12 @@ def register_auth(app: Flask) -> None:
             )
 
 
-def _authenticate(plaintext: str) -> tuple[ApiKey, str] | None:
+def _authenticate(plaintext: str) -> tuple[keys.LiveKey, str] | None:
     """The key behind the text, with the caller identity it stands for: ADMIN_API_KEY (checked
     in memory), or a stored key (by id, so a stored key named like the admin key is still
     another caller)."""
     admin_key = current_app.config["SETTINGS"].admin_api_key
     if admin_key and hmac.compare_digest(plaintext.encode(), admin_key.encode()):
-        return ApiKey(name=ADMIN_KEY_NAME, role="admin", tenant=None), "admin"
+        return keys.LiveKey(None, ADMIN_KEY_NAME, "admin", None), "admin"
     key = keys.authenticate(plaintext)
     return None if key is None else (key, f"key:{key.id}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
+from dataclasses import dataclass
 
 from sqlalchemy import select
 
@@ -53,11 +55,44 @@ def revoke_key(name: str) -> ApiKey:
     if key.revoked_at is None:
         key.revoked_at = utcnow()
         db.session.commit()
+    _live.pop(key.key_hash, None)
     return key
 
 
-def authenticate(plaintext: str) -> ApiKey | None:
+@dataclass(frozen=True)
+class LiveKey:
+    """What a request needs of a live key (a copy: it outlives the session that read it)."""
+
+    id: int | None
+    name: str
+    role: str
+    tenant: str | None
+
+
+# Live keys by hash, each process its own, for CACHE_SECONDS after they were read: a key revoked
+# by another process stops working within that window (at once in the process that revoked it).
+# Unknown and revoked keys are never kept, so a new key works at once and guessing costs memory
+# nothing; the cache is emptied when it holds CACHE_LIMIT keys.
+CACHE_SECONDS = 5.0
+CACHE_LIMIT = 10_000
+clock = time.monotonic
+_live: dict[str, tuple[float, LiveKey]] = {}
+
+
+def authenticate(plaintext: str) -> LiveKey | None:
     """The live key with this text, or None."""
-    return db.session.scalar(
-        select(ApiKey).where(ApiKey.key_hash == hash_key(plaintext), ApiKey.revoked_at.is_(None))
+    digest = hash_key(plaintext)
+    cached = _live.get(digest)
+    if cached is not None and cached[0] > clock():
+        return cached[1]
+    key = db.session.scalar(
+        select(ApiKey).where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))
     )
+    if key is None:
+        _live.pop(digest, None)
+        return None
+    live = LiveKey(key.id, key.name, key.role, key.tenant)
+    if len(_live) >= CACHE_LIMIT:
+        _live.clear()
+    _live[digest] = (clock() + CACHE_SECONDS, live)
+    return live
