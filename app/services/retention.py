@@ -125,7 +125,9 @@ def totals() -> dict[str, Any]:
     """What every pass so far deleted, by kind, and when the last one ran (epoch seconds)."""
     rows: dict[str, int] = dict(
         db.session.execute(
-            text("SELECT name, value FROM counters WHERE name LIKE 'retention_%'")
+            text(
+                "SELECT name, sum(value) FROM counters WHERE name LIKE 'retention_%' GROUP BY name"
+            )
         ).all()
     )
     deleted = {
@@ -225,7 +227,7 @@ def _sweep_payloads(cutoff: datetime, deadline: float) -> int:
         db.session.execute(
             text(
                 "INSERT INTO counters (name, value) VALUES (:name, :value)"
-                " ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+                " ON CONFLICT (name, shard) DO UPDATE SET value = excluded.value"
             ),
             {"name": _PAYLOAD_CURSOR, "value": ids[-1]},
         )
@@ -260,7 +262,7 @@ def _count(report: Report, now: datetime) -> None:
     db.session.execute(
         text(
             "INSERT INTO counters (name, value) VALUES (:name, :value)"
-            " ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+            " ON CONFLICT (name, shard) DO UPDATE SET value = excluded.value"
         ),
         {"name": LAST_RUN, "value": int(now.timestamp())},
     )
