@@ -27,6 +27,9 @@ TIER = "advanced"
 ALLOWED_LABELS = {"tier", "task_type", "status", "state", "outcome", "service", "url", "le"}
 # `kind`: what the retention job deleted (tasks, workflows, audit, payloads).
 ALLOWED_LABELS |= {"dependency", "kind"}
+# `locktype`: PostgreSQL's lock types (a dozen); `operation`, `reason`: the statements the service
+# retries and why (deadlock, connection).
+ALLOWED_LABELS |= {"locktype", "operation", "reason"}
 
 
 def samples(text: str) -> dict[tuple[str, frozenset], float]:
