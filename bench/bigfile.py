@@ -12,12 +12,14 @@ import csv
 import os
 import random
 import shutil
+import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from bench.scenarios import Bench, say
-from bench.stack import proc_status_kb
+from bench.stack import proc_status_kb, tool
 
 FILE_NAME = "customers_big.csv"
 OPERATIONS = ["clean", "enrich", "analyze"]
@@ -72,6 +74,26 @@ def _fresh_worker(b: Bench) -> None:
     b.stack.start_worker()
 
 
+class _Profiler:
+    """py-spy sampling the worker's main and pool processes for one run (`--profile DIR`)."""
+
+    def __init__(self, b: Bench, target: Path | None) -> None:
+        self.process: subprocess.Popen | None = None
+        if target is None:
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [tool("py-spy"), "record", "--subprocesses", "--nonblocking", "--format", "raw",
+             "--rate", "200", "-o", str(target), "-p", str(b.stack.worker_pids()[0])],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGINT)
+            self.process.wait(timeout=60)
+
+
 def _wait_completed(b: Bench, task_ids_sql: str, params: tuple, total: int) -> None:
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -86,8 +108,13 @@ def _wait_completed(b: Bench, task_ids_sql: str, params: tuple, total: int) -> N
     raise TimeoutError("big-file run did not finish in 600 s")
 
 
-def split_run(b: Bench, data_dir: Path, rows: int, bots: int, label: str) -> dict[str, Any]:
-    """mass_data_processing of the file over a `bots`-bot swarm, cold (index removed) and warm."""
+def split_run(
+    b: Bench, data_dir: Path, rows: int, bots: int, label: str, profile: Path | None = None
+) -> dict[str, Any]:
+    """mass_data_processing of the file over a `bots`-bot swarm, cold (index removed) and warm.
+
+    With `profile`, the first run of each kind is sampled by py-spy into that directory.
+    """
     path = data_dir / FILE_NAME
     if not path.exists():
         say(f"{label} writing a {rows:,}-row CSV")
@@ -106,6 +133,7 @@ def split_run(b: Bench, data_dir: Path, rows: int, bots: int, label: str) -> dic
             _fresh_worker(b)
             load.append(os.getloadavg()[0])
             pool_cpu = _cpu_seconds(b.stack.worker_pids())
+            profiler = _Profiler(b, profile / f"{mode}.txt" if profile and run == 0 else None)
             started = time.perf_counter()
             answer = b.api.call("POST", f"/swarms/{swarm['id']}/tasks",
                                 {"type": "mass_data_processing", "data": data}, expect=202)  # fmt: skip
@@ -119,11 +147,12 @@ def split_run(b: Bench, data_dir: Path, rows: int, bots: int, label: str) -> dic
                 answer["assignments"],
             )
             seconds.append(time.perf_counter() - started)
+            profiler.stop()
             cpu.append(_cpu_seconds(b.stack.worker_pids()) - pool_cpu)
             peaks.append(max(_pool_peaks_mb(b)))
         out[mode] = {"seconds": seconds, "peak_worker_rss_mb": peaks, "worker_cpu_seconds": cpu,
                      "load_average_at_start": load}  # fmt: skip
-    out["single"] = single_run(b, data_dir, label)
+    out["single"] = single_run(b, data_dir, label, profile)
     return out
 
 
@@ -136,7 +165,7 @@ def _first_task_id(b: Bench, swarm_id: str, n: int) -> int:
         return int(cur.fetchone()[0])
 
 
-def single_run(b: Bench, data_dir: Path, label: str) -> dict[str, Any]:
+def single_run(b: Bench, data_dir: Path, label: str, profile: Path | None = None) -> dict[str, Any]:
     """The same operations as one data_processing task on one bot: one process reads every row."""
     bot = b.api.call("POST", "/bots", {"name": "bench-bigfile-one", "tier": "standard",
                                        "capabilities": ["data_processing"]}, expect=201)  # fmt: skip
@@ -148,6 +177,7 @@ def single_run(b: Bench, data_dir: Path, label: str) -> dict[str, Any]:
         _fresh_worker(b)
         load.append(os.getloadavg()[0])
         pool_cpu = _cpu_seconds(b.stack.worker_pids())
+        profiler = _Profiler(b, profile / "single.txt" if profile and run == 0 else None)
         started = time.perf_counter()
         answer = b.api.call("POST", f"/bots/{bot['id']}/tasks",
                             {"type": "data_processing", "data": data}, expect=202)  # fmt: skip
@@ -160,6 +190,7 @@ def single_run(b: Bench, data_dir: Path, label: str) -> dict[str, Any]:
             1,
         )
         seconds.append(time.perf_counter() - started)
+        profiler.stop()
         cpu.append(_cpu_seconds(b.stack.worker_pids()) - pool_cpu)
         peaks.append(max(_pool_peaks_mb(b)))
     return {"seconds": seconds, "peak_worker_rss_mb": peaks, "worker_cpu_seconds": cpu,
@@ -180,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bigfile", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="100,000 rows over 1,000 bots")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="sample the first run of each kind with py-spy into this folder",
+    )
     args = parser.parse_args(argv)
     rows, bots = (100_000, 1_000) if args.quick else (1_000_000, 10_000)
     log_dir = Path(tempfile.mkdtemp(prefix="orchestrator-bigfile-"))
@@ -195,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.start_worker()
         b = Bench(stack=stack, api=Api(stack.base_url), db=database(), redis=broker(),
                   runs=args.runs)  # fmt: skip
-        results = split_run(b, data_dir, rows, bots, "[big file]")
+        results = split_run(b, data_dir, rows, bots, "[big file]", args.profile)
     finally:
         stack.stop_all()
     shutil.rmtree(log_dir, ignore_errors=True)

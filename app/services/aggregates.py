@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from app.handlers.analysis import AnalysisSummary
 from app.handlers.data import DataSummary
 from app.handlers.reporting import ReportSummary
-from app.handlers.summaries import pack
+from app.handlers.summaries import pack, take_summary
 from app.services.service_defaults import DOWNSTREAM
 
 Partial = dict[str, Any]
@@ -203,6 +203,10 @@ def summary_rule(decode: Callable[[Any], Summary]) -> MergeRule:
     """
 
     def decoded(raw: Any) -> Summary | None:
+        # A result this process has just produced still holds its summary (summaries.Packed).
+        kept = take_summary(raw)
+        if kept is not None:
+            return kept
         try:
             return decode(raw) if raw is not None else None
         except (KeyError, TypeError, ValueError, IndexError, zlib.error):
