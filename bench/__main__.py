@@ -39,9 +39,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="5,000 bots only (under 2 minutes)")
     parser.add_argument("--runs", type=int, default=3, help="runs per scenario (default 3)")
+    parser.add_argument(
+        "--only",
+        choices=["bigfile"],
+        help="run one scenario on its own stack (bench/results/bigfile.json; docs left alone)",
+    )
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    if args.only == "bigfile":
+        return bigfile.main(["--runs", str(args.runs), *(["--quick"] if args.quick else [])])
     for name in ("DATABASE_URL", "REDIS_URL"):
         if not os.environ.get(name):
             parser.error(f"{name} is not set; run it as `make bench`")

@@ -64,6 +64,24 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def _database_cpu(b: Bench) -> dict[int, float]:
+    """CPU seconds of the PostgreSQL backends serving the benchmark's database, by process id
+    ({} when the server's processes cannot be read: another host or another user)."""
+    with b.db.cursor() as cur:
+        cur.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid()"
+        )
+        pids = [row[0] for row in cur.fetchall()]
+    return {pid: _cpu_seconds([pid]) for pid in pids if Path(f"/proc/{pid}/stat").exists()}
+
+
+def _database_cpu_since(b: Bench, before: dict[int, float]) -> float:
+    """What those backends used since `before` (backends that started since count whole)."""
+    now = _database_cpu(b)
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in now.items())
+
+
 def _pool_peaks_mb(b: Bench) -> list[float]:
     main, *pool = b.stack.worker_pids()
     return [proc_status_kb(pid, "VmHWM") / 1024 for pid in pool]
@@ -124,7 +142,7 @@ def split_run(
     data = {"dataset": FILE_NAME, "operations": OPERATIONS, "output_format": "json"}
     out: dict[str, Any] = {"rows": rows, "bots": bots, "file_mb": path.stat().st_size / 1e6}
     for mode in ("cold", "warm"):
-        seconds, peaks, cpu, load = [], [], [], []
+        seconds, peaks, cpu, load, db_cpu = [], [], [], [], []
         for run in range(b.runs):
             say(f"{label} {rows:,} rows over {bots:,} bots, {mode}: run {run + 1}/{b.runs}")
             b.wait_idle()
@@ -133,6 +151,7 @@ def split_run(
             _fresh_worker(b)
             load.append(os.getloadavg()[0])
             pool_cpu = _cpu_seconds(b.stack.worker_pids())
+            database_cpu = _database_cpu(b)
             profiler = _Profiler(b, profile / f"{mode}.txt" if profile and run == 0 else None)
             started = time.perf_counter()
             answer = b.api.call("POST", f"/swarms/{swarm['id']}/tasks",
@@ -149,9 +168,10 @@ def split_run(
             seconds.append(time.perf_counter() - started)
             profiler.stop()
             cpu.append(_cpu_seconds(b.stack.worker_pids()) - pool_cpu)
+            db_cpu.append(_database_cpu_since(b, database_cpu))
             peaks.append(max(_pool_peaks_mb(b)))
         out[mode] = {"seconds": seconds, "peak_worker_rss_mb": peaks, "worker_cpu_seconds": cpu,
-                     "load_average_at_start": load}  # fmt: skip
+                     "database_cpu_seconds": db_cpu, "load_average_at_start": load}  # fmt: skip
     out["single"] = single_run(b, data_dir, label, profile)
     return out
 
@@ -170,13 +190,14 @@ def single_run(b: Bench, data_dir: Path, label: str, profile: Path | None = None
     bot = b.api.call("POST", "/bots", {"name": "bench-bigfile-one", "tier": "standard",
                                        "capabilities": ["data_processing"]}, expect=201)  # fmt: skip
     data = {"dataset": FILE_NAME, "operations": OPERATIONS, "output_format": "json"}
-    seconds, peaks, cpu, load = [], [], [], []
+    seconds, peaks, cpu, load, db_cpu = [], [], [], [], []
     for run in range(b.runs):
         say(f"{label} one task over the whole file: run {run + 1}/{b.runs}")
         b.wait_idle()
         _fresh_worker(b)
         load.append(os.getloadavg()[0])
         pool_cpu = _cpu_seconds(b.stack.worker_pids())
+        database_cpu = _database_cpu(b)
         profiler = _Profiler(b, profile / "single.txt" if profile and run == 0 else None)
         started = time.perf_counter()
         answer = b.api.call("POST", f"/bots/{bot['id']}/tasks",
@@ -192,9 +213,10 @@ def single_run(b: Bench, data_dir: Path, label: str, profile: Path | None = None
         seconds.append(time.perf_counter() - started)
         profiler.stop()
         cpu.append(_cpu_seconds(b.stack.worker_pids()) - pool_cpu)
+        db_cpu.append(_database_cpu_since(b, database_cpu))
         peaks.append(max(_pool_peaks_mb(b)))
     return {"seconds": seconds, "peak_worker_rss_mb": peaks, "worker_cpu_seconds": cpu,
-            "load_average_at_start": load}  # fmt: skip
+            "database_cpu_seconds": db_cpu, "load_average_at_start": load}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

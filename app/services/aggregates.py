@@ -293,6 +293,34 @@ def combine(task_type: str, partials: Iterable[Partial]) -> Partial:
     return combined if combined is not None else rule.fold([])
 
 
+@dataclass(frozen=True)
+class Folded:
+    """The partial of exactly these tasks of one type, folded before they were recorded."""
+
+    task_type: str
+    task_ids: frozenset[int]
+    partial: Partial
+
+
+def fold_ahead(tasks: Iterable[tuple[int, Finished]]) -> list[Folded]:
+    """(task id, finished task) pairs folded per type, ahead of the statement that records them.
+
+    The record statement holds its swarm's and mass-action's rows until it commits; folding a
+    chunk of data results while holding them (a tenth of a second for 200 parts of a large file)
+    made the other pool processes wait for the lock. Their partial is used if exactly these tasks
+    moved (app/services/mass_action_counts.py), and folded again from what moved otherwise.
+    """
+    by_type: dict[str, tuple[list[int], list[Finished]]] = {}
+    for task_id, task in tasks:
+        ids, finished = by_type.setdefault(task.task_type, ([], []))
+        ids.append(task_id)
+        finished.append(task)
+    return [
+        Folded(type_, frozenset(ids), fold(type_, finished))
+        for type_, (ids, finished) in by_type.items()
+    ]
+
+
 def merge(task_type: str, partials: Iterable[Partial]) -> dict[str, Any]:
     """One answer from any number of partials of one type (an empty answer for none)."""
     return rule_for(task_type).present(combine(task_type, partials))
