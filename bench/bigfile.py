@@ -126,13 +126,13 @@ def _wait_completed(b: Bench, task_ids_sql: str, params: tuple, total: int) -> N
     raise TimeoutError("big-file run did not finish in 600 s")
 
 
-def split_run(
-    b: Bench, data_dir: Path, rows: int, bots: int, label: str, profile: Path | None = None
-) -> dict[str, Any]:
+def split_run(b: Bench, data_dir: Path, rows: int, bots: int, label: str) -> dict[str, Any]:
     """mass_data_processing of the file over a `bots`-bot swarm, cold (index removed) and warm.
 
-    With `profile`, the first run of each kind is sampled by py-spy into that directory.
+    With BENCH_PROFILE set to a directory, the first run of each kind (and of the single task) is
+    sampled by py-spy (on PATH) into it, as collapsed stacks.
     """
+    profile = Path(os.environ["BENCH_PROFILE"]) if os.environ.get("BENCH_PROFILE") else None
     path = data_dir / FILE_NAME
     if not path.exists():
         say(f"{label} writing a {rows:,}-row CSV")
@@ -217,54 +217,3 @@ def single_run(b: Bench, data_dir: Path, label: str, profile: Path | None = None
         peaks.append(max(_pool_peaks_mb(b)))
     return {"seconds": seconds, "peak_worker_rss_mb": peaks, "worker_cpu_seconds": cpu,
             "database_cpu_seconds": db_cpu, "load_average_at_start": load}  # fmt: skip
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m bench.bigfile [--quick] [--runs N]`: only this scenario, on its own stack."""
-    import argparse
-    import json
-    import os
-    import tempfile
-
-    from bench import report
-    from bench.client import API_KEY, Api, broker, database
-    from bench.stack import Stack
-
-    parser = argparse.ArgumentParser(prog="python -m bench.bigfile", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="100,000 rows over 1,000 bots")
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument(
-        "--profile",
-        type=Path,
-        help="sample the first run of each kind with py-spy into this folder",
-    )
-    args = parser.parse_args(argv)
-    rows, bots = (100_000, 1_000) if args.quick else (1_000_000, 10_000)
-    log_dir = Path(tempfile.mkdtemp(prefix="orchestrator-bigfile-"))
-    data_dir = log_dir / "data"
-    data_dir.mkdir()
-    env = dict(os.environ, MAX_BOTS="1000000", PYTHONUNBUFFERED="1", ADMIN_API_KEY=API_KEY,
-               RATE_LIMIT="1000000 per second", RATE_LIMIT_HEAVY="100000 per minute",
-               DATA_DIR=str(data_dir))  # fmt: skip
-    stack = Stack(env=env, log_dir=log_dir)
-    try:
-        stack.migrate()
-        stack.start_api()
-        stack.start_worker()
-        b = Bench(stack=stack, api=Api(stack.base_url), db=database(), redis=broker(),
-                  runs=args.runs)  # fmt: skip
-        results = split_run(b, data_dir, rows, bots, "[big file]", args.profile)
-    finally:
-        stack.stop_all()
-    shutil.rmtree(log_dir, ignore_errors=True)
-    report.RESULTS.mkdir(parents=True, exist_ok=True)
-    out = report.RESULTS / ("bigfile-quick.json" if args.quick else "bigfile.json")
-    out.write_text(json.dumps(results, indent=1) + "\n")
-    print(report.render_table(report.bigfile_rows(results, not args.quick)))
-    return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())
