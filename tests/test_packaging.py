@@ -143,9 +143,7 @@ def installed(tmp_path: Path) -> Path:
     source = clean_copy(tmp_path / "src")
     assert not list(source.rglob("__pycache__")) and not list(source.rglob("build"))
     pip("wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source), cwd=tmp_path)
-    assert sorted(path.name for path in ROOT.iterdir()) == checkout, (
-        "the build wrote in the checkout"
-    )
+    assert build_leftovers() == checkout, "the build wrote in the checkout"
     (wheel,) = wheels.glob("*.whl")
     pip("install", "--no-deps", "--target", str(site), str(wheel), cwd=tmp_path)
     return site
