@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import psycopg2
 from sqlalchemy import text
 
-from app.errors import NotFound
+from app.errors import DatabaseUnavailable, NotFound
 from app.extensions import db
 from app.services.counter_shards import swarm_counters_sql, swarm_shards_join
 from app.services.ids import iso
@@ -22,16 +23,20 @@ from app.services.tenancy import visible
 
 def fetch_one(sql: str, params: dict[str, Any]) -> Any:
     """The first row of one SELECT, on a pooled connection without a transaction."""
-    with db.engine.connect() as connection:
-        autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
-        return autocommit.execute(text(sql), params).first()
+    rows = fetch_all(sql, params)
+    return rows[0] if rows else None
 
 
 def fetch_all(sql: str, params: dict[str, Any]) -> list[Any]:
     """Every row of one SELECT, on a pooled connection without a transaction."""
-    with db.engine.connect() as connection:
-        autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
-        return list(autocommit.execute(text(sql), params))
+    try:
+        with db.engine.connect() as connection:
+            autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
+            return list(autocommit.execute(text(sql), params))
+    except (psycopg2.OperationalError, psycopg2.InterfaceError) as error:
+        # Raised unwrapped by the pool when it resets the isolation level of a connection whose
+        # server went away (errors SQLAlchemy wraps reach app/errors.py's handler instead).
+        raise DatabaseUnavailable("The database is unavailable.") from error
 
 
 _BOT = """
