@@ -53,7 +53,7 @@ from app.models import (
     Service,
     ServiceEndpoint,
 )
-from app.services import breaker
+from app.services import breaker, inflight
 from app.services.breaker import BreakerState
 from app.services.ids import utcnow
 from app.services.service_defaults import DOWNSTREAM
@@ -523,11 +523,11 @@ def _wait_for_slot(
     client: redis.Redis, key: str, token: str, lease: float, view: ServiceView
 ) -> None:
     deadline = time.monotonic() + SLOT_WAIT_S
-    while not client.eval(_ACQUIRE, 1, key, view.max_concurrency, token, lease):
+    while not client.eval(_ACQUIRE, 1, key, inflight.current_limit(view), token, lease):
         if time.monotonic() > deadline:
             raise ServiceBusy(
-                f"the {view.name} service had no free slot (max_concurrency "
-                f"{view.max_concurrency}) for {SLOT_WAIT_S:.0f}s",
+                f"the {view.name} service had no free slot (limit "
+                f"{inflight.current_limit(view)}) for {SLOT_WAIT_S:.0f}s",
                 retryable=True,
             )
         time.sleep(random.uniform(0.01, 0.05))
