@@ -11,8 +11,11 @@ from typing import Protocol
 
 
 class _HasLimit(Protocol):
-    name: str
-    max_concurrency: int
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def max_concurrency(self) -> int: ...
 
 
 def current_limit(view: _HasLimit) -> int:
