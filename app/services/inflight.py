@@ -21,3 +21,105 @@ class _HasLimit(Protocol):
 def current_limit(view: _HasLimit) -> int:
     """The number of calls that may be in flight to the service of `view`, over all workers."""
     return max(int(view.max_concurrency), 1)
+
+
+# ---- slots and the waiting line, in Redis ---------------------------------------------------
+#
+# Per service: a sorted set of slots (token -> lease expiry; an expired slot belonged to a
+# holder that died and counts no more), one waiting line of task ids per tier, and a pause key
+# a 429's Retry-After sets. Two scripts keep the rule "a task waits in a line only while every
+# slot is taken, and a slot is given back only while every line is empty" atomic, so a freed slot
+# never misses waiting work: `start` puts ids in the line and takes free slots for the first
+# waiting ids; `refill` hands a holder's idle slots to the next waiting ids, giving back only
+# what no one waits for.
+
+SLOTS_PREFIX = "orchestrator:inflight:"
+LINE_PREFIX = "orchestrator:waiting:"
+PAUSE_PREFIX = "orchestrator:paused:"
+
+# KEYS: slots, pause, own line, lines by priority (3). ARGV: limit, lease s, token prefix, ids...
+# Returns {tokens..., "|", ids...}: the slots taken and the ids they are for (same order).
+START = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+if #ARGV > 3 then
+  redis.call('RPUSH', KEYS[3], unpack(ARGV, 4))
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local out = {}
+if redis.call('EXISTS', KEYS[2]) == 1 then return out end
+local free = tonumber(ARGV[1]) - redis.call('ZCARD', KEYS[1])
+local ids = {}
+for i = 4, #KEYS do
+  if free <= #ids then break end
+  local got = redis.call('LPOP', KEYS[i], free - #ids)
+  if got then for _, id in ipairs(got) do ids[#ids + 1] = id end end
+end
+for i, _ in ipairs(ids) do
+  local token = ARGV[3] .. ':' .. redis.call('INCR', KEYS[1] .. ':seq')
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), token)
+  out[#out + 1] = token
+end
+redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2])) + 60)
+out[#out + 1] = '|'
+for _, id in ipairs(ids) do out[#out + 1] = id end
+return out
+"""
+
+# KEYS: slots, pause, lines by priority (3). ARGV: lease s, idle tokens...
+# Hands idle slots to waiting ids (renewing their lease); gives back the rest (all when paused).
+# Returns {tokens kept..., "|", ids...}.
+REFILL = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local ids = {}
+local want = #ARGV - 1
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  for i = 3, #KEYS do
+    if want <= #ids then break end
+    local got = redis.call('LPOP', KEYS[i], want - #ids)
+    if got then for _, id in ipairs(got) do ids[#ids + 1] = id end end
+  end
+end
+local out = {}
+for i = 2, #ARGV do
+  if #out < #ids then
+    redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[i])
+    out[#out + 1] = ARGV[i]
+  else
+    redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+out[#out + 1] = '|'
+for _, id in ipairs(ids) do out[#out + 1] = id end
+return out
+"""
+
+# KEYS: slots. ARGV: lease s, tokens... Renews the leases of slots still held.
+RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[i])
+end
+return 1
+"""
+
+
+def slots_key(service: str) -> str:
+    return SLOTS_PREFIX + service
+
+
+def pause_key(service: str) -> str:
+    return PAUSE_PREFIX + service
+
+
+def line_key(service: str, tier: str) -> str:
+    return f"{LINE_PREFIX}{service}:{tier}"
+
+
+def split_reply(reply: list) -> tuple[list[str], list[int]]:
+    """A START or REFILL answer as (tokens, task ids)."""
+    values = [v.decode() if isinstance(v, bytes) else str(v) for v in reply]
+    bar = values.index("|")
+    return values[:bar], [int(v) for v in values[bar + 1 :]]
