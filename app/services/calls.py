@@ -55,8 +55,6 @@ log = logging.getLogger(__name__)
 # The lease of a claimed call and of its slot while its worker lives; renewed every HEARTBEAT_S.
 LEASE_S = 30.0
 HEARTBEAT_S = 10.0
-# Calls one worker process may have in flight at once (its call threads).
-CALL_THREADS = int(os.environ.get("IO_CALL_THREADS", "256"))
 # Outcomes are recorded once this many have ended, or after RECORD_EVERY_S.
 RECORD_BATCH = 64
 RECORD_EVERY_S = 0.2
@@ -216,7 +214,7 @@ class _Chunk:
             self.holding.tokens.add(token)
             self.holding.task_ids.add(task.id)
             payload = {"type": task.type, "params": payloads.get(task.payload_id, {})}
-            future = _calls().submit(_call, self.app, self.view, task, payload)
+            future = _calls(self.app).submit(_call, self.app, self.view, task, payload)
             self.in_flight[future] = (token, task)
             self.counts["called"] += 1
 
@@ -322,13 +320,15 @@ def _fail_all(task_ids: Iterable[int], message: str) -> dict[str, int]:
 # ---- the process's call threads and heartbeat ------------------------------------------------
 
 
-def _calls() -> ThreadPoolExecutor:
+def _calls(app: Flask) -> ThreadPoolExecutor:
+    """The process's call threads (IO_CALL_THREADS of them)."""
     global _executor
     pid = os.getpid()
     if _executor is None or _executor[0] != pid:
         with _holdings_lock:
             if _executor is None or _executor[0] != pid:
-                _executor = (pid, ThreadPoolExecutor(CALL_THREADS, thread_name_prefix="call"))
+                threads = app.config["SETTINGS"].io_call_threads
+                _executor = (pid, ThreadPoolExecutor(threads, thread_name_prefix="call"))
     return _executor[1]
 
 
