@@ -860,16 +860,36 @@ def restart_redis_during_calls(
     try:
         stack.workers.append(Worker(stack.env, concurrency=1, queues=TIER_QUEUES))
         stack.workers[-1].start(timeout=60)
-        stack.start_worker(io=True)
+        pool = stack.start_worker(io=True)
         stack.fan_out(tasks, service.url, limit)
         stack.wait_for_completed(tasks // 4, timeout=120)
         stack.redis.kill()
         time.sleep(down_seconds)
         stack.redis.start()
         fault = time.monotonic()
-        recovered, drained = stack.drain(tasks, fault, timeout=180)
+        # Celery's thread pool exits when it loses the broker with tasks in hand; its supervisor
+        # (compose's restart policy, Kubernetes) starts it again, as this loop does.
+        restarts: list[float] = []
+        stop = threading.Event()
+
+        def supervise() -> None:
+            nonlocal pool
+            while not stop.wait(0.5):
+                if not pool.alive():
+                    restarts.append(round(time.monotonic() - fault, 1))
+                    pool = stack.start_worker(io=True)
+
+        supervisor = threading.Thread(target=supervise, daemon=True)
+        supervisor.start()
+        try:
+            recovered, drained = stack.drain(tasks, fault, timeout=180)
+        finally:
+            stop.set()
+            supervisor.join(timeout=90)
         result = stack.result("Redis restarted mid fan-out of calls", tasks, recovered, drained)
-        result.details.update(max_in_flight=service.max_in_flight, calls=len(service.requests))
+        result.details.update(
+            max_in_flight=service.max_in_flight, calls=len(service.requests), restarts=restarts
+        )
         return result
     finally:
         service.close()
