@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import bigfile, load, report, scenarios
+from bench import bigfile, fanout, load, report, scenarios
 from bench.client import API_KEY, Api, broker, database
 from bench.scenarios import Bench, say
 from bench.stack import Stack
@@ -39,6 +39,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="5,000 bots only (under 2 minutes)")
     parser.add_argument("--runs", type=int, default=3, help="runs per scenario (default 3)")
+    parser.add_argument(
+        "--only",
+        choices=["fanout"],
+        help="run only these scenarios (fanout: calls to an AI service against plain Celery)",
+    )
+    parser.add_argument(
+        "--fanout-big",
+        type=int,
+        default=50_000,
+        help="tasks of the CPU-bound fan-out (20 ms, limit 256); 0 skips it (default 50,000)",
+    )
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
@@ -70,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         RATE_LIMIT="1000000 per second",
         RATE_LIMIT_HEAVY="100000 per minute",
         DATA_DIR=str(data_dir),
+        # The fan-outs' fake AI service listens on loopback.
+        URL_ALLOWLIST="127.0.0.1",
     )
     stack = Stack(env=env, log_dir=log_dir)
     try:
@@ -85,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
                          "memory_rounds": MEMORY_ROUNDS,
                          "progress_connections": PROGRESS_CONNECTIONS}  # fmt: skip
         results["machine"] = report.machine(b.db, b.redis, load.generator())
+        if args.only == "fanout":
+            results["fanout"] = fanout.run_all(b, args.fanout_big, "[fanout]")
+            results["load_average"] = os.getloadavg()
+            say(f"Raw results: {report.write_json(results).relative_to(report.ROOT)}")
+            print(fanout.summary(results["fanout"], results["load_average"]))
+            return 0
 
         results["create"] = [scenarios.create_swarms(b, n, f"[1/{steps}]") for n in sizes]
         results["single_task"] = scenarios.single_task(b, f"[2/{steps}]")

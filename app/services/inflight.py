@@ -95,6 +95,20 @@ for _, id in ipairs(ids) do out[#out + 1] = id end
 return out
 """
 
+# KEYS: pause, lines by priority (3). ARGV: count. Up to count waiting ids (L20 first) for a
+# holder to claim ahead of its slots freeing; none while the service is paused.
+TAKE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {} end
+local ids = {}
+local want = tonumber(ARGV[1])
+for i = 2, #KEYS do
+  if want <= #ids then break end
+  local got = redis.call('LPOP', KEYS[i], want - #ids)
+  if got then for _, id in ipairs(got) do ids[#ids + 1] = id end end
+end
+return ids
+"""
+
 # KEYS: slots. ARGV: lease s, tokens... Renews the leases of slots still held.
 RENEW = """
 local t = redis.call('TIME')
