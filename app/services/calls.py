@@ -195,6 +195,7 @@ class _Chunk:
                     or not self.in_flight
                 ):
                     self._record()
+                    self._retry_later()
                     last_record = now
         finally:
             self._put_back_buffer()

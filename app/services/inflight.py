@@ -47,7 +47,7 @@ if #ARGV > 3 then
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local out = {}
-if redis.call('EXISTS', KEYS[2]) == 1 then return out end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {'|'} end
 local free = tonumber(ARGV[1]) - redis.call('ZCARD', KEYS[1])
 local ids = {}
 for i = 4, #KEYS do
