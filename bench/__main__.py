@@ -41,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="runs per scenario (default 3)")
     parser.add_argument(
         "--only",
-        choices=["fanout"],
-        help="run only these scenarios (fanout: calls to an AI service against plain Celery)",
+        choices=["fanout", "isolation", "workflows"],
+        help="run only these scenarios (fanout: calls to an AI service against plain Celery; "
+        "isolation: echo beside a fan-out, and an L20 call behind a standard backlog of calls)",
     )
     parser.add_argument(
         "--fanout-big",
@@ -103,6 +104,20 @@ def main(argv: list[str] | None = None) -> int:
             results["load_average"] = os.getloadavg()
             say(f"Raw results: {report.write_json(results).relative_to(report.ROOT)}")
             print(fanout.summary(results["fanout"], results["load_average"]))
+            return 0
+        if args.only == "workflows":
+            results["workflows"] = fanout.workflows(b, "[workflows]")
+            results["load_average"] = os.getloadavg()
+            say(f"Raw results: {report.write_json(results).relative_to(report.ROOT)}")
+            print(f"load average at the end: {results['load_average']}")
+            print(fanout.workflows_summary(results["workflows"]))
+            return 0
+        if args.only == "isolation":
+            results["isolation"] = fanout.isolation(b, args.fanout_big or 50_000, "[isolation]")
+            results["load_average"] = os.getloadavg()
+            say(f"Raw results: {report.write_json(results).relative_to(report.ROOT)}")
+            print(f"load average at the end: {results['load_average']}")
+            print(fanout.isolation_summary(results["isolation"]))
             return 0
 
         results["create"] = [scenarios.create_swarms(b, n, f"[1/{steps}]") for n in sizes]

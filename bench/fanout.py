@@ -202,3 +202,160 @@ def summary(results: dict[str, Any], load_average: tuple[float, ...]) -> str:
             f"I/O pool RSS {rss[0] / 1024:.0f} -> {rss[-1] / 1024:.0f} MB"
         )
     return "\n".join(lines)
+
+
+def _echo_run(b: Bench, swarm_id: str, run: int) -> float:
+    started = time.perf_counter()
+    answer = b.api.call(
+        "POST", f"/swarms/{swarm_id}/tasks", {"type": "echo", "data": {"run": run}}, expect=202
+    )
+    b.api.wait_for(
+        f"/mass-actions/{answer['mass_action_id']}",
+        lambda doc: doc["finished_at"] is not None,
+        timeout=600,
+        interval=0.02,
+    )
+    return time.perf_counter() - started
+
+
+def isolation(b: Bench, big: int, label: str) -> dict[str, Any]:
+    """An echo mass-action of `big` alone, then started with a 2,000-call fan-out (100 ms, limit
+    64) running; and an L20 call's start behind a `big`-call standard backlog (20 ms, limit 256)."""
+    from bench.scenarios import _wait_started
+
+    fake = FakeAI(0.1)
+    queues = ("L20", "advanced", "standard", *IO_QUEUES)
+    results: dict[str, Any] = {"echo_alone": [], "echo_beside_fanout": [], "fanout_beside": [],
+                               "l20_start": []}  # fmt: skip
+    try:
+        b.stack.start_io_worker()
+        b.api.call("PUT", "/services/image", {"urls": [fake.url], "max_concurrency": 64})
+        small, large = _swarm(b, 2_000), _swarm(b, big)
+        for run in range(b.runs):
+            say(f"{label} echo {big} alone, then beside a 2,000-call fan-out: {run + 1}/{b.runs}")
+            _wait_quiet(b, queues)
+            results["echo_alone"].append(_echo_run(b, large, run))
+            _wait_quiet(b, queues)
+            fake.reset(0.1)
+            started = time.perf_counter()
+            fan = b.api.call(
+                "POST", f"/swarms/{small}/tasks",
+                {"type": "image_generation", "data": {"run": run}}, expect=202,
+            )  # fmt: skip
+            results["echo_beside_fanout"].append(_echo_run(b, large, run))
+            b.api.wait_for(
+                f"/mass-actions/{fan['mass_action_id']}",
+                lambda doc: doc["finished_at"] is not None,
+                timeout=600,
+                interval=0.02,
+            )
+            results["fanout_beside"].append(time.perf_counter() - started)
+        bot = b.api.call(
+            "POST", "/bots",
+            {"name": "bench-l20-ai", "tier": "L20", "capabilities": ["ml_inference"]}, expect=201,
+        )  # fmt: skip
+        b.api.call("PUT", "/services/image", {"urls": [fake.url], "max_concurrency": 256})
+        for run in range(b.runs):
+            say(f"{label} L20 call behind a {big}-call standard backlog: {run + 1}/{b.runs}")
+            _wait_quiet(b, queues)
+            fake.reset(0.02)
+            backlog = b.api.call(
+                "POST", f"/swarms/{large}/tasks",
+                {"type": "image_generation", "data": {"run": run}}, expect=202,
+            )  # fmt: skip
+            time.sleep(1.0)  # let the backlog fill the lines and every slot
+            sent = time.time()
+            task = b.api.call(
+                "POST", f"/bots/{bot['id']}/tasks",
+                {"type": "image_generation", "data": {"prompt": "now"}}, expect=202,
+            )  # fmt: skip
+            results["l20_start"].append(_wait_started(b, task["task_id"]) - sent)
+            b.api.call("DELETE", f"/mass-actions/{backlog['mass_action_id']}")
+        return results
+    finally:
+        b.stack.stop("io")
+        fake.stop()
+
+
+def isolation_summary(results: dict[str, Any]) -> str:
+    from statistics import median
+
+    return (
+        f"echo alone {median(results['echo_alone']):.2f} s, beside a fan-out "
+        f"{median(results['echo_beside_fanout']):.2f} s (runs "
+        f"{', '.join(f'{x:.2f}' for x in results['echo_beside_fanout'])}); the fan-out beside it "
+        f"{median(results['fanout_beside']):.2f} s; L20 call start behind the standard backlog "
+        f"{median(results['l20_start']) * 1000:.0f} ms (runs "
+        f"{', '.join(f'{x * 1000:.0f}' for x in results['l20_start'])})"
+    )
+
+
+SPEC_WORKFLOW = {
+    "tasks": [
+        {"type": "image_generation", "params": {"prompt": "Sunset landscape"}},
+        {"type": "crypto_prediction", "params": {"symbol": "BTC"}},
+    ],
+    "priority": "high",
+}
+CHAIN = {
+    "priority": "high",
+    "tasks": [
+        {"name": "a", "type": "image_generation", "params": {"prompt": "p"}},
+        {"name": "b", "type": "marketing_analysis", "depends_on": ["a"],
+         "params": {"image": {"$ref": "steps.a.result.image"}}},
+        {"name": "c", "type": "crypto_prediction", "depends_on": ["b"],
+         "params": {"image": {"$ref": "steps.b.result.image"}}},
+    ],
+}  # fmt: skip
+WORKFLOW_SAMPLES = 30
+
+
+def _workflow_seconds(b: Bench, body: dict[str, Any]) -> float:
+    sent = time.time()
+    workflow_id = b.api.call("POST", "/orchestrate", body, expect=202)["task_id"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with b.db.cursor() as cur:
+            cur.execute(
+                "SELECT status, extract(epoch FROM finished_at) FROM workflows WHERE id = %s",
+                (workflow_id,),
+            )
+            status, finished = cur.fetchone()
+        if finished is not None:
+            if status != "completed":
+                raise RuntimeError(f"{workflow_id} ended {status}")
+            return float(finished) - sent
+        time.sleep(0.002)
+    raise TimeoutError(f"{workflow_id} did not end within 60 s")
+
+
+def workflows(b: Bench, label: str) -> dict[str, Any]:
+    """The spec's two-step /orchestrate example and a three-step $ref chain, on an idle stack,
+    the services answering at once: end-to-end seconds per workflow."""
+    fake = FakeAI(0.0)
+    try:
+        b.stack.start_io_worker()
+        for service in ("image", "crypto", "marketing"):
+            b.api.call("PUT", f"/services/{service}", {"urls": [fake.url], "max_concurrency": 64})
+        two, three = [], []
+        for i in range(WORKFLOW_SAMPLES):
+            if i % 10 == 0:
+                say(f"{label} workflows {i + 1}-{i + 10}/{WORKFLOW_SAMPLES}")
+            two.append(_workflow_seconds(b, SPEC_WORKFLOW))
+            three.append(_workflow_seconds(b, CHAIN))
+        return {"two_step": two, "chain_three": three}
+    finally:
+        b.stack.stop("io")
+        fake.stop()
+
+
+def workflows_summary(results: dict[str, Any]) -> str:
+    from bench.scenarios import percentile
+
+    two = [x * 1000 for x in results["two_step"]]
+    three = [x * 1000 for x in results["chain_three"]]
+    return (
+        f"spec two-step /orchestrate: p50 {percentile(two, 50):.1f} ms, p95 "
+        f"{percentile(two, 95):.1f} ms; three-step $ref chain: p50 {percentile(three, 50):.1f} ms "
+        f"({percentile(three, 50) / 3:.1f} ms per step), p95 {percentile(three, 95):.1f} ms"
+    )
