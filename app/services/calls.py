@@ -269,6 +269,7 @@ class _Chunk:
         self.holding.tokens.discard(token)
         self.holding.task_ids.discard(task.id)
         result, error, duration_ms = future.result()
+        inflight.observe(self.view, error, duration_ms)
         if error is None:
             self.outcomes.append(
                 Outcome(task.id, TASK_COMPLETED, result, None, task.attempt, duration_ms)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from app.clients.downstream import DownstreamError
+
 
 class _HasLimit(Protocol):
     @property
@@ -21,6 +23,15 @@ class _HasLimit(Protocol):
 def current_limit(view: _HasLimit) -> int:
     """The number of calls that may be in flight to the service of `view`, over all workers."""
     return max(int(view.max_concurrency), 1)
+
+
+def observe(view: _HasLimit, error: DownstreamError | None, duration_ms: float) -> None:
+    """Hear how one call ended (None: it succeeded; else its error: `status` 429, 5xx, or None
+    for a timeout or a refused connection), as it ends.
+
+    The fixed limit needs nothing from it; a policy that adapts the limit to what the service
+    sustains listens here.
+    """
 
 
 # ---- slots and the waiting line, in Redis ---------------------------------------------------
