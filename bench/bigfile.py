@@ -12,12 +12,14 @@ import csv
 import os
 import random
 import shutil
+import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from bench.scenarios import Bench, say
-from bench.stack import proc_status_kb
+from bench.stack import proc_status_kb, tool
 
 FILE_NAME = "customers_big.csv"
 OPERATIONS = ["clean", "enrich", "analyze"]
@@ -62,6 +64,24 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def _database_cpu(b: Bench) -> dict[int, float]:
+    """CPU seconds of the PostgreSQL backends serving the benchmark's database, by process id
+    ({} when the server's processes cannot be read: another host or another user)."""
+    with b.db.cursor() as cur:
+        cur.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid()"
+        )
+        pids = [row[0] for row in cur.fetchall()]
+    return {pid: _cpu_seconds([pid]) for pid in pids if Path(f"/proc/{pid}/stat").exists()}
+
+
+def _database_cpu_since(b: Bench, before: dict[int, float]) -> float:
+    """What those backends used since `before` (backends that started since count whole)."""
+    now = _database_cpu(b)
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in now.items())
+
+
 def _pool_peaks_mb(b: Bench) -> list[float]:
     main, *pool = b.stack.worker_pids()
     return [proc_status_kb(pid, "VmHWM") / 1024 for pid in pool]
@@ -70,6 +90,26 @@ def _pool_peaks_mb(b: Bench) -> list[float]:
 def _fresh_worker(b: Bench) -> None:
     b.stack.stop("worker")
     b.stack.start_worker()
+
+
+class _Profiler:
+    """py-spy sampling the worker's main and pool processes for one run (`--profile DIR`)."""
+
+    def __init__(self, b: Bench, target: Path | None) -> None:
+        self.process: subprocess.Popen | None = None
+        if target is None:
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [tool("py-spy"), "record", "--subprocesses", "--nonblocking", "--format", "raw",
+             "--rate", "200", "-o", str(target), "-p", str(b.stack.worker_pids()[0])],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGINT)
+            self.process.wait(timeout=60)
 
 
 def _wait_completed(b: Bench, task_ids_sql: str, params: tuple, total: int) -> None:
@@ -87,7 +127,12 @@ def _wait_completed(b: Bench, task_ids_sql: str, params: tuple, total: int) -> N
 
 
 def split_run(b: Bench, data_dir: Path, rows: int, bots: int, label: str) -> dict[str, Any]:
-    """mass_data_processing of the file over a `bots`-bot swarm, cold (index removed) and warm."""
+    """mass_data_processing of the file over a `bots`-bot swarm, cold (index removed) and warm.
+
+    With BENCH_PROFILE set to a directory, the first run of each kind (and of the single task) is
+    sampled by py-spy (on PATH) into it, as collapsed stacks.
+    """
+    profile = Path(os.environ["BENCH_PROFILE"]) if os.environ.get("BENCH_PROFILE") else None
     path = data_dir / FILE_NAME
     if not path.exists():
         say(f"{label} writing a {rows:,}-row CSV")
@@ -97,7 +142,7 @@ def split_run(b: Bench, data_dir: Path, rows: int, bots: int, label: str) -> dic
     data = {"dataset": FILE_NAME, "operations": OPERATIONS, "output_format": "json"}
     out: dict[str, Any] = {"rows": rows, "bots": bots, "file_mb": path.stat().st_size / 1e6}
     for mode in ("cold", "warm"):
-        seconds, peaks, cpu, load = [], [], [], []
+        seconds, peaks, cpu, load, db_cpu = [], [], [], [], []
         for run in range(b.runs):
             say(f"{label} {rows:,} rows over {bots:,} bots, {mode}: run {run + 1}/{b.runs}")
             b.wait_idle()
@@ -106,6 +151,8 @@ def split_run(b: Bench, data_dir: Path, rows: int, bots: int, label: str) -> dic
             _fresh_worker(b)
             load.append(os.getloadavg()[0])
             pool_cpu = _cpu_seconds(b.stack.worker_pids())
+            database_cpu = _database_cpu(b)
+            profiler = _Profiler(b, profile / f"{mode}.txt" if profile and run == 0 else None)
             started = time.perf_counter()
             answer = b.api.call("POST", f"/swarms/{swarm['id']}/tasks",
                                 {"type": "mass_data_processing", "data": data}, expect=202)  # fmt: skip
@@ -119,11 +166,13 @@ def split_run(b: Bench, data_dir: Path, rows: int, bots: int, label: str) -> dic
                 answer["assignments"],
             )
             seconds.append(time.perf_counter() - started)
+            profiler.stop()
             cpu.append(_cpu_seconds(b.stack.worker_pids()) - pool_cpu)
+            db_cpu.append(_database_cpu_since(b, database_cpu))
             peaks.append(max(_pool_peaks_mb(b)))
         out[mode] = {"seconds": seconds, "peak_worker_rss_mb": peaks, "worker_cpu_seconds": cpu,
-                     "load_average_at_start": load}  # fmt: skip
-    out["single"] = single_run(b, data_dir, label)
+                     "database_cpu_seconds": db_cpu, "load_average_at_start": load}  # fmt: skip
+    out["single"] = single_run(b, data_dir, label, profile)
     return out
 
 
@@ -136,18 +185,20 @@ def _first_task_id(b: Bench, swarm_id: str, n: int) -> int:
         return int(cur.fetchone()[0])
 
 
-def single_run(b: Bench, data_dir: Path, label: str) -> dict[str, Any]:
+def single_run(b: Bench, data_dir: Path, label: str, profile: Path | None = None) -> dict[str, Any]:
     """The same operations as one data_processing task on one bot: one process reads every row."""
     bot = b.api.call("POST", "/bots", {"name": "bench-bigfile-one", "tier": "standard",
                                        "capabilities": ["data_processing"]}, expect=201)  # fmt: skip
     data = {"dataset": FILE_NAME, "operations": OPERATIONS, "output_format": "json"}
-    seconds, peaks, cpu, load = [], [], [], []
+    seconds, peaks, cpu, load, db_cpu = [], [], [], [], []
     for run in range(b.runs):
         say(f"{label} one task over the whole file: run {run + 1}/{b.runs}")
         b.wait_idle()
         _fresh_worker(b)
         load.append(os.getloadavg()[0])
         pool_cpu = _cpu_seconds(b.stack.worker_pids())
+        database_cpu = _database_cpu(b)
+        profiler = _Profiler(b, profile / "single.txt" if profile and run == 0 else None)
         started = time.perf_counter()
         answer = b.api.call("POST", f"/bots/{bot['id']}/tasks",
                             {"type": "data_processing", "data": data}, expect=202)  # fmt: skip
@@ -160,7 +211,9 @@ def single_run(b: Bench, data_dir: Path, label: str) -> dict[str, Any]:
             1,
         )
         seconds.append(time.perf_counter() - started)
+        profiler.stop()
         cpu.append(_cpu_seconds(b.stack.worker_pids()) - pool_cpu)
+        db_cpu.append(_database_cpu_since(b, database_cpu))
         peaks.append(max(_pool_peaks_mb(b)))
     return {"seconds": seconds, "peak_worker_rss_mb": peaks, "worker_cpu_seconds": cpu,
-            "load_average_at_start": load}  # fmt: skip
+            "database_cpu_seconds": db_cpu, "load_average_at_start": load}  # fmt: skip

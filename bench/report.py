@@ -44,6 +44,8 @@ class Row:
             return f"{self.value:.2f}×" if self.value < 10 else f"{self.value:.1f}×"
         if self.unit == "MB":
             return f"{self.value:.0f} MB"
+        if self.unit == "load":
+            return f"{self.value:.1f}"
         if self.unit == "%":
             return f"{self.value:+.1f} %"
         if self.unit == "req/s":
@@ -268,16 +270,33 @@ def bigfile_rows(big: dict[str, Any], full: bool) -> list[Row]:
             _goal(warm, 15, True, full)),
         Row("One task over the whole file, one process", f"{big['rows']:,} rows", single, "s"),
         Row("Split run ÷ one task (index built)", "", cold / single, "x"),
+        Row("Split run ÷ one task (index kept)", "", warm / single, "x"),
         Row("Worker CPU time, split run (index built)", n,
             median(big["cold"]["worker_cpu_seconds"]), "s"),
         Row("Worker CPU time, split run (index kept)", n,
             median(big["warm"]["worker_cpu_seconds"]), "s"),
         Row("Worker CPU time, one task", f"{big['rows']:,} rows",
             median(big["single"]["worker_cpu_seconds"]), "s"),
+        *_database_rows(big, n),
+        Row("Load average (1 min) at the start of a run, median", "",
+            median(big["cold"]["load_average_at_start"] + big["warm"]["load_average_at_start"]
+                   + big["single"]["load_average_at_start"]), "load"),
         Row("Peak RSS of a worker pool process, split runs", n, split_peak, "MB", "< 300 MB",
             _goal(split_peak, 300, True, full)),
         Row("Peak RSS of the worker pool process, one task", f"{big['rows']:,} rows",
             max(big["single"]["peak_worker_rss_mb"]), "MB"),
+    ]  # fmt: skip
+
+
+def _database_rows(big: dict[str, Any], n: str) -> list[Row]:
+    """PostgreSQL backends' CPU time, when the benchmark could read it."""
+    if not all(big[kind].get("database_cpu_seconds") for kind in ("cold", "warm", "single")):
+        return []
+    return [
+        Row("PostgreSQL CPU time, split run (index kept)", n,
+            median(big["warm"]["database_cpu_seconds"]), "s"),
+        Row("PostgreSQL CPU time, one task", f"{big['rows']:,} rows",
+            median(big["single"]["database_cpu_seconds"]), "s"),
     ]  # fmt: skip
 
 

@@ -25,7 +25,7 @@ from app.handlers.analysis import analyze
 from app.handlers.data import process
 from app.handlers.datasets import open_dataset, row_range
 from app.handlers.reporting import report
-from app.handlers.summaries import EXACT_DISTINCT_LIMIT
+from app.handlers.summaries import EXACT_DISTINCT_LIMIT, Packed, take_summary
 from app.services import aggregates
 from app.services.aggregates import Finished
 from tests.workers import WorkerProcess, wait_for
@@ -264,6 +264,37 @@ def test_split_reporting_equals_one_pass(data_dir, group_by):
     for parts in (1, 6, 80):
         merged, _ = split_answer("reporting", data, data_dir, parts)
         assert merged == expected
+
+
+@pytest.mark.parametrize(
+    ("task_type", "data"),
+    [
+        ("mass_data_processing", {"operations": ["clean", "enrich", "analyze"]}),
+        ("distributed_analysis", {"analysis_type": "summary"}),
+        ("reporting", {"metric": "score", "group_by": " Region "}),
+    ],
+)
+def test_a_worker_folds_the_summaries_its_tasks_just_made_as_if_read_back(
+    data_dir, task_type, data
+):
+    write_awkward_csv(data_dir / "awkward.csv", 1500)
+    data = {"dataset": "awkward.csv", **data}
+    fresh = [
+        HANDLERS[task_type](TaskInput(task_type, data, index, data_dir, slice_count=12))
+        for index in range(12)
+    ]
+    stored = json.loads(json.dumps(fresh))
+    assert all(type(result["merge_state"]) is Packed for result in fresh)
+
+    def answer(results: list[Any]) -> dict[str, Any]:
+        finished = [Finished(task_type, "completed", result, None) for result in results]
+        return aggregates.merge(task_type, [aggregates.fold(task_type, finished)])
+
+    in_memory = answer(fresh)
+    # Each kept summary is taken once (the fold merged into it): a second fold unpacks.
+    assert all(take_summary(result["merge_state"]) is None for result in fresh)
+    assert in_memory == answer(fresh) == answer(stored)
+    assert in_memory["merged_tasks"] == 12
 
 
 def test_even_split_ranges_are_contiguous_and_differ_by_at_most_one_row():

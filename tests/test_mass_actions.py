@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 from types import MappingProxyType
@@ -10,7 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from app.extensions import db
-from app.services import execution, mass_action_events, mass_actions, partials
+from app.services import aggregates, execution, mass_action_events, mass_actions, partials
 from tests.plugins import faults
 from tests.workers import WorkerProcess, wait_for
 
@@ -705,6 +706,45 @@ def test_partials_are_written_per_chunk_and_compacted_on_read(client):
     assert first["aggregate"] == {"tasks": {"completed": 100}, "failures_by_reason": {}}
     assert _partial_rows(mass_action_id) == 1
     assert progress(client, mass_action_id)["aggregate"] == first["aggregate"]
+
+
+def test_the_partial_folded_before_the_record_counts_only_when_the_same_tasks_moved(
+    client, monkeypatch
+):
+    from app.services import workflows
+    from app.services.aggregates import Finished
+    from app.services.outcomes import Outcome, record_outcomes
+
+    folded: list[int] = []
+    fold = aggregates.fold
+
+    def counted_fold(task_type: str, tasks: list) -> dict:
+        folded.append(len(tasks))
+        return fold(task_type, tasks)
+
+    monkeypatch.setattr(aggregates, "fold", counted_fold)
+    swarm = create_swarm(client, 6)
+    mass_action_id = start(client, swarm["id"])["mass_action_id"]
+    ids = _task_ids(mass_action_id)
+
+    execution.run_chunk(ids[:2])
+    assert folded == [2]  # folded once, before the record statement took its locks
+
+    # Four outcomes recorded at once, two of whose tasks another delivery has ended meanwhile.
+    outcomes = [Outcome(task_id, "completed", {}, None, None) for task_id in ids[:4]]
+    ahead = aggregates.fold_ahead(
+        (o.task_id, Finished("echo", o.state, {}, None)) for o in outcomes
+    )
+    moved = record_outcomes(
+        outcomes,
+        ("assigned",),
+        on_workflows=workflows.on_steps_moved,
+        unclaimed_since=datetime.datetime.now(datetime.UTC),
+        folded_ahead=ahead,
+    )
+    assert moved == 2
+    assert folded == [2, 4, 2]  # the four folded ahead do not count; the two that moved do
+    assert progress(client, mass_action_id)["aggregate"]["tasks"] == {"completed": 4}
 
 
 def test_a_listener_hears_each_end_once_after_its_commit(client):

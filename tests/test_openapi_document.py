@@ -26,6 +26,7 @@ FREE_FORM = {
     ("StepOut", "result"),
     ("TaskComplete", "result"),
     ("MassActionResult", "result"),
+    ("AggregateOut", "result"),
 }
 
 
@@ -175,3 +176,44 @@ def test_the_tier_pattern_accepts_what_the_api_accepts(client, document):
     for tier in ("L20", "l20", " Advanced ", "STANDARD", "gold", "", "L2O"):
         answered = client.post("/bots", json={"name": "b", "tier": tier}).status_code
         assert (re.search(pattern, tier) is not None) == (answered == 201), tier
+
+
+def test_the_aggregate_of_every_merge_rule_is_documented_key_for_key(document):
+    from app.api.schemas import AggregateOut
+    from app.services import aggregates
+    from app.services.aggregates import Finished
+
+    answers = {
+        "echo": aggregates.merge(
+            "echo",
+            [aggregates.fold("echo", [Finished("echo", "failed", None, "echo: broken")])],
+        ),
+        "image_generation": aggregates.merge(
+            "image_generation",
+            [
+                aggregates.fold(
+                    "image_generation",
+                    [Finished("image_generation", "completed", {"text": "x"}, None, 12.5)],
+                )
+            ],
+        ),
+        "image_generation, untimed": aggregates.merge("image_generation", []),
+        "data_processing": aggregates.merge(
+            "data_processing",
+            [
+                aggregates.fold(
+                    "data_processing", [Finished("data_processing", "cancelled", None, None)]
+                )
+            ],
+        ),
+    }
+    documented = document["components"]["schemas"]["AggregateOut"]["properties"]
+    latency = document["components"]["schemas"]["LatencyOut"]["properties"]
+    for name, answer in answers.items():
+        # Dumping keeps only the fields the schema declares: nothing may be lost.
+        assert AggregateOut().dump(answer) == answer, name
+        assert set(answer) <= set(documented), name
+        if answer.get("latency_ms"):
+            assert set(answer["latency_ms"]) == set(latency), name
+    assert answers["image_generation"]["latency_ms"]["p99"] == 12.5
+    assert "result" in answers["data_processing"] and "latency_ms" in answers["image_generation"]

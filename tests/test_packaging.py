@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -104,11 +105,45 @@ def pip(*args: str, cwd: Path) -> None:
     assert done.returncode == 0, done.stderr
 
 
+# What the wheel is built from: pyproject.toml and what its [tool.setuptools] section names.
+SOURCES = ("pyproject.toml", "wsgi.py", "celeryconfig.py", "app", "workers", "orchestrator_cli",
+           "migrations")  # fmt: skip
+# Left behind by builds and runs; a stale build/ once put removed modules into the wheel.
+NOT_SOURCES = shutil.ignore_patterns("__pycache__", "*.pyc", "build", "*.egg-info")
+
+
+def clean_copy(target: Path) -> Path:
+    """The checkout's sources, without build leftovers, in `target` (builds there leave the
+    checkout as it was)."""
+    target.mkdir()
+    for name in SOURCES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, target / name, ignore=NOT_SOURCES)
+        else:
+            shutil.copy2(source, target / name)
+    return target
+
+
+def build_leftovers() -> list[tuple[str, float]]:
+    """build/ and *.egg-info in the checkout, with their modification times."""
+    found = [ROOT / "build", *ROOT.glob("*.egg-info")]
+    return sorted((path.name, path.stat().st_mtime) for path in found if path.exists())
+
+
 @pytest.fixture()
 def installed(tmp_path: Path) -> Path:
-    """The service built as a wheel and installed, without dependencies, into its own directory."""
+    """The service built as a wheel and installed, without dependencies, into its own directory.
+
+    Built from a clean copy of the sources: an in-tree build would reuse (and leave) build/ and
+    *.egg-info in the checkout, so a stale build/ could change what is installed.
+    """
     wheels, site = tmp_path / "wheels", tmp_path / "site"
-    pip("wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT), cwd=tmp_path)
+    checkout = build_leftovers()
+    source = clean_copy(tmp_path / "src")
+    assert not list(source.rglob("__pycache__")) and not list(source.rglob("build"))
+    pip("wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source), cwd=tmp_path)
+    assert build_leftovers() == checkout, "the build wrote in the checkout"
     (wheel,) = wheels.glob("*.whl")
     pip("install", "--no-deps", "--target", str(site), str(wheel), cwd=tmp_path)
     return site

@@ -8,6 +8,7 @@ no connection, and each pool process drops the database connections it inherited
 
 from __future__ import annotations
 
+import gc
 import logging
 
 from celery import Celery
@@ -17,6 +18,10 @@ from app import create_app, metrics
 from app.dispatch import celery_of
 from app.extensions import db
 from app.logging import configure_logging
+
+# Allocations (less deallocations) between two collections of the youngest generation; Python's
+# default is 700.
+GC_FIRST_THRESHOLD = 20_000
 
 flask_app = create_app()
 celery: Celery = celery_of(flask_app)
@@ -34,6 +39,19 @@ def _fresh_connections(**_kwargs) -> None:
     """A forked pool process must not share the parent's database connections."""
     with flask_app.app_context():
         db.engine.dispose(close=False)
+
+
+@worker_process_init.connect
+def _collect_less(**_kwargs) -> None:
+    """Keep the cyclic garbage collector off the objects a pool process starts with.
+
+    A data task allocates millions of short-lived tuples and lists; at the default thresholds each
+    full collection walked every object of the app, Celery and SQLAlchemy again, which was a third
+    of a task's time (one task over 100,000 rows: 1.05 s, 0.74 s frozen with a larger first
+    threshold). Our own objects seldom form cycles, so collecting less often costs little memory.
+    """
+    gc.freeze()
+    gc.set_threshold(GC_FIRST_THRESHOLD, *gc.get_threshold()[1:])
 
 
 @worker_ready.connect

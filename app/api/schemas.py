@@ -401,6 +401,49 @@ class CallbackOut(Answer):
     delivered_at = fields.String(allow_none=True)
 
 
+class LatencyOut(Answer):
+    """Handler latencies of the calls a mass-action made to a downstream service."""
+
+    count = fields.Integer(metadata={"description": "calls timed"})
+    mean = fields.Float()
+    min = fields.Float()
+    max = fields.Float()
+    p50 = fields.Float()
+    p90 = fields.Float()
+    p99 = fields.Float()
+    percentiles = fields.String(metadata={"description": "how exact the percentiles are"})
+
+
+class AggregateOut(Answer):
+    """Every finished task of a mass-action merged by its task type's merge rule."""
+
+    tasks = fields.Dict(
+        keys=fields.String(), values=fields.Integer(), metadata={"description": "ended, by state"}
+    )
+    failures_by_reason = fields.Dict(keys=fields.String(), values=fields.Integer())
+    merged_tasks = fields.Integer(
+        metadata={
+            "optional": True,
+            "description": "data task types: the results merged into `result` (a result without"
+            " a summary, such as a manual completion's, is counted but not merged)",
+        }
+    )
+    result = fields.Raw(
+        allow_none=True,
+        metadata={
+            "optional": True,
+            "description": "data task types: what one task over every row of the dataset"
+            " answers (the task type's own result); distinct counts past 4,096 values are"
+            " estimates marked `distinct_approximate`",
+        },
+    )
+    latency_ms = fields.Nested(
+        LatencyOut,
+        allow_none=True,
+        metadata={"optional": True, "description": "task types that call a downstream service"},
+    )
+
+
 class MassActionOut(Answer):
     id = fields.String(attribute="mass_action.id", metadata={"example": "ma-9c1d2e3f4a5b6c7d"})
     swarm_id = fields.String(attribute="mass_action.swarm_id")
@@ -431,7 +474,8 @@ class MassActionOut(Answer):
     started_at = Timestamp(attribute="mass_action.started_at", allow_none=True)
     finished_at = Timestamp(attribute="mass_action.finished_at", allow_none=True)
     cancel_requested_at = Timestamp(attribute="mass_action.cancel_requested_at", allow_none=True)
-    aggregate = fields.Dict(
+    aggregate = fields.Nested(
+        AggregateOut,
         allow_none=True,
         metadata={
             "description": "every finished task's result merged by the task type's merge rule"

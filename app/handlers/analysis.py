@@ -18,7 +18,7 @@ from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 from app.handlers import TaskFailed, TaskInput
 from app.handlers.data import optional_chunk_size
 from app.handlers.datasets import Dataset, open_dataset, row_range
-from app.handlers.summaries import Columns, ExactSum, pack, unpack
+from app.handlers.summaries import Columns, ExactSum, pack_summary, unpack
 
 ANALYSIS_TYPES = ("sentiment", "summary")
 TEXT_FIELDS = ("text", "review", "comment", "message", "content")
@@ -49,7 +49,7 @@ def analyze(task: TaskInput) -> dict[str, Any]:
     summary = AnalysisSummary.of_rows(dataset, start, end, analysis_type, text_field)
     result = summary.presented()
     if task.slice_index is not None:
-        result["merge_state"] = pack(summary.to_json())
+        result["merge_state"] = pack_summary(summary)
     return result
 
 

@@ -27,7 +27,7 @@ from typing import Any
 from app.handlers import TaskFailed, TaskInput
 from app.handlers.datasets import Batch, Dataset, csv_batch, drop_file, open_dataset, row_range
 from app.handlers.pipeline import Rows, plain_until, run_batch
-from app.handlers.summaries import Columns, pack, unpack
+from app.handlers.summaries import Columns, pack_summary, unpack
 
 Record = dict[str, Any]
 
@@ -50,7 +50,7 @@ def process(task: TaskInput) -> dict[str, Any]:
     result = summary.presented()
     if task.slice_index is not None:
         result["slice"] = [start, end]
-        result["merge_state"] = pack(summary.to_json())
+        result["merge_state"] = pack_summary(summary)
     return result
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from app.handlers import TaskFailed, TaskInput
 from app.handlers.data import optional_chunk_size
 from app.handlers.datasets import Dataset, open_dataset, row_range
-from app.handlers.summaries import ExactSum, canonical, pack, unpack
+from app.handlers.summaries import ExactSum, canonical, pack, pack_summary, unpack
 from app.handlers.values import is_empty, parse_number
 
 # A report is stored as a task result: past this many groups only the largest are kept.
@@ -37,7 +37,9 @@ def report(task: TaskInput) -> dict[str, Any]:
     result = summary.presented()
     if task.slice_index is not None:
         result["slice"] = [start, end]
-        result["merge_state"] = pack(summary.to_json())
+        # A state without its smallest groups is what merges: keep the summary only when whole.
+        whole = len(summary.groups) <= MAX_STATE_GROUPS
+        result["merge_state"] = pack_summary(summary) if whole else pack(summary.to_json())
     return result
 
 

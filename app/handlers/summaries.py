@@ -18,9 +18,11 @@ Summaries turn into JSON (`to_json`) so a task's result can carry them, and back
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import math
+import operator
 import zlib
 from collections import Counter
 from collections.abc import Iterable
@@ -39,6 +41,9 @@ _blake2b = hashlib.blake2b
 _MAX_UNPACKED_BYTES = 64 * 1024 * 1024
 
 Number = int | float
+# Joins a part's distinct texts into one string in its state (see Distinct.to_json), unless a
+# text holds it: a tab, which JSON writes in two bytes (a control character would take six).
+_TEXT_SEPARATOR = "\t"
 _PLAIN = {str, type(None)}
 
 
@@ -52,6 +57,33 @@ def pack(state: dict[str, Any]) -> str:
         "utf-8", "surrogatepass"
     )
     return "z1:" + base64.b64encode(zlib.compress(raw, 1)).decode("ascii")
+
+
+class Packed(str):
+    """A packed summary that, in the process that packed it, still holds the summary itself.
+
+    A worker folds the results its own tasks have just produced (app/services/aggregates.py);
+    taking the summary from here spares it inflating and parsing every part's state again
+    (about a fifth of the fold of a 200-part chunk). It is taken at most once, because a fold
+    merges other summaries into the ones it takes: a second fold of the same result unpacks the
+    string, which never changes.
+    """
+
+    summary: Any
+
+
+def pack_summary(summary: Any) -> Packed:
+    """`pack` of a summary's JSON, keeping the summary for one `take_summary` in this process."""
+    packed = Packed(pack(summary.to_json()))
+    packed.summary = summary
+    return packed
+
+
+def take_summary(packed: Any) -> Any:
+    """The summary `pack_summary` kept in `packed`, once; None for any other value."""
+    if type(packed) is not Packed:
+        return None
+    return packed.__dict__.pop("summary", None)
 
 
 def unpack(packed: Any) -> dict[str, Any]:
@@ -157,6 +189,26 @@ def _sketch_hash(value: Any) -> int:
     return int.from_bytes(_blake2b(data, digest_size=8).digest(), "big")
 
 
+_encode_text = functools.partial(str.encode, encoding="utf-8", errors="surrogatepass")
+_hash8 = functools.partial(_blake2b, digest_size=8)
+_digest = operator.methodcaller("digest")
+_INT_MARK = b"\x00i".__add__
+
+
+def _sketch_hashes(values: Iterable[Any]) -> list[int]:
+    """`_sketch_hash` of every value: chains of map() when they are all strings or all ints
+    (a sketched column nearly always is), a third cheaper per value than one call each."""
+    values = values if isinstance(values, (list, set, frozenset, tuple)) else list(values)
+    try:
+        return list(map(int.from_bytes, map(_digest, map(_hash8, map(_encode_text, values)))))
+    except TypeError:  # not all strings
+        pass
+    if all(type(value) is int for value in values):
+        data = map(_INT_MARK, map(str.encode, map(int.__repr__, values)))
+        return list(map(int.from_bytes, map(_digest, map(_hash8, data))))
+    return list(map(_sketch_hash, values))
+
+
 class Distinct:
     """How many distinct values: exact while few, a HyperLogLog sketch past the limit."""
 
@@ -193,17 +245,14 @@ class Distinct:
     def _sketch(self, values: Iterable[Any]) -> None:
         registers = self.registers
         assert registers is not None
-        # Comprehensions, not one loop: every value of a large column passes through here.
-        hashed = [
-            int.from_bytes(_blake2b(value.encode("utf-8", "surrogatepass"), digest_size=8).digest())
-            if type(value) is str
-            else _sketch_hash(value)
-            for value in values
-        ]
         rest_bits = 64 - _HLL_BITS
         mask = (1 << rest_bits) - 1
         top = rest_bits + 1
-        for register, rank in [(h >> rest_bits, top - (h & mask).bit_length()) for h in hashed]:
+        hashed = _sketch_hashes(values)
+        # Two passes of map() and one plain loop: every value of a large column passes here.
+        places = map(rest_bits.__rrshift__, hashed)
+        for register, low in zip(places, map(mask.__and__, hashed), strict=True):
+            rank = top - low.bit_length()
             if rank > registers[register]:
                 registers[register] = rank
 
@@ -225,7 +274,16 @@ class Distinct:
 
     def to_json(self) -> dict[str, Any]:
         if self.values is not None:
-            return {"values": list(self.values)}
+            values = list(self.values)
+            try:
+                joined = _TEXT_SEPARATOR.join(values)
+            except TypeError:  # not all strings
+                return {"values": values}
+            # One string rather than a list of them: a part's state is mostly its distinct
+            # values, and encoding (and decoding) one string is several times quicker.
+            if joined.count(_TEXT_SEPARATOR) == len(values) - 1 and len(values) > 1:
+                return {"texts": joined}
+            return {"values": values}
         assert self.registers is not None
         return {"sketch": base64.b64encode(bytes(self.registers)).decode()}
 
@@ -235,6 +293,8 @@ class Distinct:
         if "sketch" in raw:
             distinct.values = None
             distinct.registers = bytearray(base64.b64decode(raw["sketch"]))
+        elif "texts" in raw:
+            distinct.values = set(raw["texts"].split(_TEXT_SEPARATOR))
         else:
             distinct.values = set(raw["values"])
         return distinct

@@ -21,7 +21,8 @@ from sqlalchemy import text
 from app.extensions import db
 from app.handlers import TaskFailed, TaskInput
 from app.models import TASK_ASSIGNED, TASK_COMPLETED, TASK_FAILED, TASK_RUNNING
-from app.services import mass_action_counts, workflows
+from app.services import aggregates, mass_action_counts, workflows
+from app.services.aggregates import Finished
 from app.services.outcomes import Outcome, record_outcomes
 from app.services.payloads import load_payloads
 from app.services.task_types import catalogue
@@ -163,15 +164,23 @@ def run_chunk(task_ids: list[int], redelivered: bool = False) -> dict[str, int]:
     payloads = load_payloads({task.payload_id for task in claimed})
     data_dir = current_app.config["SETTINGS"].data_dir
     outcomes = [run_one(task, payloads.get(task.payload_id, {}), data_dir) for task in claimed]
+    # The aggregate's partial is folded before the record statement locks the mass-action.
+    ahead = aggregates.fold_ahead(
+        (o.task_id, Finished(task.type, o.state, o.result, o.error, o.duration_ms))
+        for task, o in zip(claimed, outcomes, strict=True)
+    )
     # Workflow steps and a swarm step's tasks run here too; only their outcomes call the hook.
     if since is None:
-        recorded = record_outcomes(outcomes, (TASK_RUNNING,), on_workflows=workflows.on_steps_moved)
+        recorded = record_outcomes(
+            outcomes, (TASK_RUNNING,), on_workflows=workflows.on_steps_moved, folded_ahead=ahead
+        )
     else:
         recorded = record_outcomes(
             outcomes,
             (TASK_ASSIGNED,),
             on_workflows=workflows.on_steps_moved,
             unclaimed_since=since,
+            folded_ahead=ahead,
         )
     failed = sum(1 for o in outcomes if o.state == TASK_FAILED)
     log.info(

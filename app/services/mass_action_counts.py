@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from app.services import mass_action_events, partials
-from app.services.aggregates import Finished
+from app.services.aggregates import Finished, Folded
 from app.services.mass_action_events import FinishedMassAction
 
 
@@ -112,21 +112,29 @@ def note_moved(
     rows: list[dict[str, Any]] | None,
     moved_ids: Iterable[list[Any]] | None = None,
     outcomes: Mapping[int, Ended] | None = None,
+    folded_ahead: Iterable[Folded] = (),
 ) -> None:
     """After a statement carrying ended_cte, in its transaction: write the partials of what it
     moved, and keep the mass-actions it ended, to be announced once the transaction commits.
 
     `rows` is its ENDED_SUMMARY_SQL; for the record statement, `moved_ids` are its
-    (mass-action id, task ids) pairs and `outcomes` the outcomes by task id. Cancellations are
-    counted from the rows.
+    (mass-action id, task ids) pairs and `outcomes` the outcomes by task id, and `folded_ahead`
+    the partials its caller folded before it (aggregates.fold_ahead), used when exactly those
+    tasks moved. Cancellations are counted from the rows.
     """
     if not rows:
         return
     ids_of = {mass_action_id: task_ids for mass_action_id, task_ids in moved_ids or ()}
+    ready = {(f.task_type, f.task_ids): f.partial for f in folded_ahead}
     by_task = outcomes or {}
     groups: list[tuple[str, str, list[Finished]]] = []
+    ready_rows: list[tuple[str, dict[str, Any]]] = []
     for row in rows:
         type_ = row["type"]
+        partial = ready.get((type_, frozenset(ids_of.get(row["id"], ()))))
+        if partial is not None and not row["cancelled_now"]:
+            ready_rows.append((row["id"], partial))
+            continue
         tasks = [
             Finished(type_, o.state, o.result, o.error, o.duration_ms)
             for o in (by_task[task_id] for task_id in ids_of.get(row["id"], ()))
@@ -134,6 +142,7 @@ def note_moved(
         if row["cancelled_now"]:
             tasks += [Finished(type_, "cancelled", None, None)] * int(row["cancelled_now"])
         groups.append((row["id"], type_, tasks))
+    partials.insert(ready_rows)
     partials.write(groups)
     mass_action_events.ended_in_transaction(
         [FinishedMassAction.from_row(row) for row in rows if row["ended_now"]]

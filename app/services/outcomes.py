@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,7 @@ from app.errors import is_connection_error
 from app.extensions import db
 from app.models import TASK_RUNNING
 from app.services import mass_action_counts
+from app.services.aggregates import Folded
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +209,7 @@ def record_outcomes(
     *,
     on_workflows: WorkflowHook,
     unclaimed_since: Any = None,
+    folded_ahead: Sequence[Folded] = (),
 ) -> int:
     """Move tasks to their outcome and count them, in one statement; commits.
 
@@ -215,7 +217,8 @@ def record_outcomes(
     counters never count a task twice. With `unclaimed_since` (tasks run straight from
     `assigned`), the move also counts the attempt and sets started_at. When moved tasks belong
     to workflows, `on_workflows` advances them in the same transaction and what it releases runs
-    after the commit. Returns how many moved.
+    after the commit. `folded_ahead`: the outcomes' aggregate partials, folded before the
+    statement takes its locks (aggregates.fold_ahead). Returns how many moved.
     """
     if len(from_states) != 1:
         # The mass-action counters must know whether the moved tasks were running.
@@ -236,7 +239,7 @@ def record_outcomes(
             moved, workflow_ids, summary, mass_actions, moved_ids = row
             if mass_actions:
                 by_id = {outcome.task_id: outcome for outcome in outcomes}
-                mass_action_counts.note_moved(mass_actions, moved_ids, by_id)
+                mass_action_counts.note_moved(mass_actions, moved_ids, by_id, folded_ahead)
             after_commit = on_workflows(workflow_ids) if workflow_ids else None
             db.session.commit()
             metrics.record_moved(summary)

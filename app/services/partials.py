@@ -40,10 +40,18 @@ class _Raced(Exception):
 
 def write(groups: Iterable[tuple[str, str, list[Finished]]]) -> None:
     """Insert the fold of each (mass-action, task type, finished tasks); the caller commits."""
-    rows = [
-        {"mass_action_id": mass_action_id, "partial": json.dumps(aggregates.fold(type_, tasks))}
+    insert(
+        (mass_action_id, aggregates.fold(type_, tasks))
         for mass_action_id, type_, tasks in groups
         if tasks
+    )
+
+
+def insert(folded: Iterable[tuple[str, dict[str, Any]]]) -> None:
+    """Insert (mass-action, partial) rows; the caller commits."""
+    rows = [
+        {"mass_action_id": mass_action_id, "partial": json.dumps(partial)}
+        for mass_action_id, partial in folded
     ]
     if rows:
         db.session.execute(text(_INSERT), rows)
