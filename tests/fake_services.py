@@ -1,7 +1,8 @@
 """Real HTTP servers on loopback that stand in for the downstream AI services in tests.
 
 A FakeService answers with scripted responses, in order, then with its default; it records every
-request it receives. Load the fixtures with `pytest_plugins = ["tests.fake_services"]` or by
+request it receives. The default may be a function of the requests in flight (counting the new
+one), for a service whose latency and errors depend on its load. Load the fixtures with `pytest_plugins = ["tests.fake_services"]` or by
 importing `fake_service` and `dead_url` into a conftest.
 """
 
@@ -46,16 +47,22 @@ class Received:
 
 
 ResponseSpec = Scripted | tuple[Any, ...]
+# Given the requests in flight (counting this one), the answer.
+Responder = Callable[[int], Scripted]
 
 
 class FakeService:
     """A threaded HTTP server on 127.0.0.1 whose answers the test scripts."""
 
     def __init__(
-        self, responses: Iterable[ResponseSpec] = (), default: ResponseSpec | None = None
+        self,
+        responses: Iterable[ResponseSpec] = (),
+        default: ResponseSpec | Responder | None = None,
     ) -> None:
         self._script = [_as_scripted(spec) for spec in responses]
-        self._default = _as_scripted(default) if default is not None else Scripted()
+        self._default: Scripted | Responder = (
+            default if callable(default) else _as_scripted(default or Scripted())
+        )
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self.requests: list[Received] = []
@@ -88,7 +95,11 @@ class FakeService:
             self.requests.append(received)
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            return self._script.pop(0) if self._script else self._default
+            if self._script:
+                return self._script.pop(0)
+            if callable(self._default):
+                return self._default(self.in_flight)
+            return self._default
 
     def _done(self) -> None:
         with self._lock:
@@ -99,6 +110,9 @@ class FakeService:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body leave in two writes: with Nagle's algorithm the body would wait
+            # for the client's delayed ACK (about 40 ms on Linux) and every answer would be slow.
+            disable_nagle_algorithm = True
             # Idle keep-alive connections end on their own instead of outliving the test.
             timeout = 10
 
@@ -154,7 +168,7 @@ def fake_service() -> Iterator[Callable[..., FakeService]]:
     started: list[FakeService] = []
 
     def start(
-        responses: Iterable[ResponseSpec] = (), default: ResponseSpec | None = None
+        responses: Iterable[ResponseSpec] = (), default: ResponseSpec | Responder | None = None
     ) -> FakeService:
         service = FakeService(responses, default)
         started.append(service)

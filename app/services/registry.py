@@ -12,7 +12,9 @@ Every call reads the registry afresh (a few rows), so a PUT takes effect on the 
 every worker without a restart. A call walks the service's URLs in order, skipping URLs whose
 circuit breaker is open (`breaker.py`) and trying last the ones the latest health probe found
 unhealthy; connection errors, timeouts, 429 and 5xx move on to the next URL. Calls in flight to
-one service are capped across all workers by a Redis semaphore, so a swarm cannot flood it.
+one service are capped across all workers by a Redis semaphore, so a swarm cannot flood it; the
+cap is the service's fixed `max_concurrency`, or with `max_concurrency: "auto"` the limit that
+`adaptive_limit.py` learns from every call's latency and outcome.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ from app.models import (
     Service,
     ServiceEndpoint,
 )
-from app.services import breaker
+from app.services import adaptive_limit, breaker
+from app.services.adaptive_limit import AdaptiveState
 from app.services.breaker import BreakerState
 from app.services.ids import utcnow
 from app.services.service_defaults import DOWNSTREAM
@@ -64,6 +67,7 @@ VARIABLE_OF: dict[str, str] = {name: variable for variable, name in SERVICE_URL_
 
 DEFAULT_HEALTH_PATH = "/health"
 DEFAULT_MAX_CONCURRENCY = 16
+MAX_CONCURRENCY = 10_000
 # Rounds over all URLs after the first, with exponential backoff; a task may set its own.
 DEFAULT_RETRIES = 2
 RETRY_BACKOFF_S = 0.2
@@ -75,16 +79,19 @@ PROBE_FRESH_S = 120
 SLOT_WAIT_S = 30.0
 INFLIGHT_PREFIX = "orchestrator:inflight:"
 
-# KEYS[1] in-flight set (token -> lease expiry); ARGV limit, token, lease seconds. 1 = acquired.
-# Expired leases (a worker killed mid-call) are dropped first, so a crash never leaks a slot.
+# KEYS[1] in-flight set (token -> lease expiry); ARGV limit, token, lease seconds. Returns 0 if
+# the service is full, else the calls in flight counting this one (what the adaptive limit
+# needs to know). Expired leases (a worker killed mid-call) are dropped first, so a crash never
+# leaks a slot.
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+local held = redis.call('ZCARD', KEYS[1])
+if held >= tonumber(ARGV[1]) then return 0 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
 redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3])) + 60)
-return 1
+return held + 1
 """
 
 # Insert absent services; refresh the URLs of rows still following their variable.
@@ -146,12 +153,18 @@ class ServiceView:
     health_path: str
     timeout_s: float
     task_types: list[str]
+    # The fixed limit; with concurrency_auto, the one PUT gave before "auto" (unused meanwhile).
     max_concurrency: int
     source: str
     updated_at: datetime
+    concurrency_auto: bool = False
+    max_concurrency_ceiling: int | None = None
     endpoints: list[Endpoint] = field(default_factory=list)
     # Calls holding a slot right now (API answers only).
     in_flight: int | None = None
+    # The limit in force now: max_concurrency, or the learned one (API answers only).
+    concurrency_limit: int | None = None
+    adaptive: AdaptiveState | None = None
 
 
 # ---- seeding and reading ---------------------------------------------------------------------
@@ -273,6 +286,8 @@ def _load_all() -> list[ServiceView]:
             max_concurrency=s.max_concurrency,
             source=s.source,
             updated_at=s.updated_at,
+            concurrency_auto=s.max_concurrency_auto,
+            max_concurrency_ceiling=s.max_concurrency_ceiling,
             endpoints=[endpoints.get((s.name, url), Endpoint(url)) for url in s.urls],
         )
         for s in services
@@ -287,10 +302,15 @@ def _with_live_state(view: ServiceView) -> ServiceView:
         )
     except redis.RedisError:
         in_flight = None
+    adaptive = adaptive_limit.state(view)
     return replace(
         view,
         endpoints=[replace(e, breaker=states.get(e.url)) for e in view.endpoints],
         in_flight=in_flight,
+        concurrency_limit=(
+            adaptive.limit if adaptive else None if view.concurrency_auto else view.max_concurrency
+        ),
+        adaptive=adaptive,
     )
 
 
@@ -305,12 +325,15 @@ def update_service(
     health_path: str | None = None,
     timeout_s: float | None = None,
     task_types: list[str] | None = None,
-    max_concurrency: int | None = None,
+    max_concurrency: int | str | None = None,
+    max_concurrency_ceiling: int | None = None,
 ) -> ServiceView:
     """Change a service at runtime (422 on a bad value); the next call anywhere uses it. Commits.
 
     Giving a task type to this service takes it from the service that served it. From now on the
-    row no longer follows its *_SERVICE_URL variable.
+    row no longer follows its *_SERVICE_URL variable. `max_concurrency="auto"` makes the limit
+    learned, up to `max_concurrency_ceiling`; a number makes it fixed again. An automatic limit
+    starts over when it is switched on or the service's URLs change.
     """
     _ensure_seeded()
     # Every row, locked in name order: a PUT may move task types between services, and two
@@ -324,6 +347,7 @@ def update_service(
     service = next((row for row in rows if row.name == name), None)
     if service is None:
         raise NotFound(f"No service {name!r}.", known_services=[row.name for row in rows])
+    was_auto, old_urls = service.max_concurrency_auto, list(service.urls)
     if urls is not None:
         service.urls = _checked_urls(urls)
     if path is not None:
@@ -334,10 +358,7 @@ def update_service(
         if not 0.1 <= timeout_s <= 600:
             raise Invalid("timeout_s must be between 0.1 and 600 seconds.", field="timeout_s")
         service.timeout_s = float(timeout_s)
-    if max_concurrency is not None:
-        if not 1 <= max_concurrency <= 10_000:
-            raise Invalid("max_concurrency must be between 1 and 10000.", field="max_concurrency")
-        service.max_concurrency = max_concurrency
+    _apply_concurrency(service, max_concurrency, max_concurrency_ceiling)
     if task_types is not None:
         service.task_types = _checked_task_types(task_types)
         for other in rows:
@@ -352,7 +373,55 @@ def update_service(
     db.session.flush()
     db.session.execute(text(_FORGET_REMOVED_URLS))
     db.session.commit()
+    if service.max_concurrency_auto and (not was_auto or list(service.urls) != old_urls):
+        adaptive_limit.reset(name)
     return get_service(name)
+
+
+def _apply_concurrency(
+    service: Service, max_concurrency: int | str | None, ceiling: int | None
+) -> None:
+    """A fixed limit, or "auto" with a ceiling (given now or kept from before); 422 otherwise."""
+    if ceiling is not None and not 1 <= ceiling <= MAX_CONCURRENCY:
+        raise Invalid(
+            f"max_concurrency_ceiling must be between 1 and {MAX_CONCURRENCY}.",
+            field="max_concurrency_ceiling",
+        )
+    if max_concurrency == adaptive_limit.AUTO:
+        ceiling = ceiling or service.max_concurrency_ceiling
+        if ceiling is None:
+            raise Invalid(
+                'max_concurrency "auto" needs max_concurrency_ceiling: the most calls in '
+                "flight the service may ever be given.",
+                field="max_concurrency_ceiling",
+            )
+        service.max_concurrency_auto, service.max_concurrency_ceiling = True, ceiling
+    elif max_concurrency is not None:
+        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
+            raise Invalid(
+                f'max_concurrency must be a number or "{adaptive_limit.AUTO}".',
+                field="max_concurrency",
+            )
+        if not 1 <= max_concurrency <= MAX_CONCURRENCY:
+            raise Invalid(
+                f"max_concurrency must be between 1 and {MAX_CONCURRENCY}.",
+                field="max_concurrency",
+            )
+        if ceiling is not None:
+            raise Invalid(
+                'max_concurrency_ceiling goes with max_concurrency "auto" only.',
+                field="max_concurrency_ceiling",
+            )
+        service.max_concurrency = max_concurrency
+        service.max_concurrency_auto, service.max_concurrency_ceiling = False, None
+    elif ceiling is not None:
+        if not service.max_concurrency_auto:
+            raise Invalid(
+                'max_concurrency_ceiling goes with max_concurrency "auto" only; this service '
+                "has a fixed limit.",
+                field="max_concurrency_ceiling",
+            )
+        service.max_concurrency_ceiling = ceiling
 
 
 def _checked_urls(urls: list[str]) -> list[str]:
@@ -472,7 +541,11 @@ def _one_round(view: ServiceView, payload: dict[str, Any], timeout: float) -> di
             continue
         try:
             target, headers = _target(url)
-            with _slot(view, timeout), metrics.downstream_call(view.name, url):
+            with (
+                _slot(view, timeout) as in_flight,
+                metrics.downstream_call(view.name, url),
+                adaptive_limit.measured(view, in_flight),
+            ):
                 result = call_service(
                     [target], view.path, payload, timeout=timeout, retries=0, headers=headers
                 )
@@ -496,21 +569,25 @@ def _one_round(view: ServiceView, payload: dict[str, Any], timeout: float) -> di
 
 
 @contextmanager
-def _slot(view: ServiceView, timeout: float) -> Iterator[None]:
-    """Hold one of the service's max_concurrency slots, shared by every worker, for one attempt."""
+def _slot(view: ServiceView, timeout: float) -> Iterator[int | None]:
+    """Hold one of the service's slots, shared by every worker, for one attempt.
+
+    Yields the calls in flight counting this one (None when Redis could not be asked).
+    """
     key = INFLIGHT_PREFIX + view.name
     token = uuid.uuid4().hex
     # A slot outlives the longest attempt; an expired one belonged to a worker that died.
     lease = 2 * timeout + 10
     client = _redis()
+    in_flight: int | None = None
     try:
-        _wait_for_slot(client, key, token, lease, view)
+        in_flight = _wait_for_slot(client, key, token, lease, view)
         held = True
     except redis.RedisError as error:
         log.warning("concurrency limit of %s unavailable, calling anyway: %s", view.name, error)
         held = False
     try:
-        yield
+        yield in_flight
     finally:
         if held:
             try:
@@ -521,13 +598,17 @@ def _slot(view: ServiceView, timeout: float) -> Iterator[None]:
 
 def _wait_for_slot(
     client: redis.Redis, key: str, token: str, lease: float, view: ServiceView
-) -> None:
+) -> int:
+    """Take a slot (the calls in flight counting this one); the limit is read on every try."""
     deadline = time.monotonic() + SLOT_WAIT_S
-    while not client.eval(_ACQUIRE, 1, key, view.max_concurrency, token, lease):
+    while True:
+        limit = adaptive_limit.limit(view)
+        in_flight = int(client.eval(_ACQUIRE, 1, key, limit, token, lease))
+        if in_flight:
+            return in_flight
         if time.monotonic() > deadline:
             raise ServiceBusy(
-                f"the {view.name} service had no free slot (max_concurrency "
-                f"{view.max_concurrency}) for {SLOT_WAIT_S:.0f}s",
+                f"the {view.name} service had no free slot (limit {limit}) for {SLOT_WAIT_S:.0f}s",
                 retryable=True,
             )
         time.sleep(random.uniform(0.01, 0.05))
