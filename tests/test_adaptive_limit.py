@@ -16,8 +16,11 @@ import pytest
 from app.clients.downstream import DownstreamError
 from app.services import adaptive_limit, registry
 from app.services.adaptive_limit import DROP, SUCCESS
+from app.tiers import IO_QUEUES, TIER_QUEUES
 from tests.fake_services import Scripted
-from tests.workers import wait_for
+from tests.test_io_pool import create_swarm
+from tests.test_mass_actions import progress, start
+from tests.workers import WorkerProcess, wait_for
 
 PAYLOAD = {"type": "image_generation", "params": {"prompt": "Sunset landscape"}}
 
@@ -272,7 +275,7 @@ def _load(app, calls: int, callers: int) -> tuple[list[object], list[int]]:
 def test_the_limit_settles_near_the_service_s_capacity_with_under_1pc_errors(
     app, client, fake_service
 ):
-    service = fake_service(default=_capacity_answer)
+    service = fake_service(loaded=_capacity_answer)
     _auto(client, ceiling=64, urls=[service.url])
 
     results, limits = _load(app, CALLS, CALLERS)
@@ -297,7 +300,7 @@ def test_the_limit_settles_near_the_service_s_capacity_with_under_1pc_errors(
 
 def test_a_fixed_limit_as_high_as_the_demand_overloads_the_same_service(app, client, fake_service):
     # The same service and callers without adaptation: the check above can fail.
-    service = fake_service(default=_capacity_answer)
+    service = fake_service(loaded=_capacity_answer)
     client.put("/services/image", json={"urls": [service.url], "max_concurrency": CALLERS})
 
     results, _ = _load(app, 200, CALLERS)
@@ -305,3 +308,68 @@ def test_a_fixed_limit_as_high_as_the_demand_overloads_the_same_service(app, cli
     failed = [r for r in results if isinstance(r, Exception)]
     assert len(failed) / len(results) > 0.05
     wait_for(lambda: service.in_flight == 0, timeout=5, interval=0.02)
+
+
+# ---- through the I/O pool ------------------------------------------------------------------
+
+POOL_CAPACITY = 16
+POOL_HARD_CAP = 24
+POOL_TASKS = 2000
+
+
+def _pool_capacity_answer(in_flight: int) -> Scripted:
+    if in_flight > POOL_HARD_CAP:
+        return Scripted(503, {"error": "overloaded"})
+    extra = max(in_flight - POOL_CAPACITY, 0)
+    return Scripted(200, {"image": "sunset.png"}, delay=BASE_S * (1 + 0.5 * extra))
+
+
+@pytest.mark.slow
+def test_a_fan_out_through_the_io_pool_finds_the_service_s_capacity(
+    app, client, fake_service, test_env
+):
+    service = fake_service(loaded=_pool_capacity_answer)
+    _auto(client, ceiling=64, urls=[service.url])
+    # Production's layout: a prefork worker on the tier queues, a thread pool on the I/O ones;
+    # its threads could hold every slot up to the ceiling, far past the hard cap.
+    workers = [
+        WorkerProcess(test_env, concurrency=1, queues=TIER_QUEUES),
+        WorkerProcess(test_env, concurrency=4, queues=IO_QUEUES, pool="threads"),
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        swarm = create_swarm(client, POOL_TASKS)
+        accepted = start(client, swarm["id"], "image_generation", {"prompt": "p"})
+        view = registry.get_service("image")
+        limits: list[int] = []
+        at_service: list[int] = []
+
+        def finished() -> dict | None:
+            limits.append(adaptive_limit.limit(view))
+            at_service.append(service.in_flight)
+            body = progress(client, accepted["mass_action_id"])
+            return body if body["finished_at"] is not None else None
+
+        body = wait_for(finished, timeout=120, interval=0.05)
+    finally:
+        for worker in workers:
+            worker.stop()
+
+    calls = [r for r in service.requests if r.path == "/generate"]
+    overloaded = len(calls) - POOL_TASKS
+    half = len(limits) // 2
+    settled = statistics.median(limits[half:])
+    # Slots the pool holds while it claims and records, not calling: the service sees fewer.
+    level = statistics.mean(at_service[half:])
+    state = adaptive_limit.state(registry.get_service("image"))
+    print(
+        f"\nI/O pool: settled limit {settled}, {level:.1f} in flight at the service (capacity "
+        f"{POOL_CAPACITY}, hard cap {POOL_HARD_CAP}); 503s {overloaded}/{len(calls)} requests; "
+        f"peak in flight {service.max_in_flight}; {state}"
+    )
+    assert (body["counts"]["completed"], body["counts"]["failed"]) == (POOL_TASKS, 0)
+    assert overloaded / len(calls) < 0.01
+    assert POOL_CAPACITY * 0.75 <= level <= POOL_CAPACITY * 1.25
+    assert POOL_CAPACITY * 0.75 <= settled <= POOL_CAPACITY * 1.5
+    assert state is not None and state.cuts >= 1

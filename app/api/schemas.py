@@ -710,8 +710,17 @@ class TierScaling(Answer):
     desired_workers = fields.Integer()
 
 
+class IoPoolScaling(Answer):
+    open_calls = fields.Integer()
+    in_flight = fields.Integer(allow_none=True)
+    total_limit = fields.Integer()
+    calls_per_worker = fields.Integer()
+    desired_workers = fields.Integer()
+
+
 class Scaling(Answer):
     desired_workers = fields.Integer()
+    io_pool = fields.Nested(IoPoolScaling)
     tiers = per_tier(lambda: fields.Nested(TierScaling), "TiersScaling")
     per_worker_rate = fields.Float()
     per_worker_rate_source = OneOf(["given", "measured", "default"])

@@ -70,8 +70,9 @@ SUCCESS, DROP, IGNORE = "success", "drop", "ignore"
 
 _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) + tonumber(t[2]) / 1000000 "
 
-# KEYS[1] the service's hash. ARGV: outcome, latency ms, in flight when the call started (-1 if
-# unknown), the epoch it started in (-1 if unknown), ceiling, initial limit, minimum, tolerance,
+# KEYS[1] the service's hash, KEYS[2] (optional) its slots (token -> lease expiry). ARGV: outcome,
+# latency ms, in flight when the call started (-1: count KEYS[2]'s live slots now, or unknown),
+# the epoch it started in (-1 if unknown), ceiling, initial limit, minimum, tolerance,
 # backoff ratio, minimum gradient, slow-start factor, window minimum samples, baseline drift,
 # idle expiry. Returns the new limit (a string: Lua numbers would come back as integers).
 _RECORD = (
@@ -81,6 +82,7 @@ local key = KEYS[1]
 local outcome = ARGV[1]
 local latency = tonumber(ARGV[2])
 local in_flight = tonumber(ARGV[3])
+if in_flight < 0 and #KEYS > 1 then in_flight = redis.call('ZCOUNT', KEYS[2], now, '+inf') end
 local epoch = tonumber(ARGV[4])
 local ceiling = tonumber(ARGV[5])
 local minimum = tonumber(ARGV[7])
@@ -195,21 +197,24 @@ def record(
     latency_ms: float,
     in_flight: int | None = None,
     epoch: int | None = None,
+    in_flight_key: str | None = None,
 ) -> int | None:
     """Feed one call's outcome and latency to the service's limit; the new limit (None: fixed).
 
-    `in_flight` is how many calls the service had when this one started, so a window that never
-    used its limit does not grow it; `epoch` is epoch() when it started, so a call sent under an
-    older limit neither cuts nor is measured (None for either: unknown, taken as current). Never
-    raises: the call's own result matters more than the limit's bookkeeping.
+    `in_flight` is how many calls the service had when this one started (or `in_flight_key`, the
+    service's slots in Redis, counted as it ends), so a window that never used its limit does not
+    grow it; `epoch` is epoch() when it started, so a call sent under an older limit neither cuts
+    nor is measured (None: unknown, taken as used and current). Never raises: the call's own
+    result matters more than the limit's bookkeeping.
     """
     if not service.concurrency_auto or outcome == IGNORE:
         return None
+    keys = [_key(service.name)] + ([in_flight_key] if in_flight_key else [])
     try:
         new = _redis().eval(
             _RECORD,
-            1,
-            _key(service.name),
+            len(keys),
+            *keys,
             outcome,
             max(float(latency_ms), 0.0),
             -1 if in_flight is None else int(in_flight),
@@ -254,20 +259,24 @@ def epoch(service: Limited) -> int | None:
 
 
 @contextmanager
-def measured(service: Limited, in_flight: int | None = None) -> Iterator[None]:
+def measured(
+    service: Limited, in_flight: int | None = None, in_flight_key: str | None = None
+) -> Iterator[None]:
     """Time the call in the block and record its outcome; exceptions pass on unchanged."""
     if not service.concurrency_auto:
         yield
         return
     started_in = epoch(service)
     started = time.monotonic()
+    outcome = SUCCESS
     try:
         yield
     except BaseException as error:
-        elapsed_ms = (time.monotonic() - started) * 1000
-        record(service, outcome_of(error), elapsed_ms, in_flight, started_in)
+        outcome = outcome_of(error)
         raise
-    record(service, SUCCESS, (time.monotonic() - started) * 1000, in_flight, started_in)
+    finally:
+        elapsed_ms = (time.monotonic() - started) * 1000
+        record(service, outcome, elapsed_ms, in_flight, started_in, in_flight_key)
 
 
 def state(service: Limited) -> AdaptiveState | None:

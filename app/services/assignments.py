@@ -26,7 +26,12 @@ from app.services import task_rows, workflows
 from app.services.ids import utcnow
 from app.services.outcomes import Outcome, add_to_counters_sql, record_outcomes
 from app.services.payloads import load_payloads, store_payload
-from app.services.task_types import get_task_type, require_capability, require_runnable
+from app.services.task_types import (
+    get_task_type,
+    require_capability,
+    require_runnable,
+    route_of,
+)
 from app.services.tenancy import visible
 
 
@@ -73,7 +78,7 @@ def assign_to_bot(bot_id: str, type_name: str, data: dict[str, Any]) -> Assignme
     task_id, tier = task.id, task.tier
     db.session.commit()
     metrics.count_assigned(tier, type_name)
-    publish_chunks([task_id], tier, 1)
+    publish_chunks([task_id], tier, **{**route_of(type_name), "chunk_size": 1})
     return Assignment(task_id=task_id, bot_id=bot_id, task_type=type_name, assigned_at=now)
 
 

@@ -8,13 +8,16 @@ create_app() runs before `flask db upgrade`. A row that `PUT /services/{name}` c
 overwritten from the environment again; a row still following its variable takes the variable's
 new URLs when a process starts with different ones.
 
-Every call reads the registry afresh (a few rows), so a PUT takes effect on the next call in
-every worker without a restart. A call walks the service's URLs in order, skipping URLs whose
+Callers keep the registry's rows for VIEW_TTL_S (`cached_views`) and drop them at once when
+the Redis version key changes, which `PUT /services` and each probe pass do after their commit:
+thousands of calls a second cost no SELECT each, and a PUT still takes effect on the next call
+in every worker without a restart. The API's own answers read the tables. A call walks the service's URLs in order, skipping URLs whose
 circuit breaker is open (`breaker.py`) and trying last the ones the latest health probe found
 unhealthy; connection errors, timeouts, 429 and 5xx move on to the next URL. Calls in flight to
 one service are capped across all workers by a Redis semaphore, so a swarm cannot flood it; the
-cap is the service's fixed `max_concurrency`, or with `max_concurrency: "auto"` the limit that
-`adaptive_limit.py` learns from every call's latency and outcome.
+cap is `inflight.current_limit`: the service's fixed `max_concurrency`, or with
+`max_concurrency: "auto"` the limit that `adaptive_limit.py` learns from every attempt's latency
+and outcome (each attempt in `attempt` feeds it).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from app.clients.downstream import (
     DownstreamBadResponse,
     DownstreamError,
     DownstreamHTTPError,
-    call_service,
+    post,
 )
 from app.clients.ssrf import Allowlist, UnsafeURL, check_url, pinned
 from app.config import SERVICE_URL_VARIABLES, Settings
@@ -55,7 +58,7 @@ from app.models import (
     Service,
     ServiceEndpoint,
 )
-from app.services import adaptive_limit, breaker
+from app.services import adaptive_limit, breaker, inflight
 from app.services.adaptive_limit import AdaptiveState
 from app.services.breaker import BreakerState
 from app.services.ids import utcnow
@@ -78,20 +81,21 @@ PROBE_FRESH_S = 120
 # How long a call waits for a free slot of a saturated service before giving up (retryable).
 SLOT_WAIT_S = 30.0
 INFLIGHT_PREFIX = "orchestrator:inflight:"
+# Changed after every commit that changes what callers see (a PUT, a probe pass).
+VIEWS_VERSION_KEY = "orchestrator:services:version"
+# How long a worker keeps the registry's rows without looking at the version key's value.
+VIEW_TTL_S = 5.0
 
-# KEYS[1] in-flight set (token -> lease expiry); ARGV limit, token, lease seconds. Returns 0 if
-# the service is full, else the calls in flight counting this one (what the adaptive limit
-# needs to know). Expired leases (a worker killed mid-call) are dropped first, so a crash never
-# leaks a slot.
+# KEYS[1] in-flight set (token -> lease expiry); ARGV limit, token, lease seconds. 1 = acquired.
+# Expired leases (a worker killed mid-call) are dropped first, so a crash never leaks a slot.
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local held = redis.call('ZCARD', KEYS[1])
-if held >= tonumber(ARGV[1]) then return 0 end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
 redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3])) + 60)
-return held + 1
+return 1
 """
 
 # Insert absent services; refresh the URLs of rows still following their variable.
@@ -218,7 +222,7 @@ def get_service(name: str) -> ServiceView:
 
 def service_for_task_type(type_name: str) -> ServiceView | None:
     """The service registered for a downstream task type (None if no service serves it)."""
-    for view in _load_all():
+    for view in cached_views():
         if type_name in view.task_types:
             return view
     return None
@@ -236,6 +240,64 @@ def is_configured(type_name: str) -> tuple[bool, str | None]:
     variable = VARIABLE_OF.get(view.name) if view else None
     variable = variable or (default.variable if default else None)
     return bool(view and view.urls), variable
+
+
+@dataclass(frozen=True)
+class _Cached:
+    version: str
+    loaded_at: float
+    views: list[ServiceView]
+
+
+# Per database URL: the rows, the version they were read under, and when.
+_cache: dict[str, _Cached] = {}
+
+
+def cached_views() -> list[ServiceView]:
+    """The registry's rows for callers: at most VIEW_TTL_S old, and never older than a PUT.
+
+    One Redis GET per use; a SELECT only when the version changed or the copy grew old.
+    """
+    settings = current_app.config["SETTINGS"]
+    version = _views_version()
+    cached = _cache.get(settings.database_url)
+    now = time.monotonic()
+    if (
+        version is not None
+        and cached is not None
+        and cached.version == version
+        and now - cached.loaded_at < VIEW_TTL_S
+    ):
+        return cached.views
+    views = _load_all()
+    # Read outside the request's unit of work: leave no transaction open in a worker thread.
+    db.session.rollback()
+    if version is not None:
+        _cache[settings.database_url] = _Cached(version, now, views)
+    return views
+
+
+def views_changed() -> None:
+    """Tell every process's cache that the registry changed (after the commit that did it)."""
+    try:
+        _redis().set(VIEWS_VERSION_KEY, uuid.uuid4().hex)
+    except redis.RedisError as error:
+        log.warning(
+            "registry change not announced (callers see it within %ss): %s", VIEW_TTL_S, error
+        )
+
+
+def _views_version() -> str | None:
+    # A missing key (new or flushed Redis) gets a new value: no copy can match it.
+    try:
+        client = _redis()
+        value = client.get(VIEWS_VERSION_KEY)
+        if value is None:
+            client.set(VIEWS_VERSION_KEY, uuid.uuid4().hex, nx=True)
+            value = client.get(VIEWS_VERSION_KEY)
+    except redis.RedisError:
+        return None
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _ensure_seeded() -> None:
@@ -375,6 +437,7 @@ def update_service(
     db.session.commit()
     if service.max_concurrency_auto and (not was_auto or list(service.urls) != old_urls):
         adaptive_limit.reset(name)
+    views_changed()
     return get_service(name)
 
 
@@ -491,17 +554,8 @@ def _checked_task_types(task_types: list[str]) -> list[str]:
 # ---- calling -------------------------------------------------------------------------------
 
 
-def call(
-    task_type: str,
-    payload: dict[str, Any],
-    *,
-    timeout: float | None = None,
-    retries: int | None = None,
-) -> dict[str, Any]:
-    """POST payload to the service of task_type, failing over across its URLs; the JSON reply.
-
-    Raises DownstreamError: `retryable` says whether trying later may succeed.
-    """
+def callable_view(task_type: str) -> ServiceView:
+    """The service that serves task_type, with at least one URL (else a final DownstreamError)."""
     view = service_for_task_type(task_type)
     if view is None:
         raise DownstreamError(f"no service serves task type {task_type!r}", retryable=False)
@@ -510,15 +564,45 @@ def call(
             f"the {view.name} service has no URL (set {view.variable} or PUT /services/{view.name})",
             retryable=False,
         )
+    return view
+
+
+def rounds_allowed(retries: int | None) -> int:
+    """How many rounds over a service's URLs one task may use: the first and its retries."""
+    return 1 + (DEFAULT_RETRIES if retries is None else max(retries, 0))
+
+
+def backoff_before(round_number: int) -> float:
+    """Seconds to wait before round `round_number` (2, 3, ...): exponential, with jitter that
+    spreads the retries of many workers apart."""
+    base = RETRY_BACKOFF_S * 2 ** max(round_number - 2, 0)
+    return base + random.uniform(0, base)
+
+
+def call(
+    task_type: str,
+    payload: dict[str, Any],
+    *,
+    timeout: float | None = None,
+    retries: int | None = None,
+    idempotency_key: str | None = None,
+) -> dict[str, Any]:
+    """POST payload to the service of task_type, failing over across its URLs; the JSON reply.
+
+    The blocking form, for a caller outside the I/O pool: it waits for a slot and sleeps out its
+    backoff. The I/O pool (app/services/calls.py) runs the same rounds (`attempt`) but
+    reschedules instead of waiting. Raises DownstreamError: `retryable` says whether trying later
+    may succeed.
+    """
+    view = callable_view(task_type)
     timeout = timeout or view.timeout_s
-    rounds = 1 + (DEFAULT_RETRIES if retries is None else max(retries, 0))
     last_error: DownstreamError | None = None
-    for round_number in range(rounds):
-        if round_number:
-            base = RETRY_BACKOFF_S * 2 ** (round_number - 1)
-            time.sleep(base + random.uniform(0, base))
+    for round_number in range(1, rounds_allowed(retries) + 1):
+        if round_number > 1:
+            time.sleep(backoff_before(round_number))
         try:
-            return _one_round(view, payload, timeout)
+            with _slot(view, timeout):
+                return attempt(view, payload, timeout, idempotency_key)
         except ServiceBusy:
             raise
         except DownstreamError as error:
@@ -529,7 +613,17 @@ def call(
     raise last_error
 
 
-def _one_round(view: ServiceView, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
+def attempt(
+    view: ServiceView,
+    payload: dict[str, Any],
+    timeout: float,
+    idempotency_key: str | None = None,
+) -> dict[str, Any]:
+    """One round: each URL once, in order, until one answers; the caller holds the slot.
+
+    URLs whose breaker is open are skipped, URLs the latest probe found down go last, and every
+    URL passes the URL guard (app/clients/ssrf.py) before it is called.
+    """
     # URLs the latest probe found down go last: probes can be wrong, calls are the real test.
     demoted = {e.url for e in view.endpoints if e.state == ENDPOINT_UNHEALTHY and e.fresh}
     ordered = [u for u in view.urls if u not in demoted] + [u for u in view.urls if u in demoted]
@@ -541,16 +635,13 @@ def _one_round(view: ServiceView, payload: dict[str, Any], timeout: float) -> di
             continue
         try:
             target, headers = _target(url)
+            if idempotency_key:
+                headers = {**headers, "Idempotency-Key": idempotency_key}
             with (
-                _slot(view, timeout) as in_flight,
                 metrics.downstream_call(view.name, url),
-                adaptive_limit.measured(view, in_flight),
+                adaptive_limit.measured(view, in_flight_key=inflight.slots_key(view.name)),
             ):
-                result = call_service(
-                    [target], view.path, payload, timeout=timeout, retries=0, headers=headers
-                )
-        except ServiceBusy:
-            raise
+                result = post(target, view.path, payload, timeout=timeout, headers=headers)
         except DownstreamError as error:
             if error.retryable:
                 breaker.record_failure(url)
@@ -569,25 +660,21 @@ def _one_round(view: ServiceView, payload: dict[str, Any], timeout: float) -> di
 
 
 @contextmanager
-def _slot(view: ServiceView, timeout: float) -> Iterator[int | None]:
-    """Hold one of the service's slots, shared by every worker, for one attempt.
-
-    Yields the calls in flight counting this one (None when Redis could not be asked).
-    """
+def _slot(view: ServiceView, timeout: float) -> Iterator[None]:
+    """Hold one of the service's max_concurrency slots, shared by every worker, for one attempt."""
     key = INFLIGHT_PREFIX + view.name
     token = uuid.uuid4().hex
     # A slot outlives the longest attempt; an expired one belonged to a worker that died.
     lease = 2 * timeout + 10
     client = _redis()
-    in_flight: int | None = None
     try:
-        in_flight = _wait_for_slot(client, key, token, lease, view)
+        _wait_for_slot(client, key, token, lease, view)
         held = True
     except redis.RedisError as error:
         log.warning("concurrency limit of %s unavailable, calling anyway: %s", view.name, error)
         held = False
     try:
-        yield in_flight
+        yield
     finally:
         if held:
             try:
@@ -598,17 +685,13 @@ def _slot(view: ServiceView, timeout: float) -> Iterator[int | None]:
 
 def _wait_for_slot(
     client: redis.Redis, key: str, token: str, lease: float, view: ServiceView
-) -> int:
-    """Take a slot (the calls in flight counting this one); the limit is read on every try."""
+) -> None:
     deadline = time.monotonic() + SLOT_WAIT_S
-    while True:
-        limit = adaptive_limit.limit(view)
-        in_flight = int(client.eval(_ACQUIRE, 1, key, limit, token, lease))
-        if in_flight:
-            return in_flight
+    while not client.eval(_ACQUIRE, 1, key, inflight.current_limit(view), token, lease):
         if time.monotonic() > deadline:
             raise ServiceBusy(
-                f"the {view.name} service had no free slot (limit {limit}) for {SLOT_WAIT_S:.0f}s",
+                f"the {view.name} service had no free slot (limit "
+                f"{inflight.current_limit(view)}) for {SLOT_WAIT_S:.0f}s",
                 retryable=True,
             )
         time.sleep(random.uniform(0.01, 0.05))
@@ -641,6 +724,7 @@ def probe_all() -> dict[str, int]:
         )
     db.session.execute(text(_FORGET_REMOVED_URLS))
     db.session.commit()
+    views_changed()
     healthy = sum(1 for r in results if r.state != ENDPOINT_UNHEALTHY)
     return {"probed": len(results), "healthy": healthy, "unhealthy": len(results) - healthy}
 
