@@ -14,9 +14,9 @@ import time
 import pytest
 
 from app.clients.downstream import DownstreamError
-from app.services import adaptive_limit, registry
+from app.services import adaptive_limit, inflight, registry
 from app.services.adaptive_limit import DROP, SUCCESS
-from app.tiers import IO_QUEUES, TIER_QUEUES
+from app.tiers import IO_QUEUES, TIER_QUEUES, TIERS
 from tests.fake_services import Scripted
 from tests.test_io_pool import create_swarm
 from tests.test_mass_actions import progress, start
@@ -373,3 +373,32 @@ def test_a_fan_out_through_the_io_pool_finds_the_service_s_capacity(
     assert POOL_CAPACITY * 0.75 <= level <= POOL_CAPACITY * 1.25
     assert POOL_CAPACITY * 0.75 <= settled <= POOL_CAPACITY * 1.5
     assert state is not None and state.cuts >= 1
+
+
+def test_refill_gives_back_slots_above_a_fallen_limit_and_takes_more_under_a_risen_one(
+    app, redis_client
+):
+    slots, pause = inflight.slots_key("image"), inflight.pause_key("image")
+    lines = [inflight.line_key("image", tier) for tier in TIERS]
+    own_line = inflight.line_key("image", "standard")
+    reply = redis_client.eval(
+        inflight.START, 3 + len(lines), slots, pause, own_line, *lines, 4, 30, "a", *range(1, 11)
+    )
+    tokens, ids = inflight.split_reply(reply)
+    assert (len(tokens), ids) == (4, [1, 2, 3, 4])
+
+    def refill(limit: int, *idle: str) -> tuple[list[str], list[int]]:
+        reply = redis_client.eval(
+            inflight.REFILL, 2 + len(lines), slots, pause, *lines, 30, limit, "a", *idle
+        )
+        return inflight.split_reply(reply)
+
+    # The limit fell to 2 while 4 calls ran: two ending calls give their slots back.
+    assert refill(2, tokens[0], tokens[1]) == ([], [])
+    assert redis_client.zcard(slots) == 2
+
+    # It rose to 5: one ending call hands its slot on and takes three more.
+    handed, started = refill(5, tokens[2])
+    assert started == [5, 6, 7, 8]
+    assert handed[0] == tokens[2] and len(set(handed)) == 4
+    assert redis_client.zcard(slots) == 5
