@@ -91,7 +91,7 @@ services: venv ## Ensure PostgreSQL and Redis; print export lines: eval "$(make 
 stop-services: venv ## Stop the embedded PostgreSQL and Redis that `services` left running
 	$(PY) -m deploy.devstack stop
 
-bench: venv ## Run the benchmark on a fresh database; writes docs/performance.md (BENCH_ARGS=--quick)
+bench: venv ## Run the benchmark on a fresh database; writes docs/performance.md (BENCH_ARGS="--quick", "--only reads,bigfile")
 	$(PY) -m deploy.devstack test -- $(PY) -m bench $(BENCH_ARGS)
 
 chaos: venv ## Fault soak at 50,000 tasks (kill -9, Redis flush/restart, PostgreSQL restart); writes docs/reliability.md

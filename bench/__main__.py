@@ -1,4 +1,5 @@
-"""`python -m bench [--quick] [--runs N]`: start the stack, run the scenarios, write the report.
+"""`python -m bench [--quick] [--runs N] [--only GROUP,...]`: start the stack, run the scenarios,
+write the report.
 
 Needs DATABASE_URL and REDIS_URL naming an empty database and Redis DB (`make bench` runs it under
 `python -m deploy.devstack test --`, which provides both and removes them afterwards).
@@ -14,7 +15,10 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench import bigfile, load, report, scenarios
 from bench.client import API_KEY, Api, broker, database
@@ -34,11 +38,103 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise Interrupted(signal.Signals(signum).name)
 
 
+@dataclass(frozen=True)
+class Plan:
+    """The sizes of one benchmark run."""
+
+    quick: bool
+    sizes: list[int]
+    read_seconds: float
+    big_rows: int
+    big_bots: int
+    data_dir: Path
+
+    @property
+    def big(self) -> int:
+        return self.sizes[-1]
+
+
+def _swarms(b: Bench, plan: Plan) -> dict[str, Any]:
+    return {"create": [scenarios.create_swarms(b, n, "[swarms]") for n in plan.sizes]}
+
+
+def _single(b: Bench, plan: Plan) -> dict[str, Any]:
+    return {"single_task": scenarios.single_task(b, "[single]")}
+
+
+def _mass_action(b: Bench, plan: Plan) -> dict[str, Any]:
+    out = {"mass_action": [scenarios.mass_action(b, n, "[mass-action]") for n in plan.sizes]}
+    b.stack.start_baseline_worker()
+    try:
+        out["baseline"] = [scenarios.baseline(b, n, "[mass-action baseline]") for n in plan.sizes]
+    finally:
+        b.stack.stop("baseline")
+    return out
+
+
+def _priority(b: Bench, plan: Plan) -> dict[str, Any]:
+    return {"priority": scenarios.priority(b, plan.big, "[priority]")}
+
+
+def _reads(b: Bench, plan: Plan) -> dict[str, Any]:
+    return {"reads": scenarios.reads(b, plan.big, plan.read_seconds, 32, "[reads]")}
+
+
+def _memory(b: Bench, plan: Plan) -> dict[str, Any]:
+    return {"memory": scenarios.worker_memory(b, plan.big, MEMORY_ROUNDS, "[memory]")}
+
+
+def _progress(b: Bench, plan: Plan) -> dict[str, Any]:
+    progress = scenarios.mass_action_progress(
+        b, plan.big, plan.read_seconds / 2, PROGRESS_CONNECTIONS, "[progress]"
+    )
+    ids = [run["mass_action_id"] for run in progress["runs"]]
+    return {"mass_action_progress": progress, "ndjson": scenarios.ndjson_export(b, ids, "[ndjson]")}
+
+
+def _bigfile(b: Bench, plan: Plan) -> dict[str, Any]:
+    return {
+        "bigfile": bigfile.split_run(b, plan.data_dir, plan.big_rows, plan.big_bots, "[bigfile]")
+    }
+
+
+# Scenario groups in the order a full run takes them; `--only` picks some. Each returns the keys
+# it adds to the results.
+GROUPS: dict[str, Callable[[Bench, Plan], dict[str, Any]]] = {
+    "swarms": _swarms,
+    "single": _single,
+    "mass-action": _mass_action,
+    "priority": _priority,
+    "reads": _reads,
+    "memory": _memory,
+    "progress": _progress,
+    "bigfile": _bigfile,
+}
+
+
+def _groups(value: str) -> list[str]:
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in GROUPS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown group(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(GROUPS)}"
+        )
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write its report."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="5,000 bots only (under 2 minutes)")
     parser.add_argument("--runs", type=int, default=3, help="runs per scenario (default 3)")
+    parser.add_argument(
+        "--only",
+        type=_groups,
+        default=list(GROUPS),
+        metavar="GROUP[,GROUP]",
+        help=f"run only these scenario groups ({', '.join(GROUPS)}); the others keep their last"
+        " figures in the report",
+    )
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
@@ -46,12 +142,6 @@ def main(argv: list[str] | None = None) -> int:
         if not os.environ.get(name):
             parser.error(f"{name} is not set; run it as `make bench`")
 
-    sizes = [5_000] if args.quick else [5_000, 50_000]
-    read_seconds = 3.0 if args.quick else 10.0
-    big = sizes[-1]
-    steps = 10
-    # The big-file split: the issue's size, or a tenth of it with --quick.
-    big_rows, big_bots = (100_000, 1_000) if args.quick else (1_000_000, 10_000)
     began = time.monotonic()
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
@@ -60,6 +150,15 @@ def main(argv: list[str] | None = None) -> int:
     # The generated big file lives (and goes) with the logs.
     data_dir = log_dir / "data"
     data_dir.mkdir()
+    plan = Plan(
+        quick=args.quick,
+        sizes=[5_000] if args.quick else [5_000, 50_000],
+        read_seconds=3.0 if args.quick else 10.0,
+        # The big-file split: the issue's size, or a tenth of it with --quick.
+        big_rows=100_000 if args.quick else 1_000_000,
+        big_bots=1_000 if args.quick else 10_000,
+        data_dir=data_dir,
+    )
     # Requests authenticate as a user's would (a key per request); the per-key limit is raised
     # far above what the load reaches, so its check is measured but never refuses.
     env = dict(
@@ -71,6 +170,12 @@ def main(argv: list[str] | None = None) -> int:
         RATE_LIMIT_HEAVY="100000 per minute",
         DATA_DIR=str(data_dir),
     )
+    results = report.earlier_results(args.quick) if args.only != list(GROUPS) else {}
+    results.update(quick=args.quick, runs=args.runs, sizes=plan.sizes,
+                   l20_spacing_seconds=scenarios.L20_SPACING_SECONDS,
+                   single_task_samples=scenarios.SINGLE_TASK_SAMPLES, memory_rounds=MEMORY_ROUNDS,
+                   progress_connections=PROGRESS_CONNECTIONS)  # fmt: skip
+    measured = results.setdefault("measured", {})
     stack = Stack(env=env, log_dir=log_dir)
     try:
         say(f"Starting the stack (logs in {log_dir})")
@@ -79,31 +184,18 @@ def main(argv: list[str] | None = None) -> int:
         stack.start_worker()
         b = Bench(stack=stack, api=Api(stack.base_url), db=database(), redis=broker(),
                   runs=args.runs)  # fmt: skip
-        results: dict = {"quick": args.quick, "runs": args.runs, "sizes": sizes,
-                         "l20_spacing_seconds": scenarios.L20_SPACING_SECONDS,
-                         "single_task_samples": scenarios.SINGLE_TASK_SAMPLES,
-                         "memory_rounds": MEMORY_ROUNDS,
-                         "progress_connections": PROGRESS_CONNECTIONS}  # fmt: skip
         results["machine"] = report.machine(b.db, b.redis, load.generator())
-
-        results["create"] = [scenarios.create_swarms(b, n, f"[1/{steps}]") for n in sizes]
-        results["single_task"] = scenarios.single_task(b, f"[2/{steps}]")
-        results["mass_action"] = [scenarios.mass_action(b, n, f"[3/{steps}]") for n in sizes]
-        stack.start_baseline_worker()
-        results["baseline"] = [scenarios.baseline(b, n, f"[4/{steps}]") for n in sizes]
-        stack.stop("baseline")
-        results["priority"] = scenarios.priority(b, big, f"[5/{steps}]")
-        results["reads"] = scenarios.reads(b, big, read_seconds, 32, f"[6/{steps}]")
-        results["memory"] = scenarios.worker_memory(b, big, MEMORY_ROUNDS, f"[7/{steps}]")
-        results["mass_action_progress"] = scenarios.mass_action_progress(
-            b, big, read_seconds / 2, PROGRESS_CONNECTIONS, f"[8/{steps}]"
-        )
-        results["ndjson"] = scenarios.ndjson_export(
-            b,
-            [run["mass_action_id"] for run in results["mass_action_progress"]["runs"]],
-            f"[9/{steps}]",
-        )
-        results["bigfile"] = bigfile.split_run(b, data_dir, big_rows, big_bots, f"[10/{steps}]")
+        for number, name in enumerate(args.only, 1):
+            say(f"[{number}/{len(args.only)}] {name}")
+            b.wait_idle()
+            load_average = os.getloadavg()[0]
+            group_began = time.monotonic()
+            results.update(GROUPS[name](b, plan))
+            measured[name] = {
+                "at": _now(),
+                "seconds": round(time.monotonic() - group_began, 1),
+                "load_average_at_start": round(load_average, 2),
+            }
     except Interrupted as stopped:
         say(f"{stopped} received; stopping the stack")
         return 130
@@ -119,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(log_dir, ignore_errors=True)
 
     results["elapsed_seconds"] = time.monotonic() - began
-    results["finished_at"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    results["finished_at"] = _now()
     table = report.rows(results)
     results["table"] = [row.__dict__ for row in table]
     say(f"Raw results: {report.write_json(results).relative_to(report.ROOT)}")
@@ -132,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     for line in report.misses(table):
         print(line)
     return 0
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import platform
 import statistics
+import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -105,15 +107,20 @@ def _goal(value: float | None, limit: float, at_most: bool, applies: bool) -> bo
 
 
 def rows(results: dict[str, Any]) -> list[Row]:
-    """The table, from the raw results."""
-    quick = results["quick"]
+    """The table, from the raw results: a part for each scenario group that has figures."""
     sizes = results["sizes"]
-    big = sizes[-1]
-    full = big == LARGE and not quick
+    full = sizes[-1] == LARGE and not results["quick"]
     out: list[Row] = []
+    for needs, part in _PARTS:
+        if all(key in results for key in needs):
+            out.extend(part(results, full))
+    return out
 
+
+def _create_rows(results: dict[str, Any], full: bool) -> list[Row]:
+    out: list[Row] = []
     create = {c["n"]: median(c["seconds"]) for c in results["create"]}
-    for n in sizes:
+    for n in sorted(create):
         goal = n == LARGE
         out.append(Row("Create swarm, all ids answered", f"{n:,}", create[n], "s",
                        "≤ 1.0 s" if goal else "—", _goal(create[n], 1.0, True, goal)))  # fmt: skip
@@ -121,12 +128,20 @@ def rows(results: dict[str, Any]) -> list[Row]:
         ratio = create[LARGE] / create[SMALL]
         out.append(Row("Creation cost ratio 50,000 ÷ 5,000", "", ratio, "x", "≤ 12",
                        _goal(ratio, 12, True, True)))  # fmt: skip
+    big_create = max(results["create"], key=lambda c: c["n"])
+    peak = max(big_create["api_worker_peak_rss_mb"])
+    out.append(Row("gunicorn worker peak RSS while creating a swarm", f"{big_create['n']:,}", peak,
+                   "MB", "< 250 MB", _goal(peak, 250, True, full)))  # fmt: skip
+    return out
 
+
+def _echo_rows(results: dict[str, Any], full: bool) -> list[Row]:
+    out: list[Row] = []
     mass = {m["n"]: m for m in results["mass_action"]}
     base = {m["n"]: median(m["completed_seconds"]) for m in results["baseline"]}
     accepted = {n: median(m["accepted_seconds"]) for n, m in mass.items()}
     done = {n: median(m["completed_seconds"]) for n, m in mass.items()}
-    for n in sizes:
+    for n in sorted(mass):
         goal = n == LARGE
         out.append(Row("Mass-action (echo): 202 received", f"{n:,}", accepted[n], "s",
                        "≤ 0.5 s" if goal else "—", _goal(accepted[n], 0.5, True, goal)))  # fmt: skip
@@ -145,15 +160,22 @@ def rows(results: dict[str, Any]) -> list[Row]:
             ratio = table[LARGE] / table[SMALL]
             out.append(Row(f"Mass-action cost ratio 50,000 ÷ 5,000 ({label})", "", ratio, "x",
                            "≤ 12", _goal(ratio, 12, True, True)))  # fmt: skip
+    return out
 
+
+def _priority_rows(results: dict[str, Any], full: bool) -> list[Row]:
     prio = results["priority"]
     p50 = median([r["p50_seconds"] for r in prio["runs"]])
     p99 = median([r["p99_seconds"] for r in prio["runs"]])
     n = f"{prio['n']:,} standard queued"
-    out.append(Row("L20 task: time to start, p50", n, p50, "s"))
-    out.append(Row("L20 task: time to start, p99", n, p99, "s", "≤ 1.0 s",
-                   _goal(p99, 1.0, True, full)))  # fmt: skip
+    return [
+        Row("L20 task: time to start, p50", n, p50, "s"),
+        Row("L20 task: time to start, p99", n, p99, "s", "≤ 1.0 s", _goal(p99, 1.0, True, full)),
+    ]
 
+
+def _read_rows(results: dict[str, Any], full: bool) -> list[Row]:
+    out: list[Row] = []
     rd = results["reads"]
     trivial = median([r["rps"] for r in rd["endpoints"]["GET /docs (trivial)"]])
     n = f"{rd['n']:,} bots"
@@ -168,46 +190,33 @@ def rows(results: dict[str, Any]) -> list[Row]:
         if not is_trivial:
             out.append(Row(f"{name}: throughput ÷ trivial endpoint's", n, rps / trivial, "x",
                            "≥ 0.5", _goal(rps / trivial, 0.5, False, full)))  # fmt: skip
+    return out
 
+
+def _single_rows(results: dict[str, Any], full: bool) -> list[Row]:
     single = results["single_task"]["runs"]
-    out.append(
-        Row(
-            "Single task at idle (echo), p50",
-            "1",
-            median([r["p50_seconds"] * 1000 for r in single]),
-            "ms",
-        )
-    )
-    out.append(
-        Row(
-            "Single task at idle (echo), p99",
-            "1",
-            median([r["p99_seconds"] * 1000 for r in single]),
-            "ms",
-        )
-    )
+    return [
+        Row("Single task at idle (echo), p50", "1",
+            median([r["p50_seconds"] * 1000 for r in single]), "ms"),
+        Row("Single task at idle (echo), p99", "1",
+            median([r["p99_seconds"] * 1000 for r in single]), "ms"),
+    ]  # fmt: skip
 
-    big_create = next(c for c in results["create"] if c["n"] == big)
-    peak = max(big_create["api_worker_peak_rss_mb"])
-    out.append(Row("gunicorn worker peak RSS while creating a swarm", f"{big:,}", peak, "MB",
-                   "< 250 MB", _goal(peak, 250, True, full)))  # fmt: skip
+
+def _memory_rows(results: dict[str, Any], full: bool) -> list[Row]:
     mem = results["memory"]
     tasks = f"{mem['tasks']:,} tasks"
-    out.append(Row("Celery worker RSS (main + pool) before", tasks, mem["before_mb"], "MB"))
-    out.append(Row("Celery worker RSS (main + pool) after", tasks, mem["after_mb"], "MB"))
-    out.append(Row("Celery worker RSS growth", tasks, mem["growth_percent"], "%", "≤ +10 %",
-                   _goal(mem["growth_percent"], 10, True, full)))  # fmt: skip
-    out.extend(_mass_action_rows(results, full))
-    if "bigfile" in results:
-        out.extend(bigfile_rows(results["bigfile"], full))
-    return out
+    return [
+        Row("Celery worker RSS (main + pool) before", tasks, mem["before_mb"], "MB"),
+        Row("Celery worker RSS (main + pool) after", tasks, mem["after_mb"], "MB"),
+        Row("Celery worker RSS growth", tasks, mem["growth_percent"], "%", "≤ +10 %",
+            _goal(mem["growth_percent"], 10, True, full)),
+    ]  # fmt: skip
 
 
 def _mass_action_rows(results: dict[str, Any], full: bool) -> list[Row]:
     """GET /mass-actions/{id} while one runs, and the NDJSON export of its results."""
-    progress, export = results.get("mass_action_progress"), results.get("ndjson")
-    if not progress or not export:
-        return []
+    progress, export = results["mass_action_progress"], results["ndjson"]
     runs = progress["runs"]
     n = f"{progress['n']:,} tasks, {progress['connections']} conn."
     during_p99 = median([r["during"]["p99_ms"] for r in runs])
@@ -242,6 +251,10 @@ def _mass_action_rows(results: dict[str, Any], full: bool) -> list[Row]:
     return out
 
 
+def _bigfile_rows(results: dict[str, Any], full: bool) -> list[Row]:
+    return bigfile_rows(results["bigfile"], full)
+
+
 def bigfile_rows(big: dict[str, Any], full: bool) -> list[Row]:
     """The big-file split beside one task over the same file in one process."""
     n = f"{big['rows']:,} rows / {big['bots']:,} bots"
@@ -268,6 +281,19 @@ def bigfile_rows(big: dict[str, Any], full: bool) -> list[Row]:
     ]  # fmt: skip
 
 
+# The table's parts in order, each with the result keys it needs (absent until its group ran).
+_PARTS: list[tuple[tuple[str, ...], Callable[[dict[str, Any], bool], list[Row]]]] = [
+    (("create",), _create_rows),
+    (("mass_action", "baseline"), _echo_rows),
+    (("priority",), _priority_rows),
+    (("reads",), _read_rows),
+    (("single_task",), _single_rows),
+    (("memory",), _memory_rows),
+    (("mass_action_progress", "ndjson"), _mass_action_rows),
+    (("bigfile",), _bigfile_rows),
+]
+
+
 def misses(table: list[Row]) -> list[str]:
     """One line per missed goal: by how much."""
     lines = []
@@ -285,9 +311,23 @@ def misses(table: list[Row]) -> list[str]:
     return lines
 
 
+def _results_path(quick: bool) -> Path:
+    return RESULTS / ("quick.json" if quick else "latest.json")
+
+
+def earlier_results(quick: bool) -> dict[str, Any]:
+    """The last run's results, for a run of some groups only (`--only`) to add to."""
+    path = _results_path(quick)
+    if not path.exists():
+        return {}
+    results = json.loads(path.read_text())
+    results.pop("table", None)
+    return results
+
+
 def write_json(results: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / ("quick.json" if results["quick"] else "latest.json")
+    path = _results_path(results["quick"])
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=1) + "\n")
     tmp.replace(path)
@@ -307,12 +347,14 @@ def write_doc(results: dict[str, Any], table: list[Row]) -> Path:
     if DOC.exists() and NOTES_MARKER in DOC.read_text():
         notes = DOC.read_text().split(NOTES_MARKER, 1)[1].lstrip("\n")
     m = results["machine"]
-    rd = results["reads"]
     missed = misses(table)
     text = f"""# Performance
 
-Generated by `make bench` (`python -m bench`) on {results["finished_at"]}, in {results["elapsed_seconds"]:.0f} s;
-raw samples in `bench/results/latest.json`. Every figure is the **median of {results["runs"]} runs**.
+Generated by `make bench` (`python -m bench`); raw samples in `bench/results/latest.json`. Every
+figure is the **median of {results["runs"]} runs**. `make bench BENCH_ARGS="--only GROUP"` measures
+some scenario groups again and keeps the others' last figures; each group says when it ran:
+
+{_measured_table(results)}
 
 **Machine:** {m["cores"]} cores ({m["cpu"]}), {m["memory_gb"]} GB RAM, Linux {m["kernel"]};
 Python {m["python"]}, PostgreSQL {m["postgresql"]}, Redis {m["redis"]},
@@ -331,45 +373,7 @@ the same {m["cores"]} cores.
 
 ## Method
 
-1. **Swarm creation**: `POST /swarms` with `count` N (tier standard), timed until the whole answer
-   with N ids has been read; a new swarm each run. A thread samples the VmRSS of both gunicorn
-   workers every 5 ms during the request (and reads VmHWM after), for the peak-RSS row.
-2. **Mass-action**: `POST /swarms/{{id}}/tasks` `{{"type": "echo"}}` on a fresh N-bot swarm; time to
-   the 202, then `GET /swarms/{{id}}` every 20 ms until `total_tasks_completed` has grown by N.
-3. **Baseline**: `bench/baseline.py` (not part of the service): N `apply_async` calls of the no-op
-   task `bench.noop`, one message each, consumed by a separate `celery -A bench.baseline worker`
-   with the same concurrency (2), prefetch (1) and `acks_late` (it loads `celeryconfig`); timed from
-   the first publish until its queue and Redis's `unacked` hash are both empty (with `acks_late`, a
-   message leaves `unacked` only after its task ran). Measured in the same run as ours.
-4. **Priority**: a mass-action of {results["priority"]["n"]:,} standard echo tasks, then
-   {len(results["priority"]["runs"][0]["waits"])} tasks for one L20 bot via `POST /bots/{{id}}/tasks`,
-   one every {int(results["l20_spacing_seconds"] * 1000)} ms; the wait of each is `started_at`
-   (read from PostgreSQL, microseconds) minus the wall-clock time the request was sent. The
-   standard backlog when each L20 task was sent is in the JSON (`standard_backlog_at_send`).
-5. **Reads**: with {rd["n"]:,} bots present and the stack idle, {m["load_generator"]} from a
-   second process, {rd["connections"]} connections, {rd["seconds"]:.0f} s per endpoint and run:
-   `GET /bots/{{id}}` (1,000 random ids of one swarm), `GET /swarms/{{id}}`, `GET /bots/stats`, and
-   `GET /docs` as the trivial endpoint (the Swagger UI page: a small template, no database and
-   no Redis; 0.2 ms in-process, against 0.8-1.2 ms for the read endpoints).
-6. **Single task**: `POST /bots/{{id}}/tasks` (echo) on the idle stack, {results["single_task_samples"]}
-   tasks one after another per run; latency is `finished_at` (PostgreSQL) minus the time sent.
-7. **Memory**: VmRSS of the Celery main process plus its pool children (from `/proc`), before
-   and after {results["memory"]["tasks"]:,} echo tasks given as mass-actions of
-   {results["memory"]["tasks"] // results["memory_rounds"]:,} to one swarm (measured once, after
-   the other scenarios, so the worker is warm).
-8. **Mass-action progress**: a {results["mass_action_progress"]["n"]:,}-task `data_processing`
-   mass-action (20 inline rows each, `clean`, `transform`, `analyze`) on the largest swarm; while
-   it runs, {results["mass_action_progress"]["connections"]} connections load
-   `GET /mass-actions/{{id}}` for {results["mass_action_progress"]["seconds"]:.0f} s, then `GET /docs`
-   (the trivial endpoint, the baseline) for as long while it still runs; the progress it had
-   reached when each load stopped is recorded (`percent_after_reads`, `status_after_reads`,
-   `percent_after_trivial`). Once it ended and the stack is idle, the same load on
-   `GET /mass-actions/{{id}}` again.
-9. **NDJSON export**: `GET /mass-actions/{{id}}/results` with `Accept: application/x-ndjson` for
-   each of the mass-actions of 8, read to the end; the time to the last byte, and the growth of
-   the gunicorn workers' RSS (peak during the export, sampled every 5 ms and from VmHWM reset just
-   before, minus the RSS before; the larger of the two workers). The baseline: the same results
-   paged as JSON with `limit=1000`, in the same run.
+{_method(results)}
 
 The stack gets `MAX_BOTS=1000000`, because every run creates a new swarm and retired bots keep
 their rows; everything else is the service's default configuration.
@@ -379,3 +383,106 @@ their rows; everything else is the service's default configuration.
 {notes}"""
     DOC.write_text(text.rstrip() + "\n")
     return DOC
+
+
+def _measured_table(results: dict[str, Any]) -> str:
+    measured = results.get("measured", {})
+    lines = ["| scenario group | measured | took | load average (1 min) at its start |",
+             "|---|---|---:|---:|"]  # fmt: skip
+    for name, when in measured.items():
+        lines.append(f"| {name} | {when['at']} | {when['seconds']:.0f} s |"
+                     f" {when['load_average_at_start']:.2f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _method(results: dict[str, Any]) -> str:
+    """How each scenario that has figures was measured, numbered in table order."""
+    m = results["machine"]
+    paragraphs = []
+    if "create" in results:
+        paragraphs.append(
+            "**Swarm creation**: `POST /swarms` with `count` N (tier standard), timed until the"
+            " whole answer with N ids has been read; a new swarm each run. A thread samples the"
+            " VmRSS of both gunicorn workers every 5 ms during the request (and reads VmHWM after),"
+            " for the peak-RSS row."
+        )
+    if "mass_action" in results:
+        paragraphs.append(
+            '**Mass-action**: `POST /swarms/{id}/tasks` `{"type": "echo"}` on a fresh N-bot'
+            " swarm; time to the 202, then `GET /swarms/{id}` every 20 ms until"
+            " `total_tasks_completed` has grown by N."
+        )
+        paragraphs.append(
+            "**Baseline**: `bench/baseline.py` (not part of the service): N `apply_async` calls of"
+            " the no-op task `bench.noop`, one message each, consumed by a separate"
+            " `celery -A bench.baseline worker` with the same concurrency (2), prefetch (1) and"
+            " `acks_late` (it loads `celeryconfig`); timed from the first publish until its queue"
+            " and Redis's `unacked` hash are both empty (with `acks_late`, a message leaves"
+            " `unacked` only after its task ran). Measured in the same run as ours."
+        )
+    if "priority" in results:
+        prio = results["priority"]
+        paragraphs.append(
+            f"**Priority**: a mass-action of {prio['n']:,} standard echo tasks, then"
+            f" {len(prio['runs'][0]['waits'])} tasks for one L20 bot via"
+            " `POST /bots/{id}/tasks`, one every"
+            f" {int(results['l20_spacing_seconds'] * 1000)} ms; the wait of each is `started_at`"
+            " (read from PostgreSQL, microseconds) minus the wall-clock time the request was"
+            " sent. The standard backlog when each L20 task was sent is in the JSON"
+            " (`standard_backlog_at_send`)."
+        )
+    if "reads" in results:
+        rd = results["reads"]
+        paragraphs.append(
+            f"**Reads**: with {rd['n']:,} bots present and the stack idle, {m['load_generator']}"
+            f" from a second process, {rd['connections']} connections, {rd['seconds']:.0f} s per"
+            " endpoint and run: `GET /bots/{id}` (1,000 random ids of one swarm),"
+            " `GET /swarms/{id}`, `GET /bots/stats`, and `GET /docs` as the trivial endpoint (the"
+            " Swagger UI page: a small template, no database and no Redis)."
+        )
+    if "single_task" in results:
+        paragraphs.append(
+            "**Single task**: `POST /bots/{id}/tasks` (echo) on the idle stack,"
+            f" {results['single_task_samples']} tasks one after another per run; latency is"
+            " `finished_at` (PostgreSQL) minus the time sent."
+        )
+    if "memory" in results:
+        mem = results["memory"]
+        paragraphs.append(
+            "**Memory**: VmRSS of the Celery main process plus its pool children (from `/proc`),"
+            f" before and after {mem['tasks']:,} echo tasks given as mass-actions of"
+            f" {mem['tasks'] // results['memory_rounds']:,} to one swarm."
+        )
+    if "mass_action_progress" in results and "ndjson" in results:
+        progress = results["mass_action_progress"]
+        paragraphs.append(
+            f"**Mass-action progress**: a {progress['n']:,}-task `data_processing` mass-action"
+            " (20 inline rows each, `clean`, `transform`, `analyze`) on the largest swarm; while"
+            f" it runs, {progress['connections']} connections load `GET /mass-actions/{{id}}` for"
+            f" {progress['seconds']:.0f} s, then `GET /docs` (the trivial endpoint, the baseline)"
+            " for as long while it still runs; the progress it had reached when each load stopped"
+            " is recorded (`percent_after_reads`, `status_after_reads`, `percent_after_trivial`)."
+            " Once it ended and the stack is idle, the same load on `GET /mass-actions/{id}`"
+            " again."
+        )
+        paragraphs.append(
+            "**NDJSON export**: `GET /mass-actions/{id}/results` with"
+            " `Accept: application/x-ndjson` for each of the mass-actions of the progress runs,"
+            " read to the end; the time to the last byte, and the growth of the gunicorn workers'"
+            " RSS (peak during the export, sampled every 5 ms and from VmHWM reset just before,"
+            " minus the RSS before; the larger of the two workers). The baseline: the same results"
+            " paged as JSON with `limit=1000`, in the same run."
+        )
+    if "bigfile" in results:
+        big = results["bigfile"]
+        paragraphs.append(
+            f"**Big file**: a generated {big['rows']:,}-row CSV ({big['file_mb']:.0f} MB) given as"
+            f" `mass_data_processing` to a {big['bots']:,}-bot swarm, timed from the request to"
+            " the last task counted, with the offsets index removed first (cold) and kept"
+            " (warm); peak RSS and CPU time of the worker's pool processes from `/proc`. The"
+            " baseline: one task over the whole file in one process, in the same run."
+        )
+    return "\n".join(
+        textwrap.fill(f"{number}. {paragraph}", width=100, subsequent_indent="   ")
+        for number, paragraph in enumerate(paragraphs, 1)
+    )

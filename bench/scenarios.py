@@ -45,6 +45,19 @@ class Bench:
     runs: int
     swarms: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
 
+    def swarms_of(self, n: int) -> list[dict[str, Any]]:
+        """The n-bot swarms the scenarios share: those `create_swarms` timed, or new ones made
+        untimed when a run leaves that group out (`--only`)."""
+        if not self.swarms.get(n):
+            for run in range(self.runs):
+                body = {"name": f"bench-{n}-{run}", "count": n, "tier": "standard",
+                        "capabilities": SWARM_CAPABILITIES}  # fmt: skip
+                document = self.api.call("POST", "/swarms", body, expect=201)
+                self.swarms.setdefault(n, []).append(
+                    {"id": document["id"], "bot_ids": random.sample(document["bot_ids"], 1000)}
+                )
+        return self.swarms[n]
+
     def wait_idle(self, timeout: float = 300.0) -> None:
         """Until no task is open and the broker holds nothing: runs never overlap."""
         deadline = time.monotonic() + timeout
@@ -122,7 +135,7 @@ def mass_action(b: Bench, n: int, label: str) -> dict[str, Any]:
     for run in range(b.runs):
         say(f"{label} mass-action {n}: run {run + 1}/{b.runs}")
         b.wait_idle()
-        swarm_id = b.swarms[n][run % len(b.swarms[n])]["id"]
+        swarm_id = b.swarms_of(n)[run % len(b.swarms_of(n))]["id"]
         target = b.api.call("GET", f"/swarms/{swarm_id}")["total_tasks_completed"] + n
         started = time.perf_counter()
         answer = b.api.call("POST", f"/swarms/{swarm_id}/tasks",
@@ -173,7 +186,7 @@ def priority(b: Bench, n: int, label: str) -> dict[str, Any]:
     for run in range(b.runs):
         say(f"{label} L20 behind {n} standard tasks: run {run + 1}/{b.runs}")
         b.wait_idle()
-        swarm_id = b.swarms[n][run % len(b.swarms[n])]["id"]
+        swarm_id = b.swarms_of(n)[run % len(b.swarms_of(n))]["id"]
         b.api.call("POST", f"/swarms/{swarm_id}/tasks", {"type": "echo", "data": {}}, expect=202)
         sent: list[tuple[int, float, int]] = []
         for _ in range(L20_TASKS):
@@ -225,10 +238,10 @@ def _wait_started(b: Bench, task_id: int, timeout: float = 120.0) -> float:
 
 def reads(b: Bench, n: int, seconds: float, connections: int, label: str) -> dict[str, Any]:
     """Requests/s and latency of the read endpoints under load from a second process."""
-    swarm = b.swarms[n][0]
+    swarm = b.swarms_of(n)[0]
     endpoints = {
         "GET /bots/{id}": [f"/bots/{bot_id}" for bot_id in swarm["bot_ids"]],
-        "GET /swarms/{id}": [f"/swarms/{s['id']}" for s in b.swarms[n]],
+        "GET /swarms/{id}": [f"/swarms/{s['id']}" for s in b.swarms_of(n)],
         "GET /bots/stats": ["/bots/stats"],
         "GET /docs (trivial)": ["/docs"],
     }
@@ -287,7 +300,7 @@ def _wait_finished(b: Bench, task_id: int, timeout: float = 60.0) -> float:
 
 def worker_memory(b: Bench, n: int, rounds: int, label: str) -> dict[str, Any]:
     """Celery worker RSS (main + pool) before and after rounds x n echo tasks on one swarm."""
-    swarm_id = b.swarms[n][0]["id"]
+    swarm_id = b.swarms_of(n)[0]["id"]
     b.wait_idle()
     before_kb = b.stack.worker_rss_kb()
     samples_mb, seconds = [], []
@@ -342,7 +355,7 @@ def mass_action_progress(
 ) -> dict[str, Any]:
     """GET /mass-actions/{id} under load while an n-task mass-action runs, then the trivial
     endpoint under the same load while it still runs, then GET /mass-actions/{id} at idle."""
-    swarm_id = b.swarms[n][0]["id"]
+    swarm_id = b.swarms_of(n)[0]["id"]
     per_run = []
     for run in range(b.runs):
         say(

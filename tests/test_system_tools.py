@@ -71,6 +71,7 @@ def test_only_the_missing_package_is_named(
     assert re.search(r"install -y --no-install-recommends nginx-light$", message.strip())
 
 
+@pytest.mark.slow  # needs `make test`'s test-tools step, which `make test-fast` leaves out
 def test_this_machine_has_them_after_make_test_started() -> None:
     # `make test` ran the same module before pytest; a second run finds everything and says nothing.
     done = subprocess.run(

@@ -83,7 +83,7 @@ def set_bot_status(bot_id: str, status: str) -> Bot:
     if bot.status == BOT_RETIRED:
         raise Conflict(f"Bot {bot_id!r} is retired.")
     source = BOT_ACTIVE if status == BOT_PAUSED else BOT_PAUSED
-    census.change_bot_status("id = :bot_id", {"bot_id": bot_id}, (source,), status)
+    census.change_bot(bot_id, (source,), status)
     held = task_rows.waiting_of_bots([bot_id]) if status == BOT_ACTIVE else []
     db.session.commit()
     task_rows.publish(held)
@@ -94,10 +94,7 @@ def set_bot_status(bot_id: str, status: str) -> Bot:
 def retire_bot(bot_id: str) -> Bot:
     """Retire a bot: it stops counting against capacity and its waiting tasks are cancelled."""
     bot = get_bot(bot_id)
-    changed = census.change_bot_status(
-        "id = :bot_id", {"bot_id": bot_id}, LIVE_BOT_STATES, BOT_RETIRED
-    )
-    if changed:
+    if census.change_bot(bot_id, LIVE_BOT_STATES, BOT_RETIRED):
         task_rows.cancel_waiting_of_bots([bot_id])
     db.session.commit()
     db.session.refresh(bot)

@@ -2,7 +2,7 @@
 status change.
 
 Stats and capacity read these few rows instead of counting 50,000 bots. Every change to a bot's
-status goes through change_bot_status, which moves the tallies in the same statement.
+status goes through _change (change_bot, change_swarm_bots, retire_newest_bots), which moves the tallies in the same statement.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import text
 
 from app.extensions import db
-from app.models import LIVE_BOT_STATES
+from app.models import BOT_RETIRED, LIVE_BOT_STATES
 from app.services.tenancy import census_key
 
 _ADD = """
@@ -44,6 +44,14 @@ WITH target AS (
 SELECT id FROM target
 """
 
+# The bots a change may select, on table bots; the only SQL that goes into _CHANGE's `where`.
+_ONE_BOT = "id = :bot_id"
+_SWARM_BOTS = "swarm_id = :swarm_id"
+_NEWEST_LIVE_BOTS = (
+    "id IN (SELECT id FROM bots WHERE swarm_id = :swarm_id AND status = ANY(:live)"
+    " ORDER BY position DESC LIMIT :excess)"
+)
+
 
 def add_bots(swarm_id: str | None, tier: str, status: str, n: int, tenant: str | None) -> None:
     """Count n new bots in the tallies."""
@@ -59,15 +67,31 @@ def add_bots(swarm_id: str | None, tier: str, status: str, n: int, tenant: str |
     )
 
 
-def change_bot_status(
-    where: str, params: dict[str, Any], from_states: tuple[str, ...], to_state: str
-) -> list[str]:
-    """Move the bots matching `where` (SQL on table bots) from from_states to to_state.
+def change_bot(bot_id: str, from_states: tuple[str, ...], to_state: str) -> bool:
+    """Move one bot from from_states to to_state; False when it was in none of them."""
+    return bool(_change(_ONE_BOT, {"bot_id": bot_id}, from_states, to_state))
 
-    Returns the ids of the bots that changed.
-    """
+
+def change_swarm_bots(swarm_id: str, from_states: tuple[str, ...], to_state: str) -> list[str]:
+    """Move every bot of a swarm that is in from_states to to_state; returns their ids."""
+    return _change(_SWARM_BOTS, {"swarm_id": swarm_id}, from_states, to_state)
+
+
+def retire_newest_bots(swarm_id: str, excess: int) -> list[str]:
+    """Retire a swarm's `excess` newest live bots (the oldest keep their dataset slices)."""
+    return _change(
+        _NEWEST_LIVE_BOTS,
+        {"swarm_id": swarm_id, "live": list(LIVE_BOT_STATES), "excess": excess},
+        LIVE_BOT_STATES,
+        BOT_RETIRED,
+    )
+
+
+def _change(
+    selector: str, params: dict[str, Any], from_states: tuple[str, ...], to_state: str
+) -> list[str]:
     rows = db.session.execute(
-        text(_CHANGE.format(where=where)),
+        text(_CHANGE.format(where=selector)),
         {**params, "from_states": list(from_states), "to_state": to_state},
     )
     return [row[0] for row in rows]

@@ -172,9 +172,7 @@ def update_swarm(swarm_id: str, count: int | None, status: str | None) -> SwarmV
     resumed_bots: list[str] = []
     if status and status != swarm.status:
         source = SWARM_ACTIVE if status == SWARM_PAUSED else SWARM_PAUSED
-        changed = census.change_bot_status(
-            "swarm_id = :swarm_id", {"swarm_id": swarm.id}, (source,), status
-        )
+        changed = census.change_swarm_bots(swarm.id, (source,), status)
         swarm.status = status
         if status == SWARM_ACTIVE:
             resumed_bots = changed
@@ -194,14 +192,7 @@ def _scale(swarm: Swarm, count: int) -> None:
         _insert_bots(swarm, first=swarm.next_position, count=count - live, now=utcnow())
         swarm.next_position += count - live
     elif count < live:
-        # Newest bots go first, so the oldest keep their dataset slices.
-        retired = census.change_bot_status(
-            "id IN (SELECT id FROM bots WHERE swarm_id = :swarm_id AND status = ANY(:live)"
-            " ORDER BY position DESC LIMIT :excess)",
-            {"swarm_id": swarm.id, "live": list(LIVE_BOT_STATES), "excess": live - count},
-            LIVE_BOT_STATES,
-            BOT_RETIRED,
-        )
+        retired = census.retire_newest_bots(swarm.id, live - count)
         task_rows.cancel_waiting_of_bots(retired)
 
 
@@ -209,9 +200,7 @@ def retire_swarm(swarm_id: str) -> SwarmView:
     """Retire every bot of the swarm and cancel the tasks still waiting."""
     swarm = get_swarm(swarm_id, lock=True)
     if swarm.status != SWARM_RETIRED:
-        census.change_bot_status(
-            "swarm_id = :swarm_id", {"swarm_id": swarm.id}, LIVE_BOT_STATES, BOT_RETIRED
-        )
+        census.change_swarm_bots(swarm.id, LIVE_BOT_STATES, BOT_RETIRED)
         task_rows.cancel_waiting_of_swarm(swarm.id)
         swarm.status = SWARM_RETIRED
         db.session.commit()
