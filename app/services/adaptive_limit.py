@@ -9,11 +9,13 @@ window (and as Netflix's concurrency-limits library applies it to services):
   `baseline`: the lowest window mean seen, drifting slowly up so a service that became slower
   for good is learned). The gradient `TOLERANCE * baseline / mean`, capped at 1, says whether
   requests have started to queue inside the service:
-  - below 1 (latency rose by more than the tolerance): the limit is multiplied by it (at least
-    halved at most);
+  - below 1 (latency rose by more than the tolerance): the limit is multiplied by it (halved
+    at most);
   - at 1 (latency holds), if the window really used the limit (its busiest moment had at least
     half the limit in flight, so an idle service does not grow a limit it never tests): the
-    limit grows, by SLOW_START_FACTOR per window until the first cut, then by one per window.
+    limit grows, by SLOW_START_FACTOR per window until the first cut or the first window whose
+    latency rose by more than SLOW_START_EXIT (a sign the knee is near, so the next jump of 50%
+    does not overshoot into errors), then by one per window.
 - A 429, a 5xx or a timeout (a "drop") cuts the limit to BACKOFF_RATIO of itself at once.
 - Every cut starts a new epoch. A call carries the epoch it started in; one from an older epoch
   neither cuts nor is measured, so a burst of failures from calls sent under the old limit counts
@@ -23,7 +25,7 @@ Connection errors and 4xx answers other than 429 move nothing: the first are the
 breaker's business (a dead URL among live ones says nothing about the service's capacity), the
 second are the request's fault.
 
-The state is one Redis hash per service, changed only by Lua scripts, so every worker process on
+The state is one Redis hash per service, changed only by one Lua script, so every worker process on
 every machine reads and feeds the same limit, and concurrent updates never lose one another.
 Time is Redis's clock. If Redis cannot be read, `limit()` answers INITIAL_LIMIT (capped by the
 ceiling): a conservative guess, never the ceiling.
@@ -60,6 +62,8 @@ BACKOFF_RATIO = 0.75
 # A latency cut never takes more than half the limit in one window.
 MIN_GRADIENT = 0.5
 SLOW_START_FACTOR = 1.5
+# Slow start ends once a window's latency is this much over the baseline, even within tolerance.
+SLOW_START_EXIT = 1.25
 WINDOW_MIN_SAMPLES = 10
 # Each window's mean pulls the baseline up by this share of the gap (a lower mean replaces it).
 BASELINE_DRIFT = 0.02
@@ -74,7 +78,8 @@ _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) + tonumber(t[2])
 # latency ms, in flight when the call started (-1: count KEYS[2]'s live slots now, or unknown),
 # the epoch it started in (-1 if unknown), ceiling, initial limit, minimum, tolerance,
 # backoff ratio, minimum gradient, slow-start factor, window minimum samples, baseline drift,
-# idle expiry. Returns the new limit (a string: Lua numbers would come back as integers).
+# idle expiry, slow-start exit. Returns the new limit (a string: Lua numbers would come back as
+# integers).
 _RECORD = (
     _NOW
     + """
@@ -114,6 +119,7 @@ elseif outcome == 'success' then
     if n >= math.max(tonumber(ARGV[12]), math.floor(limit)) then
       local mean = sum / n
       local baseline = tonumber(s[2]) or mean
+      local baseline_before = baseline
       local gradient = math.min(1, tonumber(ARGV[8]) * baseline / math.max(mean, 0.001))
       if mean < baseline then
         baseline = mean
@@ -125,6 +131,9 @@ elseif outcome == 'success' then
         cut(limit * math.max(tonumber(ARGV[10]), gradient))
       else
         if in_flight < 0 or peak * 2 >= limit then
+          if phase == 'slow_start' and mean > baseline_before * tonumber(ARGV[15]) then
+            phase = 'avoid'
+          end
           if phase == 'slow_start' then
             limit = limit * tonumber(ARGV[11])
           else
@@ -229,6 +238,7 @@ def record(
             WINDOW_MIN_SAMPLES,
             BASELINE_DRIFT,
             IDLE_EXPIRY_S,
+            SLOW_START_EXIT,
         )
     except redis.RedisError as error:
         log.warning("adaptive limit of %s not updated: %s", service.name, error)
