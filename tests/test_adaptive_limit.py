@@ -417,3 +417,29 @@ def test_refill_gives_back_slots_above_a_fallen_limit_and_takes_more_under_a_ris
     assert started == [5, 6, 7, 8]
     assert handed[0] == tokens[2] and len(set(handed)) == 4
     assert redis_client.zcard(slots) == 5
+
+
+def test_adjust_keeps_a_holder_s_idle_slots_within_the_limit_and_adds_free_ones(app, redis_client):
+    slots, pause = inflight.slots_key("image"), inflight.pause_key("image")
+
+    def adjust(limit: int, claimed: int, *idle: str) -> list[str]:
+        reply = redis_client.eval(inflight.ADJUST, 2, slots, pause, limit, 30, "h", claimed, *idle)
+        return [v.decode() for v in reply]
+
+    # Another holder has 3 calls in flight; this one has 8 claimed tasks and no slot yet.
+    redis_client.zadd(slots, {f"other:{n}": time.time() + 30 for n in range(3)})
+    mine = adjust(6, 8)
+    assert len(mine) == 3 and redis_client.zcard(slots) == 6
+
+    # The limit fell to 4: one idle slot is kept, two are given back.
+    kept = adjust(4, 8, *mine)
+    assert kept == mine[:1] and redis_client.zcard(slots) == 4
+
+    # Paused: idle slots within the limit are kept, no new one is taken.
+    redis_client.set(pause, "1", px=5000)
+    assert adjust(10, 8, *kept) == kept
+    redis_client.delete(pause)
+
+    # It rose to 10: up to one slot per claimed task, the rest stay free.
+    grown = adjust(10, 5, *kept)
+    assert grown[0] == kept[0] and len(grown) == 5 and redis_client.zcard(slots) == 8

@@ -218,3 +218,27 @@ def test_k8s_config_sets_only_known_variables() -> None:
 
     config = next(d for d in k8s_documents() if d["kind"] == "ConfigMap")
     assert set(config["data"]) <= set(KNOWN_VARIABLES)
+
+
+def test_the_io_pool_is_sized_by_open_calls_capped_by_the_services_limits(client) -> None:
+    idle = client.get("/scaling").get_json()["io_pool"]
+    assert (idle["open_calls"], idle["desired_workers"]) == (0, 0)
+    put = client.put(
+        "/services/image", json={"urls": ["http://127.0.0.1:9"], "max_concurrency": 100}
+    )
+    assert put.status_code == 200, put.get_json()
+    swarm = client.post(
+        "/swarms",
+        json={"name": "calls", "count": 300, "tier": "standard", "capabilities": ["ml_inference"]},
+    ).get_json()
+    assigned = client.post(
+        f"/swarms/{swarm['id']}/tasks", json={"type": "image_generation", "data": {}}
+    )
+    assert assigned.status_code == 202, assigned.get_json()
+
+    io_pool = client.get("/scaling").get_json()["io_pool"]
+    assert io_pool["open_calls"] == 300
+    assert io_pool["in_flight"] == 0
+    # 300 open calls, but the services allow 100 in flight at once: 2 workers of 64 calls.
+    assert io_pool["total_limit"] >= 100
+    assert io_pool["desired_workers"] == -(-min(300, io_pool["total_limit"]) // 64)

@@ -31,6 +31,7 @@ import os
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -58,8 +59,6 @@ HEARTBEAT_S = 10.0
 # Outcomes are recorded once this many have ended, or after RECORD_EVERY_S.
 RECORD_BATCH = 64
 RECORD_EVERY_S = 0.2
-# Idle slots are handed on once this long has passed since the last hand-over (or enough idle).
-REFILL_EVERY_S = 0.01
 
 _RENEW_LEASES = """
 UPDATE tasks SET lease_expires_at = now() + make_interval(secs => :lease)
@@ -132,6 +131,9 @@ class _Chunk:
         self.holding = _Holding(view.name, set(), set())
         self.in_flight: dict[Future, tuple[str, Claimed]] = {}
         self.idle: list[str] = []
+        # Claimed tasks waiting for one of this chunk's slots, with their payloads.
+        self.buffer: deque[tuple[Claimed, dict[str, Any]]] = deque()
+        self.paused = False
         self.outcomes: list[Outcome] = []
         self.again: list[tuple[Claimed, float]] = []
         self.counts = {"received": 0, "called": 0, "recorded": 0, "retried": 0}
@@ -140,6 +142,7 @@ class _Chunk:
         lines = [inflight.line_key(view.name, t) for t in TIERS]
         self.start_keys = [slots, pause, inflight.line_key(view.name, tier), *lines]
         self.refill_keys = [slots, pause, *lines]
+        self.take_keys = [pause, *lines]
 
     def run(self, task_ids: list[int]) -> dict[str, int]:
         self.counts["received"] = len(task_ids)
@@ -161,12 +164,13 @@ class _Chunk:
         with _holdings_lock:
             _holdings[self.id] = self.holding
         _ensure_heartbeat(self.app)
-        last_record = last_refill = time.monotonic()
+        last_record = time.monotonic()
         try:
+            self.idle.extend(tokens)
+            self._claim_ahead(ids)
             while True:
-                if ids:
-                    self._start_calls(tokens, ids)
-                    tokens, ids = [], []
+                self._follow_limit()
+                self._start_buffered()
                 if not self.in_flight and not self.idle:
                     break
                 if self.in_flight:
@@ -175,6 +179,17 @@ class _Chunk:
                     )
                     for future in done:
                         self._ended(future)
+                    self._follow_limit()
+                    self._start_buffered()
+                held = len(self.in_flight) + len(self.idle)
+                if held and len(self.buffer) * 2 < held and not self.paused:
+                    # Claim the next waiting ids while the current calls run, so that a slot
+                    # freed by a call starts the next one without a database round trip.
+                    self._claim_ahead(self._take(held - len(self.buffer)))
+                if self.idle and not self.buffer:
+                    tokens, ids = self._refill()
+                    self.idle.extend(tokens)
+                    self._claim_ahead(ids)
                 now = time.monotonic()
                 if self.outcomes and (
                     len(self.outcomes) >= RECORD_BATCH
@@ -182,16 +197,10 @@ class _Chunk:
                     or not self.in_flight
                 ):
                     self._record()
+                    self._retry_later()
                     last_record = now
-                held = len(self.in_flight) + len(self.idle)
-                if self.idle and (
-                    not self.in_flight
-                    or len(self.idle) * 4 >= held
-                    or now - last_refill >= REFILL_EVERY_S
-                ):
-                    tokens, ids = self._refill()
-                    last_refill = now
         finally:
+            self._put_back_buffer()
             self._record()
             self._retry_later()
             self._give_back()
@@ -201,28 +210,90 @@ class _Chunk:
 
     # ---- steps -------------------------------------------------------------------------------
 
-    def _start_calls(self, tokens: list[str], ids: list[int]) -> None:
+    def _claim_ahead(self, ids: list[int]) -> None:
+        """Claim ids taken from the line; they wait in this chunk's buffer for a slot."""
+        if not ids:
+            return
         claimed = claim(ids, lease=LEASE_S)
-        by_id = {task.id: task for task in claimed}
         payloads = load_payloads({task.payload_id for task in claimed})
         db.session.rollback()
-        for token, task_id in zip(tokens, ids, strict=True):
-            task = by_id.pop(task_id, None)
-            if task is None:  # done, cancelled, or claimed by a duplicate message
-                self.idle.append(token)
-                continue
-            self.holding.tokens.add(token)
+        for task in claimed:
             self.holding.task_ids.add(task.id)
             payload = {"type": task.type, "params": payloads.get(task.payload_id, {})}
+            self.buffer.append((task, payload))
+
+    def _start_buffered(self) -> None:
+        """Give each idle slot the next claimed task, unless the service asked for a pause."""
+        if not (self.idle and self.buffer):
+            return
+        if self._service_paused():
+            self._put_back_buffer()
+            return
+        while self.idle and self.buffer:
+            token = self.idle.pop()
+            task, payload = self.buffer.popleft()
+            self.holding.tokens.add(token)
             future = _calls(self.app).submit(_call, self.app, self.view, task, payload)
             self.in_flight[future] = (token, task)
             self.counts["called"] += 1
 
+    def _follow_limit(self) -> None:
+        """A learned limit moves while calls run: before idle slots go to claimed tasks, give
+        back those above it, and take free ones under it for claimed tasks that have none."""
+        if not self.view.concurrency_auto or not self.buffer:
+            return
+        try:
+            reply = self.client.eval(
+                inflight.ADJUST,
+                2,
+                inflight.slots_key(self.view.name),
+                inflight.pause_key(self.view.name),
+                inflight.current_limit(self.view),
+                LEASE_S,
+                self.id,
+                len(self.buffer),
+                *self.idle,
+            )
+        except redis.RedisError as error:
+            log.warning("following the limit of %s failed: %s", self.view.name, error)
+            return
+        self.idle = [v.decode() if isinstance(v, bytes) else str(v) for v in reply]
+
+    def _take(self, count: int) -> list[int]:
+        try:
+            reply = self.client.eval(inflight.TAKE, len(self.take_keys), *self.take_keys, count)
+        except redis.RedisError as error:
+            log.warning("taking waiting calls of %s failed: %s", self.view.name, error)
+            return []
+        return [int(v) for v in reply]
+
+    def _service_paused(self) -> bool:
+        if not self.paused:
+            try:
+                self.paused = bool(self.client.exists(inflight.pause_key(self.view.name)))
+            except redis.RedisError:
+                return False
+        return self.paused
+
+    def _put_back_buffer(self) -> None:
+        """Claimed tasks not started: back to assigned and to the front of their line."""
+        if not self.buffer:
+            return
+        ids = [task.id for task, _ in self.buffer]
+        self.buffer.clear()
+        for task_id in ids:
+            self.holding.task_ids.discard(task_id)
+        task_rows.requeue_running(ids)
+        db.session.commit()
+        self._requeue_in_line(ids)
+
     def _ended(self, future: Future) -> None:
         token, task = self.in_flight.pop(future)
         self.idle.append(token)
+        self.holding.tokens.discard(token)
         self.holding.task_ids.discard(task.id)
         result, error, duration_ms = future.result()
+        inflight.observe(self.view, error, duration_ms)
         if error is None:
             self.outcomes.append(
                 Outcome(task.id, TASK_COMPLETED, result, None, task.attempt, duration_ms)
@@ -260,8 +331,6 @@ class _Chunk:
 
     def _refill(self) -> tuple[list[str], list[int]]:
         idle, self.idle = self.idle, []
-        for token in idle:
-            self.holding.tokens.discard(token)
         try:
             reply = self.client.eval(
                 inflight.REFILL,
@@ -286,6 +355,14 @@ class _Chunk:
             self.client.zrem(inflight.slots_key(self.view.name), *idle)
         except redis.RedisError:
             return  # their leases expire on their own
+        publish_calls([], self.tier, self.call_type)
+
+    def _requeue_in_line(self, ids: list[int]) -> None:
+        try:
+            self.client.lpush(inflight.line_key(self.view.name, self.tier), *reversed(ids))
+        except redis.RedisError:
+            return  # still assigned: the reconciler publishes them again
+        # Anyone's slot may be free by now: a wake-up takes them from the line.
         publish_calls([], self.tier, self.call_type)
 
     def _pause(self, seconds: float) -> None:
