@@ -269,7 +269,8 @@ def isolation(b: Bench, big: int, label: str) -> dict[str, Any]:
                 "POST", f"/bots/{bot['id']}/tasks",
                 {"type": "image_generation", "data": {"prompt": "now"}}, expect=202,
             )  # fmt: skip
-            results["l20_start"].append(_wait_started(b, task["task_id"]) - sent)
+            task_id = int(str(task["task_id"]).rsplit("-", 1)[-1])
+            results["l20_start"].append(_wait_started(b, task_id) - sent)
             b.api.call("DELETE", f"/mass-actions/{backlog['mass_action_id']}")
         return results
     finally:

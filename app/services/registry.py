@@ -11,13 +11,16 @@ new URLs when a process starts with different ones.
 Callers keep the registry's rows for VIEW_TTL_S (`cached_views`) and drop them at once when
 the Redis version key changes, which `PUT /services` and each probe pass do after their commit:
 thousands of calls a second cost no SELECT each, and a PUT still takes effect on the next call
-in every worker without a restart. The API's own answers read the tables. A call walks the service's URLs in order, skipping URLs whose
-circuit breaker is open (`breaker.py`) and trying last the ones the latest health probe found
-unhealthy; connection errors, timeouts, 429 and 5xx move on to the next URL. Calls in flight to
-one service are capped across all workers by a Redis semaphore, so a swarm cannot flood it; the
-cap is `inflight.current_limit`: the service's fixed `max_concurrency`, or with
-`max_concurrency: "auto"` the limit that `adaptive_limit.py` learns from every attempt's latency
-and outcome (each attempt in `attempt` feeds it).
+in every worker without a restart. The API's own answers read the tables.
+
+The one failover and retry loop lives here: `attempt` is one round over the service's URLs in
+order, skipping URLs whose circuit breaker is open (`breaker.py`) and trying last the ones the
+latest health probe found unhealthy; connection errors, timeouts, 429 and 5xx move on to the next
+URL. `call` repeats rounds with backoff for callers outside the I/O pool; the I/O pool
+(`calls.py`) runs `attempt` and reschedules instead. Calls in flight to one service are capped
+across all workers by Redis slots (`inflight.py`), so a swarm cannot flood it; the cap is
+`inflight.current_limit`: the fixed `max_concurrency`, or with `max_concurrency: "auto"` the limit
+`adaptive_limit.py` learns from the latency and outcome of every HTTP attempt in `attempt`.
 """
 
 from __future__ import annotations
@@ -80,7 +83,6 @@ PROBE_TIMEOUT_S = 2.0
 PROBE_FRESH_S = 120
 # How long a call waits for a free slot of a saturated service before giving up (retryable).
 SLOT_WAIT_S = 30.0
-INFLIGHT_PREFIX = "orchestrator:inflight:"
 # Changed after every commit that changes what callers see (a PUT, a probe pass).
 VIEWS_VERSION_KEY = "orchestrator:services:version"
 # How long a worker keeps the registry's rows without looking at the version key's value.
@@ -360,7 +362,7 @@ def _with_live_state(view: ServiceView) -> ServiceView:
     states = breaker.states(view.urls)
     try:
         in_flight: int | None = int(
-            _redis().zcount(INFLIGHT_PREFIX + view.name, time.time(), "+inf")
+            _redis().zcount(inflight.slots_key(view.name), time.time(), "+inf")
         )
     except redis.RedisError:
         in_flight = None
@@ -662,7 +664,7 @@ def attempt(
 @contextmanager
 def _slot(view: ServiceView, timeout: float) -> Iterator[None]:
     """Hold one of the service's max_concurrency slots, shared by every worker, for one attempt."""
-    key = INFLIGHT_PREFIX + view.name
+    key = inflight.slots_key(view.name)
     token = uuid.uuid4().hex
     # A slot outlives the longest attempt; an expired one belonged to a worker that died.
     lease = 2 * timeout + 10
