@@ -1,7 +1,9 @@
 """Real HTTP servers on loopback that stand in for the downstream AI services in tests.
 
 A FakeService answers with scripted responses, in order, then with its default; it records every
-request it receives. Load the fixtures with `pytest_plugins = ["tests.fake_services"]` or by
+request it receives. `answer(n)` may answer by the request's number instead, and `loaded(n)` by
+the requests in flight (counting the new one), for a service whose latency and errors depend
+on its load. Load the fixtures with `pytest_plugins = ["tests.fake_services"]` or by
 importing `fake_service` and `dead_url` into a conftest.
 """
 
@@ -59,9 +61,12 @@ class FakeService:
         responses: Iterable[ResponseSpec] = (),
         default: ResponseSpec | None = None,
         answer: Callable[[int], ResponseSpec] | None = None,
+        loaded: Callable[[int], ResponseSpec] | None = None,
     ) -> None:
-        """`answer(n)`, if given, answers the n-th request (from 0) once the script is used up."""
+        """`answer(n)`, if given, answers the n-th request (from 0) once the script is used up;
+        `loaded(n)` answers a request that finds n requests in flight (itself included)."""
         self._answer = answer
+        self._loaded = loaded
         self._script = [_as_scripted(spec) for spec in responses]
         self._default = _as_scripted(default) if default is not None else Scripted()
         self._lock = threading.Lock()
@@ -100,6 +105,8 @@ class FakeService:
                 return self._script.pop(0)
             if self._answer is not None:
                 return _as_scripted(self._answer(len(self.requests) - 1))
+            if self._loaded is not None:
+                return _as_scripted(self._loaded(self.in_flight))
             return self._default
 
     def _done(self) -> None:
@@ -111,6 +118,9 @@ class FakeService:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body leave in two writes: with Nagle's algorithm the body would wait
+            # for the client's delayed ACK (about 40 ms on Linux) and every answer would be slow.
+            disable_nagle_algorithm = True
             # Idle keep-alive connections end on their own instead of outliving the test.
             timeout = 10
 
@@ -171,8 +181,9 @@ def fake_service() -> Iterator[Callable[..., FakeService]]:
         responses: Iterable[ResponseSpec] = (),
         default: ResponseSpec | None = None,
         answer: Callable[[int], ResponseSpec] | None = None,
+        loaded: Callable[[int], ResponseSpec] | None = None,
     ) -> FakeService:
-        service = FakeService(responses, default, answer)
+        service = FakeService(responses, default, answer, loaded)
         started.append(service)
         return service
 

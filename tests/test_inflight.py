@@ -21,10 +21,10 @@ def start(redis_client, ids, tier="standard", limit=2, lease=30.0, holder="h"):
     return inflight.split_reply(reply)
 
 
-def refill(redis_client, tokens, lease=30.0):
+def refill(redis_client, tokens, lease=30.0, limit=2, holder="h"):
     keys = [SLOTS, PAUSE, *LINES]
     return inflight.split_reply(
-        redis_client.eval(inflight.REFILL, len(keys), *keys, lease, *tokens)
+        redis_client.eval(inflight.REFILL, len(keys), *keys, lease, limit, holder, *tokens)
     )
 
 
@@ -53,7 +53,7 @@ def test_waiting_l20_ids_go_first(redis_client):
     tokens, _ = start(redis_client, [1], limit=1)
     start(redis_client, [10, 11], tier="standard", limit=1)
     start(redis_client, [20], tier="L20", limit=1)
-    assert refill(redis_client, tokens)[1] == [20]
+    assert refill(redis_client, tokens, limit=1)[1] == [20]
 
 
 def test_a_pause_hands_nothing_on_and_take_gets_nothing(redis_client):
@@ -80,5 +80,7 @@ def test_current_limit_is_the_configured_max_concurrency():
     class View:
         name = SERVICE
         max_concurrency = 7
+        concurrency_auto = False
+        max_concurrency_ceiling = None
 
     assert inflight.current_limit(View()) == 7

@@ -169,6 +169,7 @@ class _Chunk:
             self.idle.extend(tokens)
             self._claim_ahead(ids)
             while True:
+                self._follow_limit()
                 self._start_buffered()
                 if not self.in_flight and not self.idle:
                     break
@@ -178,6 +179,7 @@ class _Chunk:
                     )
                     for future in done:
                         self._ended(future)
+                    self._follow_limit()
                     self._start_buffered()
                 held = len(self.in_flight) + len(self.idle)
                 if held and len(self.buffer) * 2 < held and not self.paused:
@@ -234,6 +236,28 @@ class _Chunk:
             future = _calls(self.app).submit(_call, self.app, self.view, task, payload)
             self.in_flight[future] = (token, task)
             self.counts["called"] += 1
+
+    def _follow_limit(self) -> None:
+        """A learned limit moves while calls run: before idle slots go to claimed tasks, give
+        back those above it, and take free ones under it for claimed tasks that have none."""
+        if not self.view.concurrency_auto or not self.buffer:
+            return
+        try:
+            reply = self.client.eval(
+                inflight.ADJUST,
+                2,
+                inflight.slots_key(self.view.name),
+                inflight.pause_key(self.view.name),
+                inflight.current_limit(self.view),
+                LEASE_S,
+                self.id,
+                len(self.buffer),
+                *self.idle,
+            )
+        except redis.RedisError as error:
+            log.warning("following the limit of %s failed: %s", self.view.name, error)
+            return
+        self.idle = [v.decode() if isinstance(v, bytes) else str(v) for v in reply]
 
     def _take(self, count: int) -> list[int]:
         try:
@@ -309,7 +333,13 @@ class _Chunk:
         idle, self.idle = self.idle, []
         try:
             reply = self.client.eval(
-                inflight.REFILL, len(self.refill_keys), *self.refill_keys, LEASE_S, *idle
+                inflight.REFILL,
+                len(self.refill_keys),
+                *self.refill_keys,
+                LEASE_S,
+                inflight.current_limit(self.view),
+                self.id,
+                *idle,
             )
         except redis.RedisError as error:
             log.warning("handing on slots of %s failed: %s", self.view.name, error)

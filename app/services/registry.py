@@ -18,7 +18,9 @@ order, skipping URLs whose circuit breaker is open (`breaker.py`) and trying las
 latest health probe found unhealthy; connection errors, timeouts, 429 and 5xx move on to the next
 URL. `call` repeats rounds with backoff for callers outside the I/O pool; the I/O pool
 (`calls.py`) runs `attempt` and reschedules instead. Calls in flight to one service are capped
-across all workers by Redis slots (`inflight.py`), so a swarm cannot flood it.
+across all workers by Redis slots (`inflight.py`), so a swarm cannot flood it; the cap is
+`inflight.current_limit`: the fixed `max_concurrency`, or with `max_concurrency: "auto"` the limit
+`adaptive_limit.py` learns from the latency and outcome of every HTTP attempt in `attempt`.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ from app.models import (
     Service,
     ServiceEndpoint,
 )
-from app.services import breaker, inflight
+from app.services import adaptive_limit, breaker, inflight
+from app.services.adaptive_limit import AdaptiveState
 from app.services.breaker import BreakerState
 from app.services.ids import utcnow
 from app.services.service_defaults import DOWNSTREAM
@@ -70,6 +73,7 @@ VARIABLE_OF: dict[str, str] = {name: variable for variable, name in SERVICE_URL_
 
 DEFAULT_HEALTH_PATH = "/health"
 DEFAULT_MAX_CONCURRENCY = 16
+MAX_CONCURRENCY = 10_000
 # Rounds over all URLs after the first, with exponential backoff; a task may set its own.
 DEFAULT_RETRIES = 2
 RETRY_BACKOFF_S = 0.2
@@ -155,12 +159,18 @@ class ServiceView:
     health_path: str
     timeout_s: float
     task_types: list[str]
+    # The fixed limit; with concurrency_auto, the one PUT gave before "auto" (unused meanwhile).
     max_concurrency: int
     source: str
     updated_at: datetime
+    concurrency_auto: bool = False
+    max_concurrency_ceiling: int | None = None
     endpoints: list[Endpoint] = field(default_factory=list)
     # Calls holding a slot right now (API answers only).
     in_flight: int | None = None
+    # The limit in force now: max_concurrency, or the learned one (API answers only).
+    concurrency_limit: int | None = None
+    adaptive: AdaptiveState | None = None
 
 
 # ---- seeding and reading ---------------------------------------------------------------------
@@ -340,6 +350,8 @@ def _load_all() -> list[ServiceView]:
             max_concurrency=s.max_concurrency,
             source=s.source,
             updated_at=s.updated_at,
+            concurrency_auto=s.max_concurrency_auto,
+            max_concurrency_ceiling=s.max_concurrency_ceiling,
             endpoints=[endpoints.get((s.name, url), Endpoint(url)) for url in s.urls],
         )
         for s in services
@@ -354,10 +366,15 @@ def _with_live_state(view: ServiceView) -> ServiceView:
         )
     except redis.RedisError:
         in_flight = None
+    adaptive = adaptive_limit.state(view)
     return replace(
         view,
         endpoints=[replace(e, breaker=states.get(e.url)) for e in view.endpoints],
         in_flight=in_flight,
+        concurrency_limit=(
+            adaptive.limit if adaptive else None if view.concurrency_auto else view.max_concurrency
+        ),
+        adaptive=adaptive,
     )
 
 
@@ -372,12 +389,15 @@ def update_service(
     health_path: str | None = None,
     timeout_s: float | None = None,
     task_types: list[str] | None = None,
-    max_concurrency: int | None = None,
+    max_concurrency: int | str | None = None,
+    max_concurrency_ceiling: int | None = None,
 ) -> ServiceView:
     """Change a service at runtime (422 on a bad value); the next call anywhere uses it. Commits.
 
     Giving a task type to this service takes it from the service that served it. From now on the
-    row no longer follows its *_SERVICE_URL variable.
+    row no longer follows its *_SERVICE_URL variable. `max_concurrency="auto"` makes the limit
+    learned, up to `max_concurrency_ceiling`; a number makes it fixed again. An automatic limit
+    starts over when it is switched on or the service's URLs change.
     """
     _ensure_seeded()
     # Every row, locked in name order: a PUT may move task types between services, and two
@@ -391,6 +411,7 @@ def update_service(
     service = next((row for row in rows if row.name == name), None)
     if service is None:
         raise NotFound(f"No service {name!r}.", known_services=[row.name for row in rows])
+    was_auto, old_urls = service.max_concurrency_auto, list(service.urls)
     if urls is not None:
         service.urls = _checked_urls(urls)
     if path is not None:
@@ -401,10 +422,7 @@ def update_service(
         if not 0.1 <= timeout_s <= 600:
             raise Invalid("timeout_s must be between 0.1 and 600 seconds.", field="timeout_s")
         service.timeout_s = float(timeout_s)
-    if max_concurrency is not None:
-        if not 1 <= max_concurrency <= 10_000:
-            raise Invalid("max_concurrency must be between 1 and 10000.", field="max_concurrency")
-        service.max_concurrency = max_concurrency
+    _apply_concurrency(service, max_concurrency, max_concurrency_ceiling)
     if task_types is not None:
         service.task_types = _checked_task_types(task_types)
         for other in rows:
@@ -419,8 +437,56 @@ def update_service(
     db.session.flush()
     db.session.execute(text(_FORGET_REMOVED_URLS))
     db.session.commit()
+    if service.max_concurrency_auto and (not was_auto or list(service.urls) != old_urls):
+        adaptive_limit.reset(name)
     views_changed()
     return get_service(name)
+
+
+def _apply_concurrency(
+    service: Service, max_concurrency: int | str | None, ceiling: int | None
+) -> None:
+    """A fixed limit, or "auto" with a ceiling (given now or kept from before); 422 otherwise."""
+    if ceiling is not None and not 1 <= ceiling <= MAX_CONCURRENCY:
+        raise Invalid(
+            f"max_concurrency_ceiling must be between 1 and {MAX_CONCURRENCY}.",
+            field="max_concurrency_ceiling",
+        )
+    if max_concurrency == adaptive_limit.AUTO:
+        ceiling = ceiling or service.max_concurrency_ceiling
+        if ceiling is None:
+            raise Invalid(
+                'max_concurrency "auto" needs max_concurrency_ceiling: the most calls in '
+                "flight the service may ever be given.",
+                field="max_concurrency_ceiling",
+            )
+        service.max_concurrency_auto, service.max_concurrency_ceiling = True, ceiling
+    elif max_concurrency is not None:
+        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
+            raise Invalid(
+                f'max_concurrency must be a number or "{adaptive_limit.AUTO}".',
+                field="max_concurrency",
+            )
+        if not 1 <= max_concurrency <= MAX_CONCURRENCY:
+            raise Invalid(
+                f"max_concurrency must be between 1 and {MAX_CONCURRENCY}.",
+                field="max_concurrency",
+            )
+        if ceiling is not None:
+            raise Invalid(
+                'max_concurrency_ceiling goes with max_concurrency "auto" only.',
+                field="max_concurrency_ceiling",
+            )
+        service.max_concurrency = max_concurrency
+        service.max_concurrency_auto, service.max_concurrency_ceiling = False, None
+    elif ceiling is not None:
+        if not service.max_concurrency_auto:
+            raise Invalid(
+                'max_concurrency_ceiling goes with max_concurrency "auto" only; this service '
+                "has a fixed limit.",
+                field="max_concurrency_ceiling",
+            )
+        service.max_concurrency_ceiling = ceiling
 
 
 def _checked_urls(urls: list[str]) -> list[str]:
@@ -573,7 +639,10 @@ def attempt(
             target, headers = _target(url)
             if idempotency_key:
                 headers = {**headers, "Idempotency-Key": idempotency_key}
-            with metrics.downstream_call(view.name, url):
+            with (
+                metrics.downstream_call(view.name, url),
+                adaptive_limit.measured(view, in_flight_key=inflight.slots_key(view.name)),
+            ):
                 result = post(target, view.path, payload, timeout=timeout, headers=headers)
         except DownstreamError as error:
             if error.retryable:
