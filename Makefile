@@ -11,12 +11,13 @@ LOCK_ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 QUEUES := L20,advanced,standard
+IO_QUEUES := io.L20,io.advanced,io.standard
 # Exports DATABASE_URL and REDIS_URL (starting embedded servers if none are configured), then runs
 # the rest of the recipe line with them.
 WITH_SERVICES = exports="$$($(PY) -m deploy.devstack services)" && eval "$$exports" &&
 
 .DEFAULT_GOAL := help
-.PHONY: help venv lock test-tools run test test-fast fuzz lint format migrate worker beat flower services stop-services bench chaos clean
+.PHONY: help venv lock test-tools run test test-fast fuzz lint format migrate worker worker-io beat flower services stop-services bench chaos clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -71,6 +72,9 @@ migrate: venv ## Apply database migrations (flask db upgrade)
 
 worker: venv ## Run one Celery worker on the L20, advanced and standard queues
 	$(WITH_SERVICES) $(VENV)/bin/celery -A workers worker -Q $(QUEUES) --concurrency 2 --loglevel INFO
+
+worker-io: venv ## Run the I/O pool: threads on the io.L20, io.advanced and io.standard queues (calls to AI services)
+	$(WITH_SERVICES) $(VENV)/bin/celery -A workers worker -Q $(IO_QUEUES) -P threads --concurrency 8 --loglevel INFO -n io@%h
 
 beat: venv ## Run Celery beat (periodic jobs); schedule file in var/
 	mkdir -p var

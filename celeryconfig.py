@@ -12,7 +12,7 @@ from typing import Any
 from kombu import Queue
 
 from app.config import Settings
-from app.tiers import TIER_QUEUES
+from app.tiers import IO_QUEUES, TIER_QUEUES
 
 broker_connection_retry_on_startup = True
 # Publishing must not hang a request when Redis is down: fail fast, the reconciler re-publishes.
@@ -30,7 +30,7 @@ broker_transport_options = {
     "max_retries": 1,
 }
 
-task_queues = [Queue(name) for name in TIER_QUEUES]
+task_queues = [Queue(name) for name in TIER_QUEUES + IO_QUEUES]
 task_default_queue = "standard"
 
 task_serializer = "json"

@@ -44,6 +44,7 @@ KNOWN_VARIABLES: tuple[str, ...] = (
     "TASK_LEASE_SECONDS",
     "MAX_TASK_ATTEMPTS",
     "DOWNSTREAM_TIMEOUT",
+    "IO_CALL_THREADS",
     "STATEMENT_TIMEOUT_MS",
     "TASK_TYPE_PLUGINS",
     "BREAKER_FAILURES",
@@ -230,6 +231,8 @@ class Settings:
     task_lease_seconds: int = 300
     max_task_attempts: int = 3
     downstream_timeout: float = 10.0
+    # Calls one I/O pool process may hold in flight at once (its call threads).
+    io_call_threads: int = 256
     statement_timeout_ms: int = 30_000
     # Modules that add task types (see app/services/task_types.py:init_app).
     task_type_plugins: tuple[str, ...] = ()
@@ -289,6 +292,7 @@ class Settings:
             task_lease_seconds=_int(env, "TASK_LEASE_SECONDS", 300, 5, 86_400),
             max_task_attempts=_int(env, "MAX_TASK_ATTEMPTS", 3, 1, 100),
             downstream_timeout=_float(env, "DOWNSTREAM_TIMEOUT", 10.0, 0.1, 600.0),
+            io_call_threads=_int(env, "IO_CALL_THREADS", 256, 1, 4096),
             statement_timeout_ms=_int(env, "STATEMENT_TIMEOUT_MS", 30_000, 100, 3_600_000),
             task_type_plugins=tuple(
                 name.strip() for name in env.get("TASK_TYPE_PLUGINS", "").split(",") if name.strip()

@@ -21,11 +21,13 @@ from flask import Flask, current_app
 import celeryconfig
 from app.config import Settings
 from app.logging import current_request_id, request_id_context
-from app.tiers import queue_for
+from app.tiers import io_queue_for, queue_for
 
 log = logging.getLogger(__name__)
 
 EXECUTE_CHUNK = "orchestrator.execute_chunk"
+# A chunk of calls to one downstream service, for the I/O pool (app/services/calls.py).
+CALL_CHUNK = "orchestrator.call_chunk"
 RECONCILE = "orchestrator.reconcile"
 DELIVER_CALLBACK = "orchestrator.deliver_callback"
 # Deliveries go to the L20 queue: a receiver hears the end of a run without waiting behind the
@@ -65,8 +67,13 @@ def chunked(ids: Sequence[int], size: int) -> Iterable[list[int]]:
         yield list(ids[start : start + size])
 
 
-def publish_chunks(task_ids: Sequence[int], tier: str, chunk_size: int) -> int:
+def publish_chunks(
+    task_ids: Sequence[int], tier: str, chunk_size: int, call_type: str | None = None
+) -> int:
     """Send the committed tasks to their tier's queue, `chunk_size` ids per message.
+
+    Tasks that call a downstream service (`call_type`, their task type) go to the tier's I/O
+    queue as CALL_CHUNK messages instead, for the I/O pool.
 
     Returns how many messages went out. A broker failure is logged, not raised: the rows are
     committed and the reconciler publishes them once Redis answers again.
@@ -79,13 +86,12 @@ def publish_chunks(task_ids: Sequence[int], tier: str, chunk_size: int) -> int:
     try:
         with celery.producer_or_acquire() as producer:
             for chunk in chunked(task_ids, chunk_size):
-                celery.send_task(
-                    EXECUTE_CHUNK,
-                    args=[chunk],
-                    queue=queue_for(tier),
-                    producer=producer,
-                    headers=headers,
-                )
+                args: list[Any]
+                if call_type is None:
+                    name, args, queue = EXECUTE_CHUNK, [chunk], queue_for(tier)
+                else:
+                    name, args, queue = CALL_CHUNK, [chunk, tier, call_type], io_queue_for(tier)
+                celery.send_task(name, args=args, queue=queue, producer=producer, headers=headers)
                 sent += 1
     except Exception as error:  # kombu raises several unrelated types for a dead broker
         log.warning(
@@ -96,6 +102,24 @@ def publish_chunks(task_ids: Sequence[int], tier: str, chunk_size: int) -> int:
             error,
         )
     return sent
+
+
+def publish_calls(
+    task_ids: Sequence[int], tier: str, call_type: str, countdown: float | None = None
+) -> bool:
+    """Send one CALL_CHUNK (no ids: a wake-up that drains the service's waiting line), maybe
+    after `countdown` seconds; False if the broker refused (the reconciler re-publishes)."""
+    try:
+        celery_of().send_task(
+            CALL_CHUNK,
+            args=[list(task_ids), tier, call_type],
+            queue=io_queue_for(tier),
+            countdown=countdown,
+        )
+    except Exception as error:  # kombu raises several unrelated types for a dead broker
+        log.warning("publishing %d calls for tier %s failed: %s", len(task_ids), tier, error)
+        return False
+    return True
 
 
 def publish_callback(resource_id: str, countdown: float | None = None) -> None:

@@ -15,6 +15,8 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
+    CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
@@ -359,6 +361,12 @@ class Service(db.Model):
     """A downstream AI service: its URLs in failover order and the task types it serves."""
 
     __tablename__ = "services"
+    __table_args__ = (
+        CheckConstraint(
+            "NOT max_concurrency_auto OR max_concurrency_ceiling IS NOT NULL",
+            name="ck_services_auto_has_ceiling",
+        ),
+    )
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     urls: Mapped[list[str]] = mapped_column(
@@ -372,6 +380,12 @@ class Service(db.Model):
     )
     # Calls in flight to this service across every worker; the rest wait for a slot.
     max_concurrency: Mapped[int] = mapped_column(Integer, nullable=False)
+    # `max_concurrency: "auto"`: the limit is learned (app/services/adaptive_limit.py), never
+    # above the ceiling; max_concurrency keeps the fixed value to return to.
+    max_concurrency_auto: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, server_default=text("false")
+    )
+    max_concurrency_ceiling: Mapped[int | None] = mapped_column(Integer)
     source: Mapped[str] = mapped_column(String(8), nullable=False, server_default=SOURCE_ENV)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()

@@ -26,3 +26,13 @@ def canonical_tier(value: str) -> str | None:
 def queue_for(tier: str) -> str:
     """The Celery queue that carries a tier's work."""
     return tier
+
+
+# The I/O pool's queues (calls to downstream services), one per tier, highest priority first.
+IO_QUEUE_PREFIX = "io."
+IO_QUEUES: tuple[str, ...] = tuple(IO_QUEUE_PREFIX + tier for tier in TIERS)
+
+
+def io_queue_for(tier: str) -> str:
+    """The Celery queue that carries a tier's calls to downstream services (the I/O pool)."""
+    return IO_QUEUE_PREFIX + tier

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import bigfile, load, online, report, scenarios
+from bench import bigfile, fanout, load, online, report, scenarios
 from bench.client import API_KEY, Api, broker, database
 from bench.scenarios import Bench, say
 from bench.stack import Stack
@@ -127,6 +127,24 @@ def _load_average() -> str:
     return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def _fanout(b: Bench, plan: Plan) -> dict[str, Any]:
+    out = fanout.run_all(b, plan.big, "[fanout]")
+    say(fanout.summary(out, os.getloadavg()))
+    return {"fanout": out}
+
+
+def _isolation(b: Bench, plan: Plan) -> dict[str, Any]:
+    out = fanout.isolation(b, plan.big, "[isolation]")
+    say(fanout.isolation_summary(out))
+    return {"isolation": out}
+
+
+def _workflows(b: Bench, plan: Plan) -> dict[str, Any]:
+    out = fanout.workflows(b, "[workflows]")
+    say(fanout.workflows_summary(out))
+    return {"workflows": out}
+
+
 # Scenario groups in the order a full run takes them; `--only` picks some. Each returns the keys
 # it adds to the results.
 GROUPS: dict[str, Callable[[Bench, Plan], dict[str, Any]]] = {
@@ -139,6 +157,10 @@ GROUPS: dict[str, Callable[[Bench, Plan], dict[str, Any]]] = {
     "progress": _progress,
     "bigfile": _bigfile,
     "online": _online,
+    # Calls to AI services through the I/O pool (bench/fanout.py).
+    "fanout": _fanout,
+    "isolation": _isolation,
+    "workflows": _workflows,
 }
 
 
@@ -199,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         RATE_LIMIT="1000000 per second",
         RATE_LIMIT_HEAVY="100000 per minute",
         DATA_DIR=str(data_dir),
+        # The fake AI service of the fan-outs listens on loopback.
+        URL_ALLOWLIST="127.0.0.1",
     )
     results = report.earlier_results(args.quick) if args.only != list(GROUPS) else {}
     results.update(quick=args.quick, runs=args.runs, sizes=plan.sizes,

@@ -6,6 +6,9 @@ concurrency, prefetch and acknowledgement settings (celeryconfig) as the orchest
 
 from __future__ import annotations
 
+import threading
+
+import requests
 from celery import Celery
 
 import celeryconfig
@@ -25,3 +28,17 @@ app.conf.beat_schedule = {}
 def noop(index: int) -> None:
     """Do nothing: the cost measured is Celery's own, per message."""
     return None
+
+
+_local = threading.local()
+
+
+@app.task(name="bench.call")
+def call(url: str, payload: dict) -> dict:
+    """One downstream call, the plain way: one message per call, a thread waits on it."""
+    session = getattr(_local, "session", None)
+    if session is None:
+        session = _local.session = requests.Session()
+    response = session.post(url, json=payload, timeout=30)
+    response.raise_for_status()
+    return response.json()

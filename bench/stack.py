@@ -17,7 +17,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.tiers import TIER_QUEUES
+from app.tiers import IO_QUEUES, TIER_QUEUES
 from bench.client import API_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,11 +155,21 @@ class Stack:
             concurrency,
         )
 
-    def start_baseline_worker(self, concurrency: int = 2) -> None:
+    def start_baseline_worker(self, concurrency: int = 2, pool: str = "prefork") -> None:
         """The plain-Celery baseline's worker, same settings, its own queue."""
         from bench.baseline import QUEUE
 
-        self._start_celery("baseline", ["-A", "bench.baseline", "worker", "-Q", QUEUE], concurrency)
+        self._start_celery(
+            "baseline", ["-A", "bench.baseline", "worker", "-Q", QUEUE, "-P", pool], concurrency
+        )
+
+    def start_io_worker(self, concurrency: int = 8) -> None:
+        """The I/O pool as `make worker-io` runs it: threads on the io queues."""
+        self._start_celery(
+            "io",
+            ["-A", "workers", "worker", "-Q", ",".join(IO_QUEUES), "-P", "threads"],
+            concurrency,
+        )
 
     def start_plain(self, workers: int = 2, concurrency: int = 2) -> str:
         """The plain Flask + Celery version (bench/plain_app.py): its gunicorn with as many sync

@@ -721,15 +721,18 @@ class Supervisor:
 
 
 def service_processes() -> list[tuple[str, list[str]]]:
-    """The long-running processes of `run`: API, one worker, beat."""
-    from app.tiers import TIER_QUEUES
+    """The long-running processes of `run`: API, the worker, the I/O pool, beat."""
+    from app.tiers import IO_QUEUES, TIER_QUEUES
 
     celery = tool("celery")
     queues = ",".join(TIER_QUEUES)
     return [
         ("api", [tool("gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"]),
         ("worker", [celery, "-A", "workers", "worker", "-Q", queues]
-         + ["--concurrency", "2", "--loglevel", "INFO"]),
+         + ["--concurrency", "2", "--loglevel", "INFO", "-n", "worker@%h"]),
+        # Calls to the AI services: threads that wait on the network, never a CPU process.
+        ("io", [celery, "-A", "workers", "worker", "-Q", ",".join(IO_QUEUES), "-P", "threads"]
+         + ["--concurrency", "8", "--loglevel", "INFO", "-n", "io@%h"]),
         ("beat", [celery, "-A", "workers", "beat", "--loglevel", "INFO"]
          + ["--schedule", str(BEAT_SCHEDULE)]),
     ]  # fmt: skip

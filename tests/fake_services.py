@@ -1,7 +1,9 @@
 """Real HTTP servers on loopback that stand in for the downstream AI services in tests.
 
 A FakeService answers with scripted responses, in order, then with its default; it records every
-request it receives. Load the fixtures with `pytest_plugins = ["tests.fake_services"]` or by
+request it receives. `answer(n)` may answer by the request's number instead, and `loaded(n)` by
+the requests in flight (counting the new one), for a service whose latency and errors depend
+on its load. Load the fixtures with `pytest_plugins = ["tests.fake_services"]` or by
 importing `fake_service` and `dead_url` into a conftest.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -43,6 +46,8 @@ class Received:
     path: str
     body: Any
     headers: dict[str, str]
+    # time.monotonic() when it arrived.
+    at: float = 0.0
 
 
 ResponseSpec = Scripted | tuple[Any, ...]
@@ -52,8 +57,16 @@ class FakeService:
     """A threaded HTTP server on 127.0.0.1 whose answers the test scripts."""
 
     def __init__(
-        self, responses: Iterable[ResponseSpec] = (), default: ResponseSpec | None = None
+        self,
+        responses: Iterable[ResponseSpec] = (),
+        default: ResponseSpec | None = None,
+        answer: Callable[[int], ResponseSpec] | None = None,
+        loaded: Callable[[int], ResponseSpec] | None = None,
     ) -> None:
+        """`answer(n)`, if given, answers the n-th request (from 0) once the script is used up;
+        `loaded(n)` answers a request that finds n requests in flight (itself included)."""
+        self._answer = answer
+        self._loaded = loaded
         self._script = [_as_scripted(spec) for spec in responses]
         self._default = _as_scripted(default) if default is not None else Scripted()
         self._lock = threading.Lock()
@@ -88,7 +101,13 @@ class FakeService:
             self.requests.append(received)
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            return self._script.pop(0) if self._script else self._default
+            if self._script:
+                return self._script.pop(0)
+            if self._answer is not None:
+                return _as_scripted(self._answer(len(self.requests) - 1))
+            if self._loaded is not None:
+                return _as_scripted(self._loaded(self.in_flight))
+            return self._default
 
     def _done(self) -> None:
         with self._lock:
@@ -99,6 +118,9 @@ class FakeService:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body leave in two writes: with Nagle's algorithm the body would wait
+            # for the client's delayed ACK (about 40 ms on Linux) and every answer would be slow.
+            disable_nagle_algorithm = True
             # Idle keep-alive connections end on their own instead of outliving the test.
             timeout = 10
 
@@ -114,7 +136,9 @@ class FakeService:
             def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
-                received = Received(self.command, self.path, _decode(raw), dict(self.headers))
+                received = Received(
+                    self.command, self.path, _decode(raw), dict(self.headers), time.monotonic()
+                )
                 scripted = service._next(received)
                 try:
                     if scripted.delay and service._closing.wait(scripted.delay):
@@ -154,9 +178,12 @@ def fake_service() -> Iterator[Callable[..., FakeService]]:
     started: list[FakeService] = []
 
     def start(
-        responses: Iterable[ResponseSpec] = (), default: ResponseSpec | None = None
+        responses: Iterable[ResponseSpec] = (),
+        default: ResponseSpec | None = None,
+        answer: Callable[[int], ResponseSpec] | None = None,
+        loaded: Callable[[int], ResponseSpec] | None = None,
     ) -> FakeService:
-        service = FakeService(responses, default)
+        service = FakeService(responses, default, answer, loaded)
         started.append(service)
         return service
 

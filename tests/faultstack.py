@@ -44,8 +44,10 @@ from app import create_app
 from app.config import Settings
 from app.extensions import db
 from app.services.reconciler import reconcile
+from app.tiers import IO_QUEUES, TIER_QUEUES
 from deploy.devstack import wait_for_redis
 from deploy.pgcluster import LOOPBACK, EmbeddedPostgres, free_port
+from tests.fake_services import FakeService, Scripted
 from tests.invariants import check_invariants, execution_stats
 from tests.plugins import faults
 from tests.workers import ROOT, WorkerProcess
@@ -226,6 +228,8 @@ class FaultStack:
             "MAX_TASK_ATTEMPTS": str(max_attempts),
             "MAX_BOTS": str(max_bots),
             "FAULTS_COUNT_REDIS_URL": record_url,
+            # The fan-out scenarios' downstream service listens on loopback.
+            "URL_ALLOWLIST": "127.0.0.1",
         }
         self.app: Flask | None = None
         self.http: HttpServer | None = None
@@ -290,8 +294,12 @@ class FaultStack:
         redis.Redis.from_url(self.redis.url).flushall()
         self.record.delete(faults.EXECUTIONS_KEY)
 
-    def start_worker(self, concurrency: int = 2) -> Worker:
-        worker = Worker(self.env, concurrency=concurrency)
+    def start_worker(self, concurrency: int = 2, io: bool = False) -> Worker:
+        """A prefork worker on every queue, or (io) an I/O pool: threads on the io queues."""
+        if io:
+            worker = Worker(self.env, concurrency=4, queues=IO_QUEUES, pool="threads")
+        else:
+            worker = Worker(self.env, concurrency=concurrency)
         worker.start(timeout=60)
         self.workers.append(worker)
         return worker
@@ -330,6 +338,29 @@ class FaultStack:
         )
         assert answer.status_code == 202, answer.get_json()
         return run
+
+    def fan_out(self, bots: int, service_url: str, limit: int) -> None:
+        """image_generation on a swarm of `bots` bots, the image service at service_url."""
+        client = self.client()
+        answer = client.put(
+            "/services/image", json={"urls": [service_url], "max_concurrency": limit}
+        )
+        assert answer.status_code == 200, answer.get_json()
+        swarm = client.post(
+            "/swarms",
+            json={
+                "name": "fan",
+                "count": bots,
+                "tier": "standard",
+                "capabilities": ["ml_inference"],
+            },
+        )
+        assert swarm.status_code == 201, swarm.get_json()
+        answer = client.post(
+            f"/swarms/{swarm.get_json()['id']}/tasks",
+            json={"type": "image_generation", "data": {"prompt": "p"}},
+        )
+        assert answer.status_code == 202, answer.get_json()
 
     def counts(self) -> dict[str, int]:
         with self.session() as session:
@@ -793,3 +824,74 @@ def poison_task(stack: FaultStack, tasks: int, seconds: float = 0.0) -> Scenario
     )  # fmt: skip
     result.details["poison"] = tuple(poison)
     return result
+
+
+def kill_io_pool(stack: FaultStack, tasks: int, limit: int = 16) -> ScenarioResult:
+    """5. kill -9 the I/O pool in the middle of a fan-out of calls; a new one finishes it. The
+    dead pool's calls (their leases no longer renewed) and slots come back within a minute."""
+    stack.reset()
+    service = FakeService(default=Scripted(200, {"image": "x.png"}, delay=0.05))
+    try:
+        stack.workers.append(Worker(stack.env, concurrency=1, queues=TIER_QUEUES))
+        stack.workers[-1].start(timeout=60)
+        pool = stack.start_worker(io=True)
+        stack.fan_out(tasks, service.url, limit)
+        stack.wait_for_completed(tasks // 4, timeout=120)
+        pool.kill9()
+        fault = time.monotonic()
+        done_at_kill = stack.counts().get("completed", 0)
+        stack.start_worker(io=True)
+        recovered, drained = stack.drain(tasks, fault, timeout=180)
+        result = stack.result(
+            "kill -9 of the I/O pool mid fan-out, start a new one", tasks, recovered, drained,
+            notes=f"killed at {done_at_kill} completed",
+        )  # fmt: skip
+        result.details.update(max_in_flight=service.max_in_flight, calls=len(service.requests))
+        return result
+    finally:
+        service.close()
+
+
+def restart_redis_during_calls(
+    stack: FaultStack, tasks: int, limit: int = 16, down_seconds: float = 2.0
+) -> ScenarioResult:
+    """6. Redis killed and started again (empty) in the middle of a fan-out of calls: slots,
+    waiting lines and messages vanish; the reconciler publishes the calls again."""
+    stack.reset()
+    service = FakeService(default=Scripted(200, {"image": "x.png"}, delay=0.05))
+    try:
+        stack.workers.append(Worker(stack.env, concurrency=1, queues=TIER_QUEUES))
+        stack.workers[-1].start(timeout=60)
+        pool = stack.start_worker(io=True)
+        stack.fan_out(tasks, service.url, limit)
+        stack.wait_for_completed(tasks // 4, timeout=120)
+        stack.redis.kill()
+        time.sleep(down_seconds)
+        stack.redis.start()
+        fault = time.monotonic()
+        # Celery's thread pool exits when it loses the broker with tasks in hand; its supervisor
+        # (compose's restart policy, Kubernetes) starts it again, as this loop does.
+        restarts: list[float] = []
+        stop = threading.Event()
+
+        def supervise() -> None:
+            nonlocal pool
+            while not stop.wait(0.5):
+                if not pool.alive():
+                    restarts.append(round(time.monotonic() - fault, 1))
+                    pool = stack.start_worker(io=True)
+
+        supervisor = threading.Thread(target=supervise, daemon=True)
+        supervisor.start()
+        try:
+            recovered, drained = stack.drain(tasks, fault, timeout=180)
+        finally:
+            stop.set()
+            supervisor.join(timeout=90)
+        result = stack.result("Redis restarted mid fan-out of calls", tasks, recovered, drained)
+        result.details.update(
+            max_in_flight=service.max_in_flight, calls=len(service.requests), restarts=restarts
+        )
+        return result
+    finally:
+        service.close()

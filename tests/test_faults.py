@@ -130,6 +130,23 @@ def test_a_task_that_always_crashes_its_worker_fails_after_the_attempt_limit(own
     assert result.by_status == {"completed": 500, "failed": 1}
 
 
+def test_kill_dash_nine_of_the_io_pool_mid_fan_out_loses_nothing(own_stack):
+    result = faultstack.kill_io_pool(own_stack, 600, limit=16)
+    _assert_exact(result)
+    assert result.by_status == {"completed": 600}
+    # The dead pool's calls ran again within a minute, not after the 300 s task lease.
+    assert result.drained_s < 60, result
+    # Slots of the dead pool expired instead of being given to more than the limit.
+    assert result.details["max_in_flight"] <= 16, result.details
+
+
+def test_redis_restart_mid_fan_out_loses_nothing(own_stack):
+    result = faultstack.restart_redis_during_calls(own_stack, 600, limit=16)
+    _assert_exact(result)
+    assert result.by_status == {"completed": 600}
+    assert result.drained_s < 60, result
+
+
 def test_the_checker_catches_a_read_then_write_completion(client):
     """Negative control: counters moved by read-then-write lose updates, and the checker says so."""
     swarm = client.post("/swarms", json={"name": "n", "count": 40, "tier": "standard"}).get_json()

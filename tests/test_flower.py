@@ -93,4 +93,5 @@ def test_flower_lists_our_worker_behind_basic_auth(worker, flower):
             pytest.fail(f"{name} not in Flower's workers: {sorted(answer.json())}")
         time.sleep(0.5)
     queues = {queue["name"] for queue in answer.json()[name].get("active_queues", [])}
-    assert queues == {"L20", "advanced", "standard"}
+    # The test worker consumes the tier queues and the I/O pool's (tests/workers.py).
+    assert queues == {"L20", "advanced", "standard", "io.L20", "io.advanced", "io.standard"}

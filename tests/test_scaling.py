@@ -12,7 +12,7 @@ from sqlalchemy import text
 from app.extensions import db
 from app.services import scaling
 from app.services.scaling import Policy, TierLoad, recommend, workers_for
-from app.tiers import TIER_QUEUES, TIERS
+from app.tiers import IO_QUEUES, TIER_QUEUES, TIERS
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = Policy(target_drain_seconds=60, min_workers=0, max_workers=20, per_worker_rate=10)
@@ -193,13 +193,20 @@ def test_k8s_deployments_run_the_compose_commands_from_one_image() -> None:
     assert any(s["spec"]["ports"][0]["targetPort"] == 5003 for s in services)
 
 
-def test_keda_scales_the_worker_on_every_tier_queue() -> None:
-    scaled = [d for d in k8s_documents() if d["kind"] == "ScaledObject"]
-    assert len(scaled) == 1
-    spec = scaled[0]["spec"]
-    assert spec["scaleTargetRef"]["name"] == "orchestrator-worker"
+@pytest.mark.parametrize(
+    "target, queues",
+    [("orchestrator-worker", TIER_QUEUES), ("orchestrator-worker-io", IO_QUEUES)],
+)
+def test_keda_scales_each_pool_on_its_own_queues(target, queues) -> None:
+    scaled = {
+        d["spec"]["scaleTargetRef"]["name"]: d["spec"]
+        for d in k8s_documents()
+        if d["kind"] == "ScaledObject"
+    }
+    assert set(scaled) == {"orchestrator-worker", "orchestrator-worker-io"}
+    spec = scaled[target]
     lists = [t["metadata"]["listName"] for t in spec["triggers"] if t["type"] == "redis"]
-    assert sorted(lists) == sorted(TIER_QUEUES)
+    assert sorted(lists) == sorted(queues)
     config = next(d for d in k8s_documents() if d["kind"] == "ConfigMap")
     assert all(
         t["metadata"]["databaseIndex"] == config["data"]["REDIS_DB"] for t in spec["triggers"]
@@ -211,3 +218,27 @@ def test_k8s_config_sets_only_known_variables() -> None:
 
     config = next(d for d in k8s_documents() if d["kind"] == "ConfigMap")
     assert set(config["data"]) <= set(KNOWN_VARIABLES)
+
+
+def test_the_io_pool_is_sized_by_open_calls_capped_by_the_services_limits(client) -> None:
+    idle = client.get("/scaling").get_json()["io_pool"]
+    assert (idle["open_calls"], idle["desired_workers"]) == (0, 0)
+    put = client.put(
+        "/services/image", json={"urls": ["http://127.0.0.1:9"], "max_concurrency": 100}
+    )
+    assert put.status_code == 200, put.get_json()
+    swarm = client.post(
+        "/swarms",
+        json={"name": "calls", "count": 300, "tier": "standard", "capabilities": ["ml_inference"]},
+    ).get_json()
+    assigned = client.post(
+        f"/swarms/{swarm['id']}/tasks", json={"type": "image_generation", "data": {}}
+    )
+    assert assigned.status_code == 202, assigned.get_json()
+
+    io_pool = client.get("/scaling").get_json()["io_pool"]
+    assert io_pool["open_calls"] == 300
+    assert io_pool["in_flight"] == 0
+    # 300 open calls, but the services allow 100 in flight at once: 2 workers of 64 calls.
+    assert io_pool["total_limit"] >= 100
+    assert io_pool["desired_workers"] == -(-min(300, io_pool["total_limit"]) // 64)

@@ -170,7 +170,7 @@ def test_a_url_that_became_unsafe_is_refused_at_call_time(strict_app):
 
 
 def test_a_redirect_to_loopback_is_not_followed(fake_service):
-    from app.clients.downstream import DownstreamError, call_service
+    from app.clients.downstream import DownstreamError, post
     from tests.fake_services import Scripted
 
     listener = _listener()
@@ -180,7 +180,7 @@ def test_a_redirect_to_loopback_is_not_followed(fake_service):
             default=Scripted(status=302, body="", headers={"Location": f"http://127.0.0.1:{port}/"})
         )
         with pytest.raises(DownstreamError):
-            call_service([redirecting.url], "/generate", {}, timeout=2, retries=0)
+            post(redirecting.url, "/generate", {}, timeout=2)
         assert _connections(listener) == 0
     finally:
         listener.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 import redis
 import requests
 
-from app.tiers import TIER_QUEUES
+from app.tiers import IO_QUEUES, TIER_QUEUES
 from deploy.devstack import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,9 +23,20 @@ ROOT = Path(__file__).resolve().parent.parent
 class WorkerProcess:
     """`celery -A workers worker` started and stopped by a test."""
 
-    def __init__(self, env: dict[str, str], concurrency: int = 2, extra_env=None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        concurrency: int = 2,
+        extra_env=None,
+        queues: tuple[str, ...] = TIER_QUEUES + IO_QUEUES,
+        pool: str = "prefork",
+    ) -> None:
+        """By default one prefork worker consumes every queue, calls included; the I/O pool of
+        production is `queues=IO_QUEUES, pool="threads"`."""
         self.env = {**os.environ, **env, **(extra_env or {})}
         self.concurrency = concurrency
+        self.queues = queues
+        self.pool = pool
         self.process: subprocess.Popen | None = None
         self.log_path = (
             Path(os.environ.get("TMPDIR", "/tmp")) / f"worker-{os.getpid()}-{id(self)}.log"
@@ -43,7 +54,9 @@ class WorkerProcess:
                 "workers",
                 "worker",
                 "-Q",
-                ",".join(TIER_QUEUES),
+                ",".join(self.queues),
+                "-P",
+                self.pool,
                 "--concurrency",
                 str(self.concurrency),
                 "--loglevel",
@@ -86,9 +99,9 @@ class WorkerProcess:
 
 
 def queue_lengths(redis_url: str) -> dict[str, int]:
-    """Messages waiting per tier queue."""
+    """Messages waiting per queue (tiers and I/O)."""
     client = redis.Redis.from_url(redis_url)
-    return {queue: client.llen(queue) for queue in TIER_QUEUES}
+    return {queue: client.llen(queue) for queue in TIER_QUEUES + IO_QUEUES}
 
 
 def wait_for(condition, timeout: float = 30.0, interval: float = 0.1):

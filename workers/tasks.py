@@ -6,10 +6,11 @@ import logging
 import time
 from typing import Any
 
-from app.dispatch import CALLBACK_QUEUE, DELIVER_CALLBACK, EXECUTE_CHUNK, RECONCILE
+from app.dispatch import CALL_CHUNK, CALLBACK_QUEUE, DELIVER_CALLBACK, EXECUTE_CHUNK, RECONCILE
 from app.extensions import db
 from app.services import (
     callbacks,
+    calls,
     execution,
     health,
     idempotency,
@@ -50,6 +51,30 @@ def execute_chunk(self, task_ids: list[int]) -> dict[str, int]:
                     "task_count": len(task_ids),
                     "redelivered": redelivered,
                     **outcome,
+                    "duration_ms": round((time.monotonic() - started) * 1000, 2),
+                }
+            },
+        )
+
+
+@celery.task(name=CALL_CHUNK)
+def call_chunk(task_ids: list[int], tier: str, call_type: str) -> dict[str, int]:
+    """Run a chunk of calls to one downstream service in the I/O pool (`-P threads`)."""
+    started = time.monotonic()
+    report: dict[str, Any] = {}
+    try:
+        report = calls.run_call_chunk(task_ids, tier, call_type)
+        return report
+    finally:
+        db.session.remove()
+        log.info(
+            "calls %s",
+            call_type,
+            extra={
+                "fields": {
+                    "event": "calls",
+                    "task_count": len(task_ids),
+                    **report,
                     "duration_ms": round((time.monotonic() - started) * 1000, 2),
                 }
             },

@@ -32,6 +32,7 @@ from app.models import (
     TASK_WAITING,
 )
 from app.services import breaker
+from app.services.adaptive_limit import AUTO
 from app.services.ids import iso, parse_task_id, task_public_id
 from app.services.service_defaults import DOWNSTREAM
 from app.services.task_types import load_catalogue
@@ -77,6 +78,35 @@ class StrictInteger(fields.Integer):
         if isinstance(value, bool):
             raise self.make_error("invalid")
         return super()._deserialize(value, attr, data, **kwargs)
+
+
+class Concurrency(fields.Field):
+    """max_concurrency: a number of calls in flight (1-10000), or "auto" for a learned limit.
+
+    Answers say "auto" for a service whose limit is learned (its `concurrency_auto`).
+    """
+
+    MAXIMUM = 10_000
+
+    def _deserialize(self, value: Any, attr, data, **kwargs) -> int | str:
+        if value == AUTO:
+            return AUTO
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValidationError(f'Must be a whole number or "{AUTO}".')
+        if not 1 <= value <= self.MAXIMUM:
+            raise ValidationError(f'Must be between 1 and {self.MAXIMUM}, or "{AUTO}".')
+        return value
+
+    def _serialize(self, value: Any, attr, obj, **kwargs) -> int | str | None:
+        return AUTO if getattr(obj, "concurrency_auto", False) else value
+
+    def openapi(self, settings: Settings) -> dict[str, Any]:
+        return {
+            "oneOf": [
+                {"type": "integer", "minimum": 1, "maximum": self.MAXIMUM},
+                {"type": "string", "enum": [AUTO]},
+            ]
+        }
 
 
 class BotCount(StrictInteger):
@@ -724,8 +754,17 @@ class TierScaling(Answer):
     desired_workers = fields.Integer()
 
 
+class IoPoolScaling(Answer):
+    open_calls = fields.Integer()
+    in_flight = fields.Integer(allow_none=True)
+    total_limit = fields.Integer()
+    calls_per_worker = fields.Integer()
+    desired_workers = fields.Integer()
+
+
 class Scaling(Answer):
     desired_workers = fields.Integer()
+    io_pool = fields.Nested(IoPoolScaling)
     tiers = per_tier(lambda: fields.Nested(TierScaling), "TiersScaling")
     per_worker_rate = fields.Float()
     per_worker_rate_source = OneOf(["given", "measured", "default"])
@@ -793,7 +832,13 @@ class ServiceUpdate(Schema):
     health_path = fields.String(validate=[validate.Length(min=1, max=200), UrlPath()])
     timeout_s = fields.Float(validate=validate.Range(min=0.1, max=600))
     task_types = fields.List(TaskTypeName(downstream_only=True), validate=validate.Length(max=50))
-    max_concurrency = StrictInteger(validate=validate.Range(min=1, max=10_000))
+    max_concurrency = Concurrency(
+        metadata={"description": 'Calls in flight at most, or "auto" to learn the limit.'}
+    )
+    max_concurrency_ceiling = StrictInteger(
+        validate=validate.Range(min=1, max=10_000),
+        metadata={"description": 'The most a learned limit may reach (with "auto").'},
+    )
 
     @validates_schema
     def _something_to_change(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -818,6 +863,17 @@ class EndpointOut(Answer):
     )
 
 
+class AdaptiveOut(Answer):
+    limit = fields.Integer()
+    ceiling = fields.Integer()
+    phase = OneOf(["slow_start", "avoid"])
+    baseline_latency_ms = fields.Float(allow_none=True)
+    window_latency_ms = fields.Float(allow_none=True)
+    samples = fields.Integer()
+    drops = fields.Integer()
+    cuts = fields.Integer()
+
+
 class ServiceOut(Answer):
     name = fields.String(metadata={"example": "image"})
     variable = fields.String(allow_none=True)
@@ -826,7 +882,17 @@ class ServiceOut(Answer):
     health_path = fields.String()
     timeout_s = fields.Float()
     task_types = fields.List(fields.String())
-    max_concurrency = fields.Integer()
+    max_concurrency = Concurrency()
+    max_concurrency_ceiling = fields.Integer(
+        allow_none=True, metadata={"description": 'With "auto": the learned limit\'s ceiling.'}
+    )
+    concurrency_limit = fields.Integer(
+        allow_none=True,
+        metadata={"description": "Calls in flight allowed now (null if Redis is down)."},
+    )
+    adaptive = fields.Nested(
+        AdaptiveOut, allow_none=True, metadata={"description": 'With "auto": what was learned.'}
+    )
     in_flight = fields.Integer(allow_none=True)
     source = OneOf([SOURCE_ENV, SOURCE_API])
     updated_at = Timestamp()

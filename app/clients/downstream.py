@@ -1,16 +1,14 @@
-"""HTTP calls to the downstream AI services: timeouts, failover across URLs, typed errors.
+"""One HTTP call to a downstream AI service: a timeout, typed errors, nothing repeated here.
 
-A service may have several URLs. One round tries them in order, moving on after a connection
-error, a timeout, a 429 or a 5xx; failed rounds are repeated with exponential backoff and jitter.
-Any other 4xx, a redirect, or a 2xx that is not JSON is final at once: repeating the same request
-cannot change the answer.
+A connection error, a timeout, a 429 or a 5xx is `retryable` (the registry moves on to the next
+URL, or tries again later); any other 4xx, a redirect, or a 2xx that is not JSON is final:
+repeating the same request cannot change the answer. A 429's `Retry-After` is kept on the error.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import random
 import threading
 import time
 from typing import Any
@@ -20,21 +18,31 @@ from requests.adapters import HTTPAdapter
 
 logger = logging.getLogger(__name__)
 
-# Enough connections for every thread of a worker process to keep one per downstream host.
-POOL_SIZE = 32
+# Enough kept-alive connections for every call a worker process has in flight to one host.
+POOL_SIZE = 256
 BODY_EXCERPT_CHARS = 200
+# A service asking for a longer pause than this is paused this long, then tried again.
+MAX_RETRY_AFTER_S = 300.0
 
 
 class DownstreamError(Exception):
     """A downstream call failed; `retryable` says whether trying again later may succeed."""
 
     def __init__(
-        self, message: str, *, retryable: bool, status: int | None = None, url: str | None = None
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        status: int | None = None,
+        url: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.status = status
         self.url = url
+        # Seconds the service asked for (a 429's or 503's Retry-After), if any.
+        self.retry_after = retry_after
 
 
 class DownstreamConnectionError(DownstreamError):
@@ -53,34 +61,23 @@ class DownstreamBadResponse(DownstreamError):
     """The service answered 2xx with a body that is not JSON."""
 
 
-def call_service(
-    urls: list[str],
+def post(
+    base: str,
     path: str,
     payload: dict[str, Any],
     *,
     timeout: float,
-    retries: int = 2,
-    backoff: float = 0.2,
     session: requests.Session | None = None,
     headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """POST payload as JSON to the first URL that answers; return the decoded JSON reply."""
-    if not urls:
+    """POST payload as JSON to one URL, once; return the decoded JSON reply.
+
+    Failover across a service's URLs and retries belong to the registry
+    (app/services/registry.py), which calls this once per attempt.
+    """
+    if not base:
         raise DownstreamError("no URL configured for the service", retryable=False)
-    session = session or _session()
-    last_error: DownstreamError | None = None
-    for round_number in range(retries + 1):
-        if round_number:
-            time.sleep(_backoff_delay(backoff, round_number))
-        for base in urls:
-            try:
-                return _attempt(session, _join(base, path), payload, timeout, headers)
-            except DownstreamError as error:
-                if not error.retryable:
-                    raise
-                last_error = error
-    assert last_error is not None
-    raise last_error
+    return _attempt(session or _session(), _join(base, path), payload, timeout, headers)
 
 
 def _attempt(
@@ -114,6 +111,7 @@ def _decode(response: requests.Response, url: str) -> dict[str, Any]:
             retryable=retryable,
             status=status,
             url=url,
+            retry_after=_retry_after(response.headers.get("Retry-After")) if retryable else None,
         )
     try:
         body = response.json()
@@ -155,10 +153,15 @@ def _log_failure(url: str, outcome: str, started: float) -> None:
     )
 
 
-def _backoff_delay(backoff: float, round_number: int) -> float:
-    # Random jitter on top of the exponential base spreads the retries of many workers apart.
-    base = backoff * 2 ** (round_number - 1)
-    return base + random.uniform(0, base)
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds (the delay form; an HTTP date is read as no advice), capped."""
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    if seconds is None or seconds != seconds or seconds < 0:
+        return None
+    return min(seconds, MAX_RETRY_AFTER_S)
 
 
 def _join(base: str, path: str) -> str:

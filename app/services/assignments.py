@@ -32,6 +32,7 @@ from app.services.task_types import (
     get_task_type,
     require_capability,
     require_runnable,
+    route_of,
 )
 from app.services.tenancy import current_tenant, visible
 
@@ -96,7 +97,7 @@ def assign_to_bot(bot_id: str, type_name: str, data: dict[str, Any]) -> Assignme
     task_id, tier, _counted = row
     db.session.commit()
     metrics.count_assigned(tier, type_name)
-    publish_chunks([task_id], tier, 1)
+    publish_chunks([task_id], tier, **{**route_of(type_name), "chunk_size": 1})
     return Assignment(task_id=task_id, bot_id=bot_id, task_type=type_name, assigned_at=now)
 
 

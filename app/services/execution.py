@@ -94,9 +94,11 @@ def _id_array(task_ids: list[int]) -> str:
     return "{" + ",".join(map(str, task_ids)) + "}"
 
 
-def claim(task_ids: list[int]) -> list[Claimed]:
-    """Take the still-assigned tasks among task_ids, with a lease; commits."""
-    lease = current_app.config["SETTINGS"].task_lease_seconds
+def claim(task_ids: list[int], lease: float | None = None) -> list[Claimed]:
+    """Take the still-assigned tasks among task_ids, with a lease (by default TASK_LEASE_SECONDS);
+    commits."""
+    if lease is None:
+        lease = current_app.config["SETTINGS"].task_lease_seconds
     rows = db.session.execute(text(_CLAIM), {"ids": _id_array(task_ids), "lease": lease}).all()
     db.session.commit()
     return [Claimed(*row) for row in rows]

@@ -26,7 +26,7 @@ from app.services import callbacks, mass_action_events, partials, swarms, task_r
 from app.services.ids import MASS_ACTION_PREFIX, new_id, utcnow
 from app.services.mass_action_events import ENDED, FinishedMassAction
 from app.services.payloads import store_payload
-from app.services.task_types import get_task_type
+from app.services.task_types import get_task_type, route_of
 from app.services.tenancy import current_tenant, visible
 
 # Rows per query when streaming results: bounds the API worker's memory whatever the total.
@@ -166,7 +166,7 @@ def assign_to_swarm(
 
     With a callback_url, its summary is POSTed there once it ends (app/services/callbacks.py).
     """
-    task_type = get_task_type(type_name)
+    get_task_type(type_name)  # 422 for an unknown type
     if callback_url is not None:
         callbacks.check_url(callback_url)
     swarm = swarms.lock_for_tasks(swarm_id, type_name)
@@ -177,7 +177,7 @@ def assign_to_swarm(
     tier, mass_action_id = swarm.tier, mass_action.id
     db.session.commit()
     metrics.count_assigned(tier, type_name, len(task_ids))
-    publish_chunks(task_ids, tier, task_type.chunk_size)
+    publish_chunks(task_ids, tier, **route_of(type_name))
     return MassAssignment(
         mass_action_id=mass_action_id,
         swarm_id=swarm_id,

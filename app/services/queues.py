@@ -6,7 +6,7 @@ from flask import current_app
 from sqlalchemy import text
 
 from app.extensions import db
-from app.tiers import TIERS, queue_for
+from app.tiers import TIERS, io_queue_for, queue_for
 
 # The oldest waiting task per tier, found through the open-tasks index by id rather than a scan.
 _OLDEST_WAITING = """
@@ -24,8 +24,11 @@ def oldest_waiting_seconds() -> dict[str, float | None]:
 
 
 def queue_depths() -> dict[str, int]:
-    """Per tier, the messages waiting in its Celery queue (raises when Redis is down)."""
+    """Per tier, the messages waiting in its Celery queues: the tier's own and its I/O queue
+    (calls to AI services). Raises when Redis is down."""
     with current_app.extensions["redis"].pipeline() as pipe:
         for tier in TIERS:
             pipe.llen(queue_for(tier))
-        return dict(zip(TIERS, pipe.execute(), strict=True))
+            pipe.llen(io_queue_for(tier))
+        lengths = pipe.execute()
+    return {tier: int(lengths[2 * i]) + int(lengths[2 * i + 1]) for i, tier in enumerate(TIERS)}

@@ -22,9 +22,9 @@ from sqlalchemy import text
 from app.dispatch import publish_chunks
 from app.extensions import db
 from app.models import TASK_FAILED, TASK_RUNNING
-from app.services import callbacks, mass_action_counts, task_rows, workflows
+from app.services import callbacks, calls, task_rows, workflows
 from app.services.outcomes import Outcome, record_outcomes
-from app.services.task_types import chunk_size_of
+from app.services.task_types import route_of
 from app.tiers import TIERS, queue_for
 
 log = logging.getLogger(__name__)
@@ -40,19 +40,6 @@ SELECT id, attempts, coalesce(error, 'lease expired') FROM tasks
  WHERE status = 'running' AND lease_expires_at < now()
  ORDER BY id LIMIT 10000 FOR UPDATE SKIP LOCKED
 """
-
-# Their mass-actions (if any) stop counting them as running in the same statement.
-_REQUEUE = (
-    """
-WITH requeued AS (
-    UPDATE tasks SET status = 'assigned', lease_expires_at = NULL, started_at = NULL
-     WHERE id = ANY(:ids) AND status = 'running'
-    RETURNING mass_action_id
-)
-"""
-    + mass_action_counts.requeued_cte("requeued")
-    + "SELECT count(*) FROM requeued"
-)
 
 _STRANDED = """
 SELECT t.type, array_agg(t.id ORDER BY t.id) FROM (
@@ -85,6 +72,8 @@ def reconcile() -> Report:
     min_age = 0 if _broker_was_reset() else REPUBLISH_AFTER_SECONDS
     republished = sum(_republish_stranded(tier, min_age) for tier in TIERS)
     redelivered = callbacks.republish_stale(min_age)
+    # Lines whose holders died (their slots expired) get a worker to drain them again.
+    calls.wake_waiting()
     report = Report(
         requeued=requeued,
         failed=failed,
@@ -108,7 +97,7 @@ def _recover_expired_leases() -> tuple[int, int]:
     ]
     requeued: list[task_rows.Waiting] = []
     if retry:
-        db.session.execute(text(_REQUEUE), {"ids": retry})
+        task_rows.requeue_running(retry)
         requeued = task_rows.waiting_by_id(retry)
     db.session.commit()
     failed = 0
@@ -129,12 +118,15 @@ def _broker_was_reset() -> bool:
 
 
 def _republish_stranded(tier: str, min_age: float) -> int:
+    # A tier's tasks wait in its queue, and calls also in the I/O queue and their service's
+    # waiting line (app/services/calls.py): while any of them holds work, nothing is stranded.
     try:
-        backlog = current_app.extensions["redis"].llen(queue_for(tier))
+        cpu_backlog = current_app.extensions["redis"].llen(queue_for(tier))
+        io_backlog = calls.backlog(tier)
     except Exception as error:
-        log.warning("reconcile: cannot read the %s queue (%s); skipping it", tier, error)
+        log.warning("reconcile: cannot read the %s queues (%s); skipping them", tier, error)
         return 0
-    if backlog:
+    if cpu_backlog and io_backlog:
         return 0
     rows = db.session.execute(
         text(_STRANDED), {"tier": tier, "age": min_age, "limit": REPUBLISH_LIMIT}
@@ -142,6 +134,9 @@ def _republish_stranded(tier: str, min_age: float) -> int:
     db.session.commit()
     total = 0
     for type_name, ids in rows:
-        publish_chunks(ids, tier, chunk_size_of(type_name))
+        route = route_of(type_name)
+        if io_backlog if route.get("call_type") else cpu_backlog:
+            continue
+        publish_chunks(ids, tier, **route)
         total += len(ids)
     return total

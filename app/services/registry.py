@@ -8,11 +8,19 @@ create_app() runs before `flask db upgrade`. A row that `PUT /services/{name}` c
 overwritten from the environment again; a row still following its variable takes the variable's
 new URLs when a process starts with different ones.
 
-Every call reads the registry afresh (a few rows), so a PUT takes effect on the next call in
-every worker without a restart. A call walks the service's URLs in order, skipping URLs whose
-circuit breaker is open (`breaker.py`) and trying last the ones the latest health probe found
-unhealthy; connection errors, timeouts, 429 and 5xx move on to the next URL. Calls in flight to
-one service are capped across all workers by a Redis semaphore, so a swarm cannot flood it.
+Callers keep the registry's rows for VIEW_TTL_S (`cached_views`) and drop them at once when
+the Redis version key changes, which `PUT /services` and each probe pass do after their commit:
+thousands of calls a second cost no SELECT each, and a PUT still takes effect on the next call
+in every worker without a restart. The API's own answers read the tables.
+
+The one failover and retry loop lives here: `attempt` is one round over the service's URLs in
+order, skipping URLs whose circuit breaker is open (`breaker.py`) and trying last the ones the
+latest health probe found unhealthy; connection errors, timeouts, 429 and 5xx move on to the next
+URL. `call` repeats rounds with backoff for callers outside the I/O pool; the I/O pool
+(`calls.py`) runs `attempt` and reschedules instead. Calls in flight to one service are capped
+across all workers by Redis slots (`inflight.py`), so a swarm cannot flood it; the cap is
+`inflight.current_limit`: the fixed `max_concurrency`, or with `max_concurrency: "auto"` the limit
+`adaptive_limit.py` learns from the latency and outcome of every HTTP attempt in `attempt`.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ from app.clients.downstream import (
     DownstreamBadResponse,
     DownstreamError,
     DownstreamHTTPError,
-    call_service,
+    post,
 )
 from app.clients.ssrf import Allowlist, UnsafeURL, check_url, pinned
 from app.config import SERVICE_URL_VARIABLES, Settings
@@ -53,7 +61,8 @@ from app.models import (
     Service,
     ServiceEndpoint,
 )
-from app.services import breaker
+from app.services import adaptive_limit, breaker, inflight
+from app.services.adaptive_limit import AdaptiveState
 from app.services.breaker import BreakerState
 from app.services.ids import utcnow
 from app.services.service_defaults import DOWNSTREAM
@@ -64,6 +73,7 @@ VARIABLE_OF: dict[str, str] = {name: variable for variable, name in SERVICE_URL_
 
 DEFAULT_HEALTH_PATH = "/health"
 DEFAULT_MAX_CONCURRENCY = 16
+MAX_CONCURRENCY = 10_000
 # Rounds over all URLs after the first, with exponential backoff; a task may set its own.
 DEFAULT_RETRIES = 2
 RETRY_BACKOFF_S = 0.2
@@ -73,7 +83,10 @@ PROBE_TIMEOUT_S = 2.0
 PROBE_FRESH_S = 120
 # How long a call waits for a free slot of a saturated service before giving up (retryable).
 SLOT_WAIT_S = 30.0
-INFLIGHT_PREFIX = "orchestrator:inflight:"
+# Changed after every commit that changes what callers see (a PUT, a probe pass).
+VIEWS_VERSION_KEY = "orchestrator:services:version"
+# How long a worker keeps the registry's rows without looking at the version key's value.
+VIEW_TTL_S = 5.0
 
 # KEYS[1] in-flight set (token -> lease expiry); ARGV limit, token, lease seconds. 1 = acquired.
 # Expired leases (a worker killed mid-call) are dropped first, so a crash never leaks a slot.
@@ -146,12 +159,18 @@ class ServiceView:
     health_path: str
     timeout_s: float
     task_types: list[str]
+    # The fixed limit; with concurrency_auto, the one PUT gave before "auto" (unused meanwhile).
     max_concurrency: int
     source: str
     updated_at: datetime
+    concurrency_auto: bool = False
+    max_concurrency_ceiling: int | None = None
     endpoints: list[Endpoint] = field(default_factory=list)
     # Calls holding a slot right now (API answers only).
     in_flight: int | None = None
+    # The limit in force now: max_concurrency, or the learned one (API answers only).
+    concurrency_limit: int | None = None
+    adaptive: AdaptiveState | None = None
 
 
 # ---- seeding and reading ---------------------------------------------------------------------
@@ -205,7 +224,7 @@ def get_service(name: str) -> ServiceView:
 
 def service_for_task_type(type_name: str) -> ServiceView | None:
     """The service registered for a downstream task type (None if no service serves it)."""
-    for view in _load_all():
+    for view in cached_views():
         if type_name in view.task_types:
             return view
     return None
@@ -223,6 +242,64 @@ def is_configured(type_name: str) -> tuple[bool, str | None]:
     variable = VARIABLE_OF.get(view.name) if view else None
     variable = variable or (default.variable if default else None)
     return bool(view and view.urls), variable
+
+
+@dataclass(frozen=True)
+class _Cached:
+    version: str
+    loaded_at: float
+    views: list[ServiceView]
+
+
+# Per database URL: the rows, the version they were read under, and when.
+_cache: dict[str, _Cached] = {}
+
+
+def cached_views() -> list[ServiceView]:
+    """The registry's rows for callers: at most VIEW_TTL_S old, and never older than a PUT.
+
+    One Redis GET per use; a SELECT only when the version changed or the copy grew old.
+    """
+    settings = current_app.config["SETTINGS"]
+    version = _views_version()
+    cached = _cache.get(settings.database_url)
+    now = time.monotonic()
+    if (
+        version is not None
+        and cached is not None
+        and cached.version == version
+        and now - cached.loaded_at < VIEW_TTL_S
+    ):
+        return cached.views
+    views = _load_all()
+    # Read outside the request's unit of work: leave no transaction open in a worker thread.
+    db.session.rollback()
+    if version is not None:
+        _cache[settings.database_url] = _Cached(version, now, views)
+    return views
+
+
+def views_changed() -> None:
+    """Tell every process's cache that the registry changed (after the commit that did it)."""
+    try:
+        _redis().set(VIEWS_VERSION_KEY, uuid.uuid4().hex)
+    except redis.RedisError as error:
+        log.warning(
+            "registry change not announced (callers see it within %ss): %s", VIEW_TTL_S, error
+        )
+
+
+def _views_version() -> str | None:
+    # A missing key (new or flushed Redis) gets a new value: no copy can match it.
+    try:
+        client = _redis()
+        value = client.get(VIEWS_VERSION_KEY)
+        if value is None:
+            client.set(VIEWS_VERSION_KEY, uuid.uuid4().hex, nx=True)
+            value = client.get(VIEWS_VERSION_KEY)
+    except redis.RedisError:
+        return None
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _ensure_seeded() -> None:
@@ -273,6 +350,8 @@ def _load_all() -> list[ServiceView]:
             max_concurrency=s.max_concurrency,
             source=s.source,
             updated_at=s.updated_at,
+            concurrency_auto=s.max_concurrency_auto,
+            max_concurrency_ceiling=s.max_concurrency_ceiling,
             endpoints=[endpoints.get((s.name, url), Endpoint(url)) for url in s.urls],
         )
         for s in services
@@ -283,14 +362,19 @@ def _with_live_state(view: ServiceView) -> ServiceView:
     states = breaker.states(view.urls)
     try:
         in_flight: int | None = int(
-            _redis().zcount(INFLIGHT_PREFIX + view.name, time.time(), "+inf")
+            _redis().zcount(inflight.slots_key(view.name), time.time(), "+inf")
         )
     except redis.RedisError:
         in_flight = None
+    adaptive = adaptive_limit.state(view)
     return replace(
         view,
         endpoints=[replace(e, breaker=states.get(e.url)) for e in view.endpoints],
         in_flight=in_flight,
+        concurrency_limit=(
+            adaptive.limit if adaptive else None if view.concurrency_auto else view.max_concurrency
+        ),
+        adaptive=adaptive,
     )
 
 
@@ -305,12 +389,15 @@ def update_service(
     health_path: str | None = None,
     timeout_s: float | None = None,
     task_types: list[str] | None = None,
-    max_concurrency: int | None = None,
+    max_concurrency: int | str | None = None,
+    max_concurrency_ceiling: int | None = None,
 ) -> ServiceView:
     """Change a service at runtime (422 on a bad value); the next call anywhere uses it. Commits.
 
     Giving a task type to this service takes it from the service that served it. From now on the
-    row no longer follows its *_SERVICE_URL variable.
+    row no longer follows its *_SERVICE_URL variable. `max_concurrency="auto"` makes the limit
+    learned, up to `max_concurrency_ceiling`; a number makes it fixed again. An automatic limit
+    starts over when it is switched on or the service's URLs change.
     """
     _ensure_seeded()
     # Every row, locked in name order: a PUT may move task types between services, and two
@@ -324,6 +411,7 @@ def update_service(
     service = next((row for row in rows if row.name == name), None)
     if service is None:
         raise NotFound(f"No service {name!r}.", known_services=[row.name for row in rows])
+    was_auto, old_urls = service.max_concurrency_auto, list(service.urls)
     if urls is not None:
         service.urls = _checked_urls(urls)
     if path is not None:
@@ -334,10 +422,7 @@ def update_service(
         if not 0.1 <= timeout_s <= 600:
             raise Invalid("timeout_s must be between 0.1 and 600 seconds.", field="timeout_s")
         service.timeout_s = float(timeout_s)
-    if max_concurrency is not None:
-        if not 1 <= max_concurrency <= 10_000:
-            raise Invalid("max_concurrency must be between 1 and 10000.", field="max_concurrency")
-        service.max_concurrency = max_concurrency
+    _apply_concurrency(service, max_concurrency, max_concurrency_ceiling)
     if task_types is not None:
         service.task_types = _checked_task_types(task_types)
         for other in rows:
@@ -352,7 +437,56 @@ def update_service(
     db.session.flush()
     db.session.execute(text(_FORGET_REMOVED_URLS))
     db.session.commit()
+    if service.max_concurrency_auto and (not was_auto or list(service.urls) != old_urls):
+        adaptive_limit.reset(name)
+    views_changed()
     return get_service(name)
+
+
+def _apply_concurrency(
+    service: Service, max_concurrency: int | str | None, ceiling: int | None
+) -> None:
+    """A fixed limit, or "auto" with a ceiling (given now or kept from before); 422 otherwise."""
+    if ceiling is not None and not 1 <= ceiling <= MAX_CONCURRENCY:
+        raise Invalid(
+            f"max_concurrency_ceiling must be between 1 and {MAX_CONCURRENCY}.",
+            field="max_concurrency_ceiling",
+        )
+    if max_concurrency == adaptive_limit.AUTO:
+        ceiling = ceiling or service.max_concurrency_ceiling
+        if ceiling is None:
+            raise Invalid(
+                'max_concurrency "auto" needs max_concurrency_ceiling: the most calls in '
+                "flight the service may ever be given.",
+                field="max_concurrency_ceiling",
+            )
+        service.max_concurrency_auto, service.max_concurrency_ceiling = True, ceiling
+    elif max_concurrency is not None:
+        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
+            raise Invalid(
+                f'max_concurrency must be a number or "{adaptive_limit.AUTO}".',
+                field="max_concurrency",
+            )
+        if not 1 <= max_concurrency <= MAX_CONCURRENCY:
+            raise Invalid(
+                f"max_concurrency must be between 1 and {MAX_CONCURRENCY}.",
+                field="max_concurrency",
+            )
+        if ceiling is not None:
+            raise Invalid(
+                'max_concurrency_ceiling goes with max_concurrency "auto" only.',
+                field="max_concurrency_ceiling",
+            )
+        service.max_concurrency = max_concurrency
+        service.max_concurrency_auto, service.max_concurrency_ceiling = False, None
+    elif ceiling is not None:
+        if not service.max_concurrency_auto:
+            raise Invalid(
+                'max_concurrency_ceiling goes with max_concurrency "auto" only; this service '
+                "has a fixed limit.",
+                field="max_concurrency_ceiling",
+            )
+        service.max_concurrency_ceiling = ceiling
 
 
 def _checked_urls(urls: list[str]) -> list[str]:
@@ -422,17 +556,8 @@ def _checked_task_types(task_types: list[str]) -> list[str]:
 # ---- calling -------------------------------------------------------------------------------
 
 
-def call(
-    task_type: str,
-    payload: dict[str, Any],
-    *,
-    timeout: float | None = None,
-    retries: int | None = None,
-) -> dict[str, Any]:
-    """POST payload to the service of task_type, failing over across its URLs; the JSON reply.
-
-    Raises DownstreamError: `retryable` says whether trying later may succeed.
-    """
+def callable_view(task_type: str) -> ServiceView:
+    """The service that serves task_type, with at least one URL (else a final DownstreamError)."""
     view = service_for_task_type(task_type)
     if view is None:
         raise DownstreamError(f"no service serves task type {task_type!r}", retryable=False)
@@ -441,15 +566,45 @@ def call(
             f"the {view.name} service has no URL (set {view.variable} or PUT /services/{view.name})",
             retryable=False,
         )
+    return view
+
+
+def rounds_allowed(retries: int | None) -> int:
+    """How many rounds over a service's URLs one task may use: the first and its retries."""
+    return 1 + (DEFAULT_RETRIES if retries is None else max(retries, 0))
+
+
+def backoff_before(round_number: int) -> float:
+    """Seconds to wait before round `round_number` (2, 3, ...): exponential, with jitter that
+    spreads the retries of many workers apart."""
+    base = RETRY_BACKOFF_S * 2 ** max(round_number - 2, 0)
+    return base + random.uniform(0, base)
+
+
+def call(
+    task_type: str,
+    payload: dict[str, Any],
+    *,
+    timeout: float | None = None,
+    retries: int | None = None,
+    idempotency_key: str | None = None,
+) -> dict[str, Any]:
+    """POST payload to the service of task_type, failing over across its URLs; the JSON reply.
+
+    The blocking form, for a caller outside the I/O pool: it waits for a slot and sleeps out its
+    backoff. The I/O pool (app/services/calls.py) runs the same rounds (`attempt`) but
+    reschedules instead of waiting. Raises DownstreamError: `retryable` says whether trying later
+    may succeed.
+    """
+    view = callable_view(task_type)
     timeout = timeout or view.timeout_s
-    rounds = 1 + (DEFAULT_RETRIES if retries is None else max(retries, 0))
     last_error: DownstreamError | None = None
-    for round_number in range(rounds):
-        if round_number:
-            base = RETRY_BACKOFF_S * 2 ** (round_number - 1)
-            time.sleep(base + random.uniform(0, base))
+    for round_number in range(1, rounds_allowed(retries) + 1):
+        if round_number > 1:
+            time.sleep(backoff_before(round_number))
         try:
-            return _one_round(view, payload, timeout)
+            with _slot(view, timeout):
+                return attempt(view, payload, timeout, idempotency_key)
         except ServiceBusy:
             raise
         except DownstreamError as error:
@@ -460,7 +615,17 @@ def call(
     raise last_error
 
 
-def _one_round(view: ServiceView, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
+def attempt(
+    view: ServiceView,
+    payload: dict[str, Any],
+    timeout: float,
+    idempotency_key: str | None = None,
+) -> dict[str, Any]:
+    """One round: each URL once, in order, until one answers; the caller holds the slot.
+
+    URLs whose breaker is open are skipped, URLs the latest probe found down go last, and every
+    URL passes the URL guard (app/clients/ssrf.py) before it is called.
+    """
     # URLs the latest probe found down go last: probes can be wrong, calls are the real test.
     demoted = {e.url for e in view.endpoints if e.state == ENDPOINT_UNHEALTHY and e.fresh}
     ordered = [u for u in view.urls if u not in demoted] + [u for u in view.urls if u in demoted]
@@ -472,12 +637,13 @@ def _one_round(view: ServiceView, payload: dict[str, Any], timeout: float) -> di
             continue
         try:
             target, headers = _target(url)
-            with _slot(view, timeout), metrics.downstream_call(view.name, url):
-                result = call_service(
-                    [target], view.path, payload, timeout=timeout, retries=0, headers=headers
-                )
-        except ServiceBusy:
-            raise
+            if idempotency_key:
+                headers = {**headers, "Idempotency-Key": idempotency_key}
+            with (
+                metrics.downstream_call(view.name, url),
+                adaptive_limit.measured(view, in_flight_key=inflight.slots_key(view.name)),
+            ):
+                result = post(target, view.path, payload, timeout=timeout, headers=headers)
         except DownstreamError as error:
             if error.retryable:
                 breaker.record_failure(url)
@@ -498,7 +664,7 @@ def _one_round(view: ServiceView, payload: dict[str, Any], timeout: float) -> di
 @contextmanager
 def _slot(view: ServiceView, timeout: float) -> Iterator[None]:
     """Hold one of the service's max_concurrency slots, shared by every worker, for one attempt."""
-    key = INFLIGHT_PREFIX + view.name
+    key = inflight.slots_key(view.name)
     token = uuid.uuid4().hex
     # A slot outlives the longest attempt; an expired one belonged to a worker that died.
     lease = 2 * timeout + 10
@@ -523,11 +689,11 @@ def _wait_for_slot(
     client: redis.Redis, key: str, token: str, lease: float, view: ServiceView
 ) -> None:
     deadline = time.monotonic() + SLOT_WAIT_S
-    while not client.eval(_ACQUIRE, 1, key, view.max_concurrency, token, lease):
+    while not client.eval(_ACQUIRE, 1, key, inflight.current_limit(view), token, lease):
         if time.monotonic() > deadline:
             raise ServiceBusy(
-                f"the {view.name} service had no free slot (max_concurrency "
-                f"{view.max_concurrency}) for {SLOT_WAIT_S:.0f}s",
+                f"the {view.name} service had no free slot (limit "
+                f"{inflight.current_limit(view)}) for {SLOT_WAIT_S:.0f}s",
                 retryable=True,
             )
         time.sleep(random.uniform(0.01, 0.05))
@@ -560,6 +726,7 @@ def probe_all() -> dict[str, int]:
         )
     db.session.execute(text(_FORGET_REMOVED_URLS))
     db.session.commit()
+    views_changed()
     healthy = sum(1 for r in results if r.state != ENDPOINT_UNHEALTHY)
     return {"probed": len(results), "healthy": healthy, "unhealthy": len(results) - healthy}
 

@@ -40,7 +40,7 @@ from flask import current_app
 from sqlalchemy import text
 
 from app.extensions import db
-from app.services import queues
+from app.services import inflight, queues, registry
 from app.services.ids import iso, utcnow
 from app.tiers import TIERS
 
@@ -61,6 +61,9 @@ THROUGHPUT_WINDOW_S = 30.0
 _OPEN_TASKS = """
 SELECT tier, status, count(*) FROM tasks
  WHERE status IN ('assigned', 'running') GROUP BY tier, status
+"""
+_OPEN_CALLS = """
+SELECT count(*) FROM tasks WHERE status IN ('assigned', 'running') AND type = ANY(:types)
 """
 _FINISHED_TOTAL = """
 SELECT coalesce(sum(value), 0) FROM counters WHERE name IN ('tasks_completed', 'tasks_failed')
@@ -180,6 +183,36 @@ def sample_throughput(now: float | None = None) -> float | None:
     return round((finished - earlier) / (now - then), 3)
 
 
+# Calls one I/O pool worker (`-P threads`, IO_CALL_THREADS call threads) is sized to hold.
+IO_CALLS_PER_WORKER = 64
+
+
+def io_pool(policy: Policy) -> dict[str, Any]:
+    """The I/O pool's size: enough workers for the calls that may be in flight at once, which
+    is the open calls but never more than the services' limits allow (more would only wait)."""
+    views = [view for view in registry.cached_views() if view.urls and view.task_types]
+    types = [t for view in views for t in view.task_types]
+    open_calls = int(db.session.execute(text(_OPEN_CALLS), {"types": types}).scalar_one())
+    total_limit = sum(inflight.current_limit(view) for view in views)
+    in_flight: int | None = None
+    try:
+        with current_app.extensions["redis"].pipeline() as pipe:
+            for view in views:
+                pipe.zcount(inflight.slots_key(view.name), time.time(), "+inf")
+            in_flight = sum(int(n) for n in pipe.execute())
+    except Exception:
+        pass  # Redis down: the tasks table still tells the backlog
+    wanted = math.ceil(min(open_calls, total_limit) / IO_CALLS_PER_WORKER)
+    desired = _clamp(wanted, max(policy.min_workers, 1), policy.max_workers) if open_calls else 0
+    return {
+        "open_calls": open_calls,
+        "in_flight": in_flight,
+        "total_limit": total_limit,
+        "calls_per_worker": IO_CALLS_PER_WORKER,
+        "desired_workers": max(desired, policy.min_workers),
+    }
+
+
 def report(
     policy: Policy, given_rate: float | None = None, current_workers: int | None = None
 ) -> dict[str, Any]:
@@ -196,6 +229,7 @@ def report(
     recommendation = recommend(loads, effective)
     return {
         "desired_workers": recommendation.desired_workers,
+        "io_pool": io_pool(effective),
         "tiers": {
             tier: {**asdict(load), "desired_workers": recommendation.tiers[tier]}
             for tier, load in loads.items()

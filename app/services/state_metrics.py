@@ -238,12 +238,28 @@ class StateCollector(Collector):
             "Calls holding one of the service's max_concurrency slots now.",
             labels=["service"],
         )
+        limit = GaugeMetricFamily(
+            "orchestrator_downstream_concurrency_limit",
+            "Calls in flight the service may have now: its fixed max_concurrency, or the limit "
+            'learned for max_concurrency "auto".',
+            labels=["service", "mode"],
+        )
+        ceiling = GaugeMetricFamily(
+            "orchestrator_downstream_concurrency_ceiling",
+            'The most a learned limit (max_concurrency "auto") may reach.',
+            labels=["service"],
+        )
         redis_ok = True
         for view in registry.list_services():
             if view.in_flight is None:
                 redis_ok = False
             else:
                 in_flight.add_metric([view.name], float(view.in_flight))
+            mode = "auto" if view.concurrency_auto else "fixed"
+            if view.concurrency_limit is not None:
+                limit.add_metric([view.name, mode], float(view.concurrency_limit))
+            if view.max_concurrency_ceiling is not None:
+                ceiling.add_metric([view.name], float(view.max_concurrency_ceiling))
             for endpoint in view.endpoints:
                 breaker = endpoint.breaker
                 if breaker is None or breaker.state not in BREAKER_STATES:
@@ -256,7 +272,7 @@ class StateCollector(Collector):
                     [view.name, metrics.url_label(endpoint.url)],
                     float(breaker.consecutive_failures),
                 )
-        return [state, failures, in_flight], redis_ok
+        return [state, failures, in_flight, limit, ceiling], redis_ok
 
 
 def render() -> tuple[bytes, str]:

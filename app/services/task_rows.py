@@ -15,8 +15,9 @@ from sqlalchemy import text
 from app.dispatch import publish_chunks
 from app.extensions import db
 from app.models import Swarm
+from app.services import mass_action_counts
 from app.services.outcomes import MOVED_COLUMNS, add_to_counters_sql, counted, run_counted
-from app.services.task_types import chunk_size_of
+from app.services.task_types import route_of
 
 # One task row per active bot of the swarm, and the bots' totals, in one statement. Bot k of n
 # (by position) takes part k of n of a dataset: retired or paused bots leave no gap. The bots are
@@ -141,8 +142,30 @@ def _groups(statement: str, params: dict[str, list[int] | list[str]]) -> list[Wa
     return [Waiting(tier, type_name, list(ids)) for tier, type_name, ids in rows]
 
 
+# Their mass-actions (if any) stop counting them as running in the same statement.
+_REQUEUE = (
+    """
+WITH requeued AS (
+    UPDATE tasks SET status = 'assigned', lease_expires_at = NULL, started_at = NULL
+     WHERE id = ANY(:ids) AND status = 'running'
+    RETURNING mass_action_id
+)
+"""
+    + mass_action_counts.requeued_cte("requeued")
+    + "SELECT count(*) FROM requeued"
+)
+
+
+def requeue_running(task_ids: list[int]) -> int:
+    """Put running tasks back to assigned (keeping their attempts); the caller commits and
+    publishes."""
+    if not task_ids:
+        return 0
+    return int(db.session.execute(text(_REQUEUE), {"ids": task_ids}).scalar_one())
+
+
 def publish(waiting: list[Waiting]) -> int:
     """Publish the groups again, each in its type's chunks (after the commit); how many tasks."""
     for group in waiting:
-        publish_chunks(group.task_ids, group.tier, chunk_size_of(group.type))
+        publish_chunks(group.task_ids, group.tier, **route_of(group.type))
     return sum(len(group.task_ids) for group in waiting)

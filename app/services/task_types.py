@@ -32,6 +32,10 @@ from app.services.service_defaults import DOWNSTREAM
 
 Runner = Callable[[TaskInput], Any]
 
+# Calls per message for the AI types: the I/O pool runs a chunk's calls concurrently, so a chunk
+# is a unit of bookkeeping (one claim, one record), not of waiting.
+AI_CHUNK_SIZE = 32
+
 
 @dataclass(frozen=True)
 class TaskType:
@@ -43,6 +47,8 @@ class TaskType:
     chunk_size: int
     run: Runner
     service: str | None = None
+    # Its handler waits on a downstream service: the I/O pool runs it (app/services/calls.py).
+    calls_service: bool = False
 
 
 def _downstream_runner(task_type: str) -> Runner:
@@ -92,9 +98,10 @@ _AI = [
         f"Calls the service registered for it (by default {service.name}: "
         f"{service.variable}, {service.path}).",
         "ml_inference",
-        5,
+        AI_CHUNK_SIZE,
         _downstream_runner(name),
         service=service.name,
+        calls_service=True,
     )
     for name, service in DOWNSTREAM.items()
 ]
@@ -144,6 +151,15 @@ def chunk_size_of(type_name: str) -> int:
     """How many task ids of this type one message carries (1 for a type no longer known)."""
     task_type = catalogue().get(type_name)
     return task_type.chunk_size if task_type else 1
+
+
+def route_of(type_name: str) -> dict[str, Any]:
+    """publish_chunks' arguments for tasks of this type: chunk size, and the I/O pool or not."""
+    task_type = catalogue().get(type_name)
+    if task_type is None:
+        return {"chunk_size": 1}
+    call_type = task_type.name if task_type.calls_service else None
+    return {"chunk_size": task_type.chunk_size, "call_type": call_type}
 
 
 def require_runnable(task_type: TaskType) -> None:

@@ -43,7 +43,7 @@ from app.services import callbacks, mass_actions, swarms
 from app.services.ids import iso, new_id, utcnow
 from app.services.outcomes import MOVED_COLUMNS, counted, run_counted
 from app.services.payloads import load_payloads, store_payload
-from app.services.task_types import chunk_size_of, get_task_type, require_runnable
+from app.services.task_types import get_task_type, require_runnable, route_of
 from app.services.tenancy import current_tenant, visible
 from app.tiers import PRIORITY_TIERS
 
@@ -532,7 +532,7 @@ def publish_steps(released: list[Release]) -> None:
     """Publish released steps (after the commit that released them)."""
     for release in released:
         metrics.count_assigned(release.tier, release.type, len(release.task_ids))
-        publish_chunks(release.task_ids, release.tier, chunk_size_of(release.type))
+        publish_chunks(release.task_ids, release.tier, **route_of(release.type))
 
 
 # ---- reading and cancelling ----------------------------------------------------------------
