@@ -7,16 +7,16 @@
   counters, one row per (swarm, shard); a swarm's counter is its row's value (bulk moves, made
   under the swarm's lock) plus its shards.
 
-Revision ID: 0010
-Revises: 0009
+Revision ID: 0013
+Revises: 0012
 Create Date: 2026-12-07
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0010"
-down_revision = "0009"
+revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
