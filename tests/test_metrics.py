@@ -30,6 +30,8 @@ ALLOWED_LABELS |= {"dependency", "kind"}
 # `locktype`: PostgreSQL's lock types (a dozen); `operation`, `reason`: the statements the service
 # retries and why (deadlock, connection).
 ALLOWED_LABELS |= {"locktype", "operation", "reason"}
+# `mode`: a service's max_concurrency, fixed or learned ("auto").
+ALLOWED_LABELS |= {"mode"}
 
 
 def samples(text: str) -> dict[tuple[str, frozenset], float]:
