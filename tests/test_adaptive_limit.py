@@ -286,6 +286,7 @@ def _load(app, calls: int, callers: int) -> tuple[list[object], list[int]]:
     return results, limits
 
 
+@pytest.mark.slow  # 1,000 calls against a loaded service: about 13 s
 def test_the_limit_settles_near_the_service_s_capacity_with_under_1pc_errors(
     app, client, fake_service
 ):
