@@ -21,7 +21,7 @@ _TASK_TOTALS = """
 SELECT status, count(*), count(bot_id), count(swarm_id) FROM tasks GROUP BY status
 """
 
-# A swarm's task counters: its row's columns plus its shard rows (migration 0013).
+# A swarm's task counters: its row's columns plus its shard rows (migration 0011).
 _SWARMS = """
 (SELECT s.id, s.total_tasks + coalesce(c.total_tasks, 0) AS total_tasks,
         s.completed_tasks + coalesce(c.completed_tasks, 0) AS completed_tasks,

@@ -7,16 +7,16 @@
   counters, one row per (swarm, shard); a swarm's counter is its row's value (bulk moves, made
   under the swarm's lock) plus its shards.
 
-Revision ID: 0013
-Revises: 0012
+Revision ID: 0011
+Revises: 0010
 Create Date: 2026-12-07
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0013"
-down_revision = "0012"
+revision = "0011"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 

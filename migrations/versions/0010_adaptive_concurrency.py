@@ -5,7 +5,7 @@
 - services.max_concurrency_ceiling: the learned limit never exceeds it; an automatic service
   always has one.
 
-Revision ID: 0012
+Revision ID: 0010
 Revises: 0009
 Create Date: 2026-12-07
 """
@@ -13,7 +13,7 @@ Create Date: 2026-12-07
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0012"
+revision = "0010"
 down_revision = "0009"
 branch_labels = None
 depends_on = None
