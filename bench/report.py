@@ -476,9 +476,12 @@ def _measured_table(results: dict[str, Any]) -> str:
     measured = results.get("measured", {})
     lines = ["| scenario group | measured | took | load average (1 min) at its start |",
              "|---|---|---:|---:|"]  # fmt: skip
-    for name, when in measured.items():
-        lines.append(f"| {name} | {when['at']} | {when['seconds']:.0f} s |"
-                     f" {when['load_average_at_start']:.2f} |")  # fmt: skip
+    for name, when in sorted(measured.items(), key=lambda item: item[1]["at"]):
+        took = "—" if when.get("seconds") is None else f"{when['seconds']:.0f} s"
+        load = when.get("load_average_at_start")
+        lines.append(
+            f"| {name} | {when['at']} | {took} | {'—' if load is None else f'{load:.2f}'} |"
+        )
     return "\n".join(lines)
 
 
