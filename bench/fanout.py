@@ -16,7 +16,7 @@ import time
 import urllib.request
 from typing import Any
 
-from bench.scenarios import Bench, say
+from bench.scenarios import Bench, say, wait_ended
 from bench.stack import ROOT, free_port, proc_status_kb
 
 IO_QUEUES = ("io.L20", "io.advanced", "io.standard")
@@ -314,20 +314,7 @@ WORKFLOW_SAMPLES = 30
 def _workflow_seconds(b: Bench, body: dict[str, Any]) -> float:
     sent = time.time()
     workflow_id = b.api.call("POST", "/orchestrate", body, expect=202)["task_id"]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with b.db.cursor() as cur:
-            cur.execute(
-                "SELECT status, extract(epoch FROM finished_at) FROM workflows WHERE id = %s",
-                (workflow_id,),
-            )
-            status, finished = cur.fetchone()
-        if finished is not None:
-            if status != "completed":
-                raise RuntimeError(f"{workflow_id} ended {status}")
-            return float(finished) - sent
-        time.sleep(0.002)
-    raise TimeoutError(f"{workflow_id} did not end within 60 s")
+    return wait_ended(b, "workflows", workflow_id, workflow_id) - sent
 
 
 def workflows(b: Bench, label: str) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from bench import load
 from bench.report import Row, _goal, median
-from bench.scenarios import SWARM_CAPABILITIES, Bench, say
+from bench.scenarios import SWARM_CAPABILITIES, Bench, load_endpoints, say
 
 ASSIGN_CONNECTIONS = 16
 READ_CONNECTIONS = 32
@@ -145,12 +145,7 @@ def reads(b: Bench, swarm: dict[str, Any], seconds: float, label: str) -> dict[s
         "GET /mass-actions/{id}": [f"/mass-actions/{mass['mass_action_id']}"],
         "GET /docs (trivial)": ["/docs"],
     }
-    b.wait_idle()
-    results: dict[str, list[dict[str, Any]]] = {name: [] for name in endpoints}
-    for run in range(b.runs):
-        for name, paths in endpoints.items():
-            say(f"{label} reads, {name}: run {run + 1}/{b.runs}")
-            results[name].append(load.run(b.stack.base_url, paths, seconds, READ_CONNECTIONS))
+    results = load_endpoints(b, endpoints, seconds, READ_CONNECTIONS, f"{label} reads")
     return {"bots": len(swarm["bot_ids"]), "connections": READ_CONNECTIONS, "seconds": seconds,
             "endpoints": results, "mass_action_50k_seconds": mass_seconds}  # fmt: skip
 

@@ -245,14 +245,23 @@ def reads(b: Bench, n: int, seconds: float, connections: int, label: str) -> dic
         "GET /bots/stats": ["/bots/stats"],
         "GET /docs (trivial)": ["/docs"],
     }
+    results = load_endpoints(b, endpoints, seconds, connections, f"{label} reads at {n} bots")
+    return {"n": n, "seconds": seconds, "connections": connections,
+            "generator": load.generator(), "endpoints": results}  # fmt: skip
+
+
+def load_endpoints(
+    b: Bench, endpoints: dict[str, list[str]], seconds: float, connections: int, label: str
+) -> dict[str, list[dict[str, Any]]]:
+    """Each endpoint (a name and the paths it cycles through) under load from a second process,
+    one after another on the idle stack, b.runs times: the load generator's figures per run."""
     b.wait_idle()
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in endpoints}
     for run in range(b.runs):
         for name, paths in endpoints.items():
-            say(f"{label} reads at {n} bots, {name}: run {run + 1}/{b.runs}")
+            say(f"{label}, {name}: run {run + 1}/{b.runs}")
             results[name].append(load.run(b.stack.base_url, paths, seconds, connections))
-    return {"n": n, "seconds": seconds, "connections": connections,
-            "generator": load.generator(), "endpoints": results}  # fmt: skip
+    return results
 
 
 # --- 6. single task at idle ------------------------------------------------------------------
@@ -279,20 +288,28 @@ def single_task(b: Bench, label: str) -> dict[str, Any]:
 
 
 def _wait_finished(b: Bench, task_id: int, timeout: float = 60.0) -> float:
+    return wait_ended(b, "tasks", task_id, f"task-{task_id}", timeout)
+
+
+def wait_ended(b: Bench, table: str, row_id: object, name: str, timeout: float = 60.0) -> float:
+    """When a row of `table` (tasks or workflows) finished, in epoch seconds (PostgreSQL's clock),
+    polled every 2 ms; an end other than completed raises."""
+    if table not in ("tasks", "workflows"):
+        raise ValueError(f"no finished_at in {table!r}")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with b.db.cursor() as cur:
             cur.execute(
-                "SELECT status, extract(epoch FROM finished_at) FROM tasks WHERE id = %s",
-                (task_id,),
+                f"SELECT status, extract(epoch FROM finished_at) FROM {table} WHERE id = %s",
+                (row_id,),
             )
             status, finished = cur.fetchone()
-        if status == "completed":
+        if finished is not None:
+            if status != "completed":
+                raise RuntimeError(f"{name} ended {status}")
             return float(finished)
-        if status in ("failed", "cancelled"):
-            raise RuntimeError(f"task-{task_id} ended {status}")
         time.sleep(0.002)
-    raise TimeoutError(f"task-{task_id} not completed within {timeout:.0f} s")
+    raise TimeoutError(f"{name} did not end within {timeout:.0f} s")
 
 
 # --- 7. memory -------------------------------------------------------------------------------
