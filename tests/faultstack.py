@@ -826,17 +826,26 @@ def poison_task(stack: FaultStack, tasks: int, seconds: float = 0.0) -> Scenario
     return result
 
 
+def _fan_out_a_quarter_done(
+    stack: FaultStack, service: FakeService, tasks: int, limit: int
+) -> Worker:
+    """A CPU worker and an I/O pool, a fan-out of `tasks` calls to `service` under `limit`, and
+    a quarter of it completed: the moment the I/O faults strike. Returns the I/O pool."""
+    stack.workers.append(Worker(stack.env, concurrency=1, queues=TIER_QUEUES))
+    stack.workers[-1].start(timeout=60)
+    pool = stack.start_worker(io=True)
+    stack.fan_out(tasks, service.url, limit)
+    stack.wait_for_completed(tasks // 4, timeout=120)
+    return pool
+
+
 def kill_io_pool(stack: FaultStack, tasks: int, limit: int = 16) -> ScenarioResult:
     """5. kill -9 the I/O pool in the middle of a fan-out of calls; a new one finishes it. The
     dead pool's calls (their leases no longer renewed) and slots come back within a minute."""
     stack.reset()
     service = FakeService(default=Scripted(200, {"image": "x.png"}, delay=0.05))
     try:
-        stack.workers.append(Worker(stack.env, concurrency=1, queues=TIER_QUEUES))
-        stack.workers[-1].start(timeout=60)
-        pool = stack.start_worker(io=True)
-        stack.fan_out(tasks, service.url, limit)
-        stack.wait_for_completed(tasks // 4, timeout=120)
+        pool = _fan_out_a_quarter_done(stack, service, tasks, limit)
         pool.kill9()
         fault = time.monotonic()
         done_at_kill = stack.counts().get("completed", 0)
@@ -860,11 +869,7 @@ def restart_redis_during_calls(
     stack.reset()
     service = FakeService(default=Scripted(200, {"image": "x.png"}, delay=0.05))
     try:
-        stack.workers.append(Worker(stack.env, concurrency=1, queues=TIER_QUEUES))
-        stack.workers[-1].start(timeout=60)
-        pool = stack.start_worker(io=True)
-        stack.fan_out(tasks, service.url, limit)
-        stack.wait_for_completed(tasks // 4, timeout=120)
+        pool = _fan_out_a_quarter_done(stack, service, tasks, limit)
         stack.redis.kill()
         time.sleep(down_seconds)
         stack.redis.start()
