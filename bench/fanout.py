@@ -107,7 +107,7 @@ def orchestrator(b: Bench, fake: FakeAI, n: int, delay: float, limit: int, label
         say(f"{label} fan-out {n} x {delay * 1000:.0f} ms, limit {limit}: run {run + 1}/{b.runs}")
         _wait_quiet(b, queues)
         fake.reset(delay)
-        rss.append(_rss_kb(b, "io"))
+        rss.append(_io_rss_kb(b))
         started = time.perf_counter()
         answer = b.api.call(
             "POST", f"/swarms/{swarm_id}/tasks",
@@ -125,7 +125,7 @@ def orchestrator(b: Bench, fake: FakeAI, n: int, delay: float, limit: int, label
         if counts["completed"] != n:
             raise RuntimeError(f"fan-out ended with {counts}")
         peaks.append(fake.stats()["peak"])
-    rss.append(_rss_kb(b, "io"))
+    rss.append(_io_rss_kb(b))
     return {"n": n, "delay_ms": delay * 1000, "limit": limit, "seconds": seconds,
             "peak_in_flight": peaks, "io_rss_kb": rss}  # fmt: skip
 
@@ -158,15 +158,20 @@ def plain_celery(b: Bench, fake: FakeAI, n: int, delay: float, threads: int, lab
             "peak_in_flight": peaks}  # fmt: skip
 
 
-def _rss_kb(b: Bench, name: str) -> int:
-    return sum(proc_status_kb(pid, "VmRSS") for pid in b.stack.worker_pids(name))
+def _io_rss_kb(b: Bench) -> int:
+    """Resident memory of every I/O pool process."""
+    return sum(
+        proc_status_kb(pid, "VmRSS")
+        for name in b.stack.io_names()
+        for pid in b.stack.worker_pids(name)
+    )
 
 
 def run_all(b: Bench, big: int, label: str) -> dict[str, Any]:
     """The issue's two fan-outs, each with its plain-Celery baseline in the same run."""
     fake = FakeAI(0.1)
     try:
-        b.stack.start_io_worker()
+        b.stack.start_io_workers()
         results = {
             "small": orchestrator(b, fake, 2_000, 0.1, 64, f"{label} a"),
             "small_baseline": plain_celery(b, fake, 2_000, 0.1, 64, f"{label} b"),
@@ -176,7 +181,7 @@ def run_all(b: Bench, big: int, label: str) -> dict[str, Any]:
             results["big_baseline"] = plain_celery(b, fake, big, 0.02, 256, f"{label} d")
         return results
     finally:
-        b.stack.stop("io")
+        b.stack.stop_io_workers()
         fake.stop()
 
 
@@ -228,7 +233,7 @@ def isolation(b: Bench, big: int, label: str) -> dict[str, Any]:
     results: dict[str, Any] = {"echo_alone": [], "echo_beside_fanout": [], "fanout_beside": [],
                                "l20_start": []}  # fmt: skip
     try:
-        b.stack.start_io_worker()
+        b.stack.start_io_workers()
         b.api.call("PUT", "/services/image", {"urls": [fake.url], "max_concurrency": 64})
         small, large = _swarm(b, 2_000), _swarm(b, big)
         for run in range(b.runs):
@@ -274,7 +279,7 @@ def isolation(b: Bench, big: int, label: str) -> dict[str, Any]:
             b.api.call("DELETE", f"/mass-actions/{backlog['mass_action_id']}")
         return results
     finally:
-        b.stack.stop("io")
+        b.stack.stop_io_workers()
         fake.stop()
 
 
@@ -322,7 +327,7 @@ def workflows(b: Bench, label: str) -> dict[str, Any]:
     the services answering at once: end-to-end seconds per workflow."""
     fake = FakeAI(0.0)
     try:
-        b.stack.start_io_worker()
+        b.stack.start_io_workers()
         for service in ("image", "crypto", "marketing"):
             b.api.call("PUT", f"/services/{service}", {"urls": [fake.url], "max_concurrency": 64})
         two, three = [], []
@@ -333,7 +338,7 @@ def workflows(b: Bench, label: str) -> dict[str, Any]:
             three.append(_workflow_seconds(b, CHAIN))
         return {"two_step": two, "chain_three": three}
     finally:
-        b.stack.stop("io")
+        b.stack.stop_io_workers()
         fake.stop()
 
 

@@ -23,6 +23,8 @@ from bench.client import API_KEY
 ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
 STOP_GRACE_SECONDS = 15.0
+# I/O pool processes, as `make run` starts them: one per core of this machine class (2).
+IO_PROCESSES = 2
 
 
 def free_port() -> int:
@@ -163,13 +165,22 @@ class Stack:
             "baseline", ["-A", "bench.baseline", "worker", "-Q", QUEUE, "-P", pool], concurrency
         )
 
-    def start_io_worker(self, concurrency: int = 8) -> None:
-        """The I/O pool as `make worker-io` runs it: threads on the io queues."""
-        self._start_celery(
-            "io",
-            ["-A", "workers", "worker", "-Q", ",".join(IO_QUEUES), "-P", "threads"],
-            concurrency,
-        )
+    def start_io_workers(self, processes: int = IO_PROCESSES, concurrency: int = 8) -> None:
+        """The I/O pool as `make run` runs it: `processes` workers (one per core), threads on
+        the io queues."""
+        for number in range(1, processes + 1):
+            self._start_celery(
+                f"io-{number}",
+                ["-A", "workers", "worker", "-Q", ",".join(IO_QUEUES), "-P", "threads"],
+                concurrency,
+            )
+
+    def io_names(self) -> list[str]:
+        return [name for name in self.processes if name.startswith("io-")]
+
+    def stop_io_workers(self) -> None:
+        for name in self.io_names():
+            self.stop(name)
 
     def start_plain(self, workers: int = 2, concurrency: int = 2) -> str:
         """The plain Flask + Celery version (bench/plain_app.py): its gunicorn with as many sync

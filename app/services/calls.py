@@ -45,7 +45,7 @@ from app.clients.downstream import DownstreamError
 from app.dispatch import publish_calls
 from app.extensions import db
 from app.models import TASK_COMPLETED, TASK_FAILED, TASK_RUNNING
-from app.services import inflight, registry, task_rows, workflows
+from app.services import breaker, inflight, registry, task_rows, workflows
 from app.services.execution import Claimed, claim
 from app.services.outcomes import Outcome, record_outcomes
 from app.services.payloads import load_payloads
@@ -57,8 +57,11 @@ log = logging.getLogger(__name__)
 LEASE_S = 30.0
 HEARTBEAT_S = 10.0
 # Outcomes are recorded once this many have ended, or after RECORD_EVERY_S.
-RECORD_BATCH = 64
+RECORD_BATCH = 128
 RECORD_EVERY_S = 0.2
+# How long a chunk trusts its reading of which URLs have a clean breaker (one round trip for all
+# of them, instead of two per call); a failed call reads it again before the next call starts.
+BREAKER_READ_EVERY_S = 0.1
 
 _RENEW_LEASES = """
 UPDATE tasks SET lease_expires_at = now() + make_interval(secs => :lease)
@@ -134,6 +137,8 @@ class _Chunk:
         # Claimed tasks waiting for one of this chunk's slots, with their payloads.
         self.buffer: deque[tuple[Claimed, dict[str, Any]]] = deque()
         self.paused = False
+        self.clean_urls: frozenset[str] = frozenset()
+        self.clean_read_at = float("-inf")
         self.outcomes: list[Outcome] = []
         self.again: list[tuple[Claimed, float]] = []
         self.counts = {"received": 0, "called": 0, "recorded": 0, "retried": 0}
@@ -229,11 +234,17 @@ class _Chunk:
         if self._service_paused():
             self._put_back_buffer()
             return
+        now = time.monotonic()
+        if now - self.clean_read_at >= BREAKER_READ_EVERY_S:
+            self.clean_urls = breaker.clean(list(self.view.urls))
+            self.clean_read_at = now
         while self.idle and self.buffer:
             token = self.idle.pop()
             task, payload = self.buffer.popleft()
             self.holding.tokens.add(token)
-            future = _calls(self.app).submit(_call, self.app, self.view, task, payload)
+            future = _calls(self.app).submit(
+                _call, self.app, self.view, task, payload, self.clean_urls
+            )
             self.in_flight[future] = (token, task)
             self.counts["called"] += 1
 
@@ -299,6 +310,7 @@ class _Chunk:
                 Outcome(task.id, TASK_COMPLETED, result, None, task.attempt, duration_ms)
             )
             return
+        self.clean_read_at = float("-inf")  # a breaker may have counted it: read them again
         if error.retryable and error.status == 429 and error.retry_after:
             self._pause(error.retry_after)
         if error.retryable and task.attempt < registry.rounds_allowed(task.retries):
@@ -374,14 +386,22 @@ class _Chunk:
 
 
 def _call(
-    app: Flask, view: registry.ServiceView, task: Claimed, payload: dict[str, Any]
+    app: Flask,
+    view: registry.ServiceView,
+    task: Claimed,
+    payload: dict[str, Any],
+    clean_urls: frozenset[str],
 ) -> tuple[Any, DownstreamError | None, float]:
     """One task's call, in a call thread: (result, error, duration in ms)."""
     started = time.perf_counter()
     with app.app_context():
         try:
             result = registry.attempt(
-                view, payload, task.timeout or view.timeout_s, f"{task.id}-{task.attempt}"
+                view,
+                payload,
+                task.timeout or view.timeout_s,
+                f"{task.id}-{task.attempt}",
+                clean_urls=clean_urls,
             )
             error: DownstreamError | None = None
         except DownstreamError as failure:

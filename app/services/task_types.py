@@ -34,7 +34,7 @@ Runner = Callable[[TaskInput], Any]
 
 # Calls per message for the AI types: the I/O pool runs a chunk's calls concurrently, so a chunk
 # is a unit of bookkeeping (one claim, one record), not of waiting.
-AI_CHUNK_SIZE = 32
+AI_CHUNK_SIZE = 128
 
 
 @dataclass(frozen=True)
