@@ -12,12 +12,14 @@ import gc
 import logging
 
 from celery import Celery
+from celery.concurrency.thread import TaskPool as ThreadPool
 from celery.signals import setup_logging, worker_process_init, worker_ready
 
 from app import create_app, metrics
 from app.dispatch import celery_of
 from app.extensions import db
 from app.logging import configure_logging
+from app.services import calls
 
 # Allocations (less deallocations) between two collections of the youngest generation; Python's
 # default is 700.
@@ -60,3 +62,10 @@ def _serve_metrics(**_kwargs) -> None:
     port = flask_app.config["SETTINGS"].worker_metrics_port
     if port:
         metrics.serve_worker_metrics(port)
+
+
+@worker_ready.connect
+def _start_call_threads(sender=None, **_kwargs) -> None:
+    """In the I/O pool (`-P threads`), start its call threads before the first message."""
+    if isinstance(getattr(sender, "pool", None), ThreadPool):
+        calls.start_call_threads(flask_app)

@@ -62,6 +62,8 @@ RECORD_EVERY_S = 0.2
 # How long a chunk trusts its reading of which URLs have a clean breaker (one round trip for all
 # of them, instead of two per call); a failed call reads it again before the next call starts.
 BREAKER_READ_EVERY_S = 0.1
+# How long the I/O pool's start waits for its call threads (start_call_threads).
+CALL_THREADS_START_S = 30.0
 
 _RENEW_LEASES = """
 UPDATE tasks SET lease_expires_at = now() + make_interval(secs => :lease)
@@ -433,6 +435,23 @@ def _calls(app: Flask) -> ThreadPoolExecutor:
                 threads = app.config["SETTINGS"].io_call_threads
                 _executor = (pid, ThreadPoolExecutor(threads, thread_name_prefix="call"))
     return _executor[1]
+
+
+def start_call_threads(app: Flask) -> int:
+    """Start every call thread of this process now, as the I/O pool starts: their stacks are
+    then part of the pool's memory from the beginning instead of growing it during the first
+    large fan-out. Returns how many threads run."""
+    executor = _calls(app)
+    count = app.config["SETTINGS"].io_call_threads
+    # Each thread waits at the barrier, so every submit finds none idle and starts a new one.
+    barrier = threading.Barrier(count + 1)
+    for _ in range(count):
+        executor.submit(barrier.wait, CALL_THREADS_START_S)
+    try:
+        barrier.wait(CALL_THREADS_START_S)
+    except threading.BrokenBarrierError:
+        log.warning("not every call thread started within %.0f s", CALL_THREADS_START_S)
+    return len(threading.enumerate())
 
 
 def _ensure_heartbeat(app: Flask) -> None:
