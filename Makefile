@@ -73,8 +73,8 @@ migrate: venv ## Apply database migrations (flask db upgrade)
 worker: venv ## Run one Celery worker on the L20, advanced and standard queues
 	$(WITH_SERVICES) $(VENV)/bin/celery -A workers worker -Q $(QUEUES) --concurrency 2 --loglevel INFO
 
-worker-io: venv ## Run the I/O pool: threads on the io.L20, io.advanced and io.standard queues (calls to AI services)
-	$(WITH_SERVICES) $(VENV)/bin/celery -A workers worker -Q $(IO_QUEUES) -P threads --concurrency 8 --loglevel INFO -n io@%h
+worker-io: venv ## Run one I/O pool process: threads on the io.L20, io.advanced and io.standard queues (calls to AI services); run one per core
+	$(WITH_SERVICES) $(VENV)/bin/celery -A workers worker -Q $(IO_QUEUES) -P threads --concurrency 8 --loglevel INFO -n io-$$$$@%h
 
 beat: venv ## Run Celery beat (periodic jobs); schedule file in var/
 	mkdir -p var

@@ -575,11 +575,13 @@ def _method(results: dict[str, Any]) -> str:
     if "fanout" in results:
         paragraphs.append(
             "**Fan-out**: `image_generation` as a mass-action on an N-bot swarm, the image service"
-            " a threaded stand-in on loopback (`bench/fake_ai.py`) answering after a fixed delay"
-            " and counting the calls in flight, `max_concurrency` set by `PUT /services/image`;"
-            " timed from the POST to the mass-action's end, with the I/O pool (`-P threads`) beside"
-            " the usual worker. The baseline, in the same run: the same N calls as N `apply_async`"
-            " messages to a plain `celery worker -P threads -c <limit>` (`bench/baseline.py`)."
+            " a stand-in on loopback (`bench/fake_ai.py`, one asyncio event loop) answering after"
+            " a fixed delay and counting the calls in flight, `max_concurrency` set by `PUT"
+            " /services/image`; timed from the POST to the mass-action's end, with the I/O pool"
+            " (two `-P threads` processes, as `make run` starts it) beside the usual worker. The"
+            " baseline, in the same run: the same N calls as N `apply_async` messages to a plain"
+            " `celery worker -P threads -c <limit>` (`bench/baseline.py`), timed from the first"
+            " publish to the last call's end."
         )
     if "isolation" in results:
         paragraphs.append(

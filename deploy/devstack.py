@@ -720,22 +720,41 @@ class Supervisor:
             say(f"Stopped {', '.join(running)}")
 
 
+# I/O pool processes under `run`: one per core of the machine class the service is sized for (2).
+# One process is bound by its GIL near a core's worth of calls; the services' limits hold across
+# all of them.
+IO_PROCESSES = 2
+# Children that `run` starts again when they exit on their own, after this pause, instead of
+# stopping everything: an I/O pool process killed mid-fan-out (the reconciler hands its calls
+# to the others).
+RESTART_PAUSE_SECONDS = 1.0
+
+
 def service_processes() -> list[tuple[str, list[str]]]:
     """The long-running processes of `run`: API, the worker, the I/O pool, beat."""
     from app.tiers import IO_QUEUES, TIER_QUEUES
 
     celery = tool("celery")
     queues = ",".join(TIER_QUEUES)
+    io_pool = [
+        # Calls to the AI services: threads that wait on the network, never a CPU process.
+        (f"io-{n}", [celery, "-A", "workers", "worker", "-Q", ",".join(IO_QUEUES), "-P", "threads"]
+         + ["--concurrency", "8", "--loglevel", "INFO", "-n", f"io{n}@%h"])
+        for n in range(1, IO_PROCESSES + 1)
+    ]  # fmt: skip
     return [
         ("api", [tool("gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"]),
         ("worker", [celery, "-A", "workers", "worker", "-Q", queues]
          + ["--concurrency", "2", "--loglevel", "INFO", "-n", "worker@%h"]),
-        # Calls to the AI services: threads that wait on the network, never a CPU process.
-        ("io", [celery, "-A", "workers", "worker", "-Q", ",".join(IO_QUEUES), "-P", "threads"]
-         + ["--concurrency", "8", "--loglevel", "INFO", "-n", "io@%h"]),
+        *io_pool,
         ("beat", [celery, "-A", "workers", "beat", "--loglevel", "INFO"]
          + ["--schedule", str(BEAT_SCHEDULE)]),
     ]  # fmt: skip
+
+
+def restarts(name: str) -> bool:
+    """Whether `run` starts this child again when it exits on its own (the I/O pool's)."""
+    return name.startswith("io-")
 
 
 _generated_admin_key: str | None = None
@@ -778,15 +797,26 @@ def supervise(env: dict[str, str], processes: list[tuple[str, list[str]]], port:
         for name, argv in processes:
             supervisor.start(name, argv)
         threading.Thread(target=announce_when_healthy, args=(port,), daemon=True).start()
-        name, code = supervisor.wait_for_first_exit()
-        say(f"{name} exited unexpectedly with exit code {code}; stopping everything")
-        return 1
+        return watch(supervisor, dict(processes))
     except Stopped as stopped:
         say(f"{stopped} received; stopping")
         return 0
     finally:
         ignore_signals()
         supervisor.stop_all()
+
+
+def watch(supervisor: Supervisor, argv_of: dict[str, list[str]]) -> int:
+    """Wait for a child to exit: start an I/O pool process again, stop everything for any other
+    (returns 1)."""
+    while True:
+        name, code = supervisor.wait_for_first_exit()
+        if not restarts(name):
+            say(f"{name} exited unexpectedly with exit code {code}; stopping everything")
+            return 1
+        say(f"{name} exited with exit code {code}; starting it again")
+        time.sleep(RESTART_PAUSE_SECONDS)
+        supervisor.start(name, argv_of[name])
 
 
 def fresh_metrics_dir() -> str:

@@ -207,6 +207,42 @@ def test_makefile_and_devstack_use_the_tier_queues() -> None:
     assert worker[worker.index("-Q") + 1] == ",".join(TIER_QUEUES)
 
 
+def test_run_starts_one_io_pool_process_per_core_on_the_io_queues() -> None:
+    from app.tiers import IO_QUEUES
+
+    processes = dict(devstack.service_processes())
+    io_pool = [name for name in processes if devstack.restarts(name)]
+    assert len(io_pool) == devstack.IO_PROCESSES == 2
+    nodes = set()
+    for name in io_pool:
+        argv = processes[name]
+        assert argv[argv.index("-Q") + 1] == ",".join(IO_QUEUES)
+        assert argv[argv.index("-P") + 1] == "threads"
+        nodes.add(argv[argv.index("-n") + 1])
+    assert len(nodes) == len(io_pool)  # Celery node names must differ
+    assert not devstack.restarts("worker") and not devstack.restarts("api")
+    assert compose()["services"]["worker-io"]["scale"] == devstack.IO_PROCESSES
+
+
+def test_run_starts_a_dead_io_pool_process_again_and_stops_for_any_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(devstack, "RESTART_PAUSE_SECONDS", 0.05)
+    starts = tmp_path / "starts"
+    # An I/O process that dies at once, every time; the API exits on its own after a while.
+    dying = [sys.executable, "-c", f"open({str(starts)!r}, 'a').write('x'); raise SystemExit(9)"]
+    api = [sys.executable, "-c", "import time; time.sleep(1.5)"]
+    supervisor = devstack.Supervisor(dict(os.environ), ["io-1", "api"])
+    argv_of = {"io-1": dying, "api": api}
+    try:
+        for name, argv in argv_of.items():
+            supervisor.start(name, argv)
+        assert devstack.watch(supervisor, argv_of) == 1
+    finally:
+        supervisor.stop_all()
+    assert len(starts.read_text()) >= 3
+
+
 def test_wsgi_module_defines_app() -> None:
     tree = ast.parse((ROOT / "wsgi.py").read_text())
     assigned = {

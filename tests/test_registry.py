@@ -349,3 +349,36 @@ def test_worker_runs_an_ai_task_against_the_registry_and_follows_a_put(
         assert len(first.requests) == 1
     finally:
         worker.stop()
+
+
+def test_clean_urls_are_those_with_no_breaker_state(app, fake_service, dead_url, short_breaker):
+    live = fake_service(default=(200, {"ok": 1}))
+    assert breaker.clean([live.url, dead_url]) == {live.url, dead_url}
+
+    breaker.record_failure(dead_url)
+    assert breaker.clean([live.url, dead_url]) == {live.url}
+
+
+def test_a_call_read_as_clean_still_counts_its_failure_and_skips_no_open_breaker(
+    app, fake_service, dead_url, short_breaker
+):
+    live = fake_service(default=(200, {"from": "live"}))
+    registry.update_service("image", urls=[dead_url, live.url])
+    view = registry.callable_view("image_generation")
+    clean = breaker.clean(list(view.urls))
+
+    # Both read as clean: no breaker round trip for them, but the dead URL's failure is counted
+    # and the call fails over to the live one.
+    assert registry.attempt(view, PAYLOAD, 2, "1-1", clean_urls=clean) == {"from": "live"}
+    assert breaker.states([dead_url])[dead_url].consecutive_failures == 1
+    assert breaker.states([live.url])[live.url].state == "closed"
+
+    # Read again, the dead URL is not clean: once its breaker opens, calls skip it.
+    for _ in range(2):
+        registry.attempt(view, PAYLOAD, 2, "1-1", clean_urls=breaker.clean(list(view.urls)))
+    assert breaker.states([dead_url])[dead_url].state == "open"
+    clean = breaker.clean(list(view.urls))
+    assert clean == {live.url}
+    before = len(live.requests)
+    assert registry.attempt(view, PAYLOAD, 2, "1-1", clean_urls=clean) == {"from": "live"}
+    assert len(live.requests) == before + 1
