@@ -12,6 +12,8 @@ worker with `-P threads` on the `io.<tier>` queues) runs it here:
    back by the reconciler within a minute, however long a call may legitimately take.
 3. Each call runs in the process's call threads (one round over the service's URLs: breaker,
    failover and URL guard, `registry.attempt`), with `Idempotency-Key: <task id>-<attempt>`.
+   The chunk reads which URLs have a clean breaker once per BREAKER_READ_EVERY_S for all its
+   calls (`breaker.clean`); only the others cost breaker round trips call by call.
 4. As calls end, `REFILL` hands their slots straight to the next waiting ids (of any chunk); a
    slot is given back only when no one waits. Outcomes are recorded in batches, one statement
    each (app/services/outcomes.py), with each call's `duration_ms`.
