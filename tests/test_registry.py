@@ -351,34 +351,48 @@ def test_worker_runs_an_ai_task_against_the_registry_and_follows_a_put(
         worker.stop()
 
 
-def test_clean_urls_are_those_with_no_breaker_state(app, fake_service, dead_url, short_breaker):
+def test_a_reading_trusts_urls_with_no_breaker_state(app, fake_service, dead_url, short_breaker):
     live = fake_service(default=(200, {"ok": 1}))
-    assert breaker.clean([live.url, dead_url]) == {live.url, dead_url}
+    assert breaker.read([live.url, dead_url]).clean == {live.url, dead_url}
 
     breaker.record_failure(dead_url)
-    assert breaker.clean([live.url, dead_url]) == {live.url}
+    assert breaker.read([live.url, dead_url]).clean == {live.url}
 
 
-def test_a_call_read_as_clean_still_counts_its_failure_and_skips_no_open_breaker(
+def test_a_call_under_a_clean_reading_still_counts_failures_and_resets_them(
     app, fake_service, dead_url, short_breaker
 ):
     live = fake_service(default=(200, {"from": "live"}))
     registry.update_service("image", urls=[dead_url, live.url])
     view = registry.callable_view("image_generation")
-    clean = breaker.clean(list(view.urls))
+    reading = breaker.read(list(view.urls))
+    assert reading.trusts(dead_url) and reading.trusts(live.url)
 
-    # Both read as clean: no breaker round trip for them, but the dead URL's failure is counted
-    # and the call fails over to the live one.
-    assert registry.attempt(view, PAYLOAD, 2, "1-1", clean_urls=clean) == {"from": "live"}
+    # Both trusted: no breaker round trip for them, but the dead URL's failure is counted, the
+    # call fails over to the live one, and the reading no longer trusts the dead URL.
+    assert registry.attempt(view, PAYLOAD, 2, "1-1", reading=reading) == {"from": "live"}
     assert breaker.states([dead_url])[dead_url].consecutive_failures == 1
-    assert breaker.states([live.url])[live.url].state == "closed"
+    assert not reading.trusts(dead_url) and reading.trusts(live.url)
 
-    # Read again, the dead URL is not clean: once its breaker opens, calls skip it.
+    # A success on a URL seen failing since the reading resets its count, as without a reading.
+    flaky = fake_service(responses=[(503, {})], default=(200, {"from": "flaky"}))
+    registry.update_service("image", urls=[flaky.url])
+    view = registry.callable_view("image_generation")
+    reading = breaker.read(list(view.urls))
+    with pytest.raises(DownstreamError):
+        registry.attempt(view, PAYLOAD, 2, "2-1", reading=reading)
+    assert breaker.states([flaky.url])[flaky.url].consecutive_failures == 1
+    assert registry.attempt(view, PAYLOAD, 2, "3-1", reading=reading) == {"from": "flaky"}
+    assert breaker.states([flaky.url])[flaky.url].consecutive_failures == 0
+
+    # Read again after the dead URL's breaker opened: calls skip it.
+    registry.update_service("image", urls=[dead_url, live.url])
+    view = registry.callable_view("image_generation")
     for _ in range(2):
-        registry.attempt(view, PAYLOAD, 2, "1-1", clean_urls=breaker.clean(list(view.urls)))
+        registry.attempt(view, PAYLOAD, 2, "4-1", reading=breaker.read(list(view.urls)))
     assert breaker.states([dead_url])[dead_url].state == "open"
-    clean = breaker.clean(list(view.urls))
-    assert clean == {live.url}
-    before = len(live.requests)
-    assert registry.attempt(view, PAYLOAD, 2, "1-1", clean_urls=clean) == {"from": "live"}
-    assert len(live.requests) == before + 1
+    before = (len(live.requests), len(breaker.read(list(view.urls)).clean))
+    assert registry.attempt(view, PAYLOAD, 2, "5-1", reading=breaker.read(list(view.urls))) == {
+        "from": "live"
+    }
+    assert before[1] == 1 and len(live.requests) == before[0] + 1

@@ -15,6 +15,7 @@ blip into failed tasks.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import redis
@@ -98,24 +99,44 @@ def allow(url: str, trial_ttl_s: float) -> bool:
     return bool(allowed)
 
 
-def clean(urls: list[str]) -> frozenset[str]:
-    """The URLs whose breaker is closed with no failure counted, read in one round trip.
+@dataclass(frozen=True)
+class Reading:
+    """Which URLs had a closed breaker with no failure counted, read at `at` (monotonic)."""
 
-    A caller making many calls at once (the I/O pool) reads this every few tenths of a second
-    and then skips `allow` and `record_success` for these URLs: both would change nothing for a
-    closed breaker with no failures. Any other state still goes through the scripts call by call.
-    If Redis fails, no URL is called clean, and each call asks `allow` (which lets it through).
+    clean: frozenset[str] = frozenset()
+    at: float = float("-inf")
+
+    def trusts(self, url: str) -> bool:
+        """Whether a call may skip `allow` and `record_success` for url: it was clean when read,
+        and no call of this process has seen it fail since."""
+        return url in self.clean and _failed_here.get(url, float("-inf")) < self.at
+
+
+# When a call of this process last saw each URL fail (monotonic seconds).
+_failed_here: dict[str, float] = {}
+
+
+def read(urls: list[str]) -> Reading:
+    """Read which URLs have a clean breaker, in one round trip for all of them.
+
+    A caller making many calls at once (the I/O pool) reads this every tenth of a second and
+    skips `allow` and `record_success` for the URLs it trusts (`Reading.trusts`): both would
+    change nothing for a closed breaker with no failures. Once a call of this process sees a URL
+    fail, the reading no longer trusts it, so the successes that follow reset the count call by
+    call as before; calls of other processes notice from their next reading. Any other state
+    goes through the scripts call by call. If Redis fails, no URL is trusted.
     """
+    at = time.monotonic()
     if not urls:
-        return frozenset()
+        return Reading(frozenset(), at)
     try:
         with _redis().pipeline(transaction=False) as pipe:
             for url in urls:
                 pipe.exists(_key(url))
             present = pipe.execute()
     except redis.RedisError:
-        return frozenset()
-    return frozenset(url for url, found in zip(urls, present, strict=True) if not found)
+        return Reading(frozenset(), at)
+    return Reading(frozenset(u for u, found in zip(urls, present, strict=True) if not found), at)
 
 
 def record_success(url: str) -> None:
@@ -128,6 +149,7 @@ def record_success(url: str) -> None:
 
 def record_failure(url: str) -> str:
     """The URL failed (down, timed out, 5xx): count it; returns the breaker's new state."""
+    _failed_here[url] = time.monotonic()
     settings = current_app.config["SETTINGS"]
     try:
         state = _redis().eval(_FAILURE, 1, _key(url), settings.breaker_failures, IDLE_EXPIRY_S)

@@ -13,7 +13,8 @@ worker with `-P threads` on the `io.<tier>` queues) runs it here:
 3. Each call runs in the process's call threads (one round over the service's URLs: breaker,
    failover and URL guard, `registry.attempt`), with `Idempotency-Key: <task id>-<attempt>`.
    The chunk reads which URLs have a clean breaker once per BREAKER_READ_EVERY_S for all its
-   calls (`breaker.clean`); only the others cost breaker round trips call by call.
+   calls (`breaker.read`); only the others, and any URL seen failing since, cost breaker round
+   trips call by call.
 4. As calls end, `REFILL` hands their slots straight to the next waiting ids (of any chunk); a
    slot is given back only when no one waits. Outcomes are recorded in batches, one statement
    each (app/services/outcomes.py), with each call's `duration_ms`.
@@ -61,11 +62,13 @@ HEARTBEAT_S = 10.0
 # Outcomes are recorded once this many have ended, or after RECORD_EVERY_S.
 RECORD_BATCH = 128
 RECORD_EVERY_S = 0.2
-# How long a chunk trusts its reading of which URLs have a clean breaker (one round trip for all
-# of them, instead of two per call); a failed call reads it again before the next call starts.
+# How often a chunk reads which URLs have a clean breaker (one round trip for all of them,
+# instead of two per call; breaker.read).
 BREAKER_READ_EVERY_S = 0.1
 # How long the I/O pool's start waits for its call threads (start_call_threads).
 CALL_THREADS_START_S = 30.0
+# Threads of a process that record outcomes while the chunks go on handing slots to calls.
+RECORDER_THREADS = 2
 
 _RENEW_LEASES = """
 UPDATE tasks SET lease_expires_at = now() + make_interval(secs => :lease)
@@ -85,6 +88,7 @@ class _Holding:
 _holdings: dict[str, _Holding] = {}
 _holdings_lock = threading.Lock()
 _executor: tuple[int, ThreadPoolExecutor] | None = None
+_recorders: tuple[int, ThreadPoolExecutor] | None = None
 _heartbeat: tuple[int, threading.Thread] | None = None
 
 
@@ -141,9 +145,10 @@ class _Chunk:
         # Claimed tasks waiting for one of this chunk's slots, with their payloads.
         self.buffer: deque[tuple[Claimed, dict[str, Any]]] = deque()
         self.paused = False
-        self.clean_urls: frozenset[str] = frozenset()
-        self.clean_read_at = float("-inf")
+        self.breakers = breaker.Reading()
         self.outcomes: list[Outcome] = []
+        # Batches of outcomes being recorded in the recorder threads.
+        self.recordings: list[Future] = []
         self.again: list[tuple[Claimed, float]] = []
         self.counts = {"received": 0, "called": 0, "recorded": 0, "retried": 0}
         slots = inflight.slots_key(view.name)
@@ -213,6 +218,7 @@ class _Chunk:
             self._record()
             self._retry_later()
             self._give_back()
+            self._collect_recordings(wait_all=True)
             with _holdings_lock:
                 _holdings.pop(self.id, None)
         return self.counts
@@ -238,16 +244,14 @@ class _Chunk:
         if self._service_paused():
             self._put_back_buffer()
             return
-        now = time.monotonic()
-        if now - self.clean_read_at >= BREAKER_READ_EVERY_S:
-            self.clean_urls = breaker.clean(list(self.view.urls))
-            self.clean_read_at = now
+        if time.monotonic() - self.breakers.at >= BREAKER_READ_EVERY_S:
+            self.breakers = breaker.read(list(self.view.urls))
         while self.idle and self.buffer:
             token = self.idle.pop()
             task, payload = self.buffer.popleft()
             self.holding.tokens.add(token)
             future = _calls(self.app).submit(
-                _call, self.app, self.view, task, payload, self.clean_urls
+                _call, self.app, self.view, task, payload, self.breakers
             )
             self.in_flight[future] = (token, task)
             self.counts["called"] += 1
@@ -314,7 +318,6 @@ class _Chunk:
                 Outcome(task.id, TASK_COMPLETED, result, None, task.attempt, duration_ms)
             )
             return
-        self.clean_read_at = float("-inf")  # a breaker may have counted it: read them again
         if error.retryable and error.status == 429 and error.retry_after:
             self._pause(error.retry_after)
         if error.retryable and task.attempt < registry.rounds_allowed(task.retries):
@@ -327,12 +330,24 @@ class _Chunk:
         )
 
     def _record(self) -> None:
+        """Record the outcomes so far in a recorder thread: the statement takes tens of
+        milliseconds on a busy machine, and calls that end meanwhile get their slot's next task
+        from this loop at once instead of waiting for it."""
+        self._collect_recordings()
         if not self.outcomes:
             return
         outcomes, self.outcomes = self.outcomes, []
-        self.counts["recorded"] += record_outcomes(
-            outcomes, (TASK_RUNNING,), on_workflows=workflows.on_steps_moved
-        )
+        self.recordings.append(_recorder_threads().submit(_record_batch, self.app, outcomes))
+
+    def _collect_recordings(self, wait_all: bool = False) -> None:
+        """Count the batches recorded; with wait_all, wait for every one (a failed one raises)."""
+        pending = []
+        for future in self.recordings:
+            if wait_all or future.done():
+                self.counts["recorded"] += future.result()
+            else:
+                pending.append(future)
+        self.recordings = pending
 
     def _retry_later(self) -> None:
         if not self.again:
@@ -394,7 +409,7 @@ def _call(
     view: registry.ServiceView,
     task: Claimed,
     payload: dict[str, Any],
-    clean_urls: frozenset[str],
+    breakers: breaker.Reading,
 ) -> tuple[Any, DownstreamError | None, float]:
     """One task's call, in a call thread: (result, error, duration in ms)."""
     started = time.perf_counter()
@@ -405,7 +420,7 @@ def _call(
                 payload,
                 task.timeout or view.timeout_s,
                 f"{task.id}-{task.attempt}",
-                clean_urls=clean_urls,
+                reading=breakers,
             )
             error: DownstreamError | None = None
         except DownstreamError as failure:
@@ -415,6 +430,15 @@ def _call(
             result = None
             error = DownstreamError(f"internal error: {type(bug).__name__}", retryable=False)
     return result, error, (time.perf_counter() - started) * 1000
+
+
+def _record_batch(app: Flask, outcomes: list[Outcome]) -> int:
+    """Record one batch of outcomes, in a recorder thread (its own app context and session)."""
+    with app.app_context():
+        try:
+            return record_outcomes(outcomes, (TASK_RUNNING,), on_workflows=workflows.on_steps_moved)
+        finally:
+            db.session.remove()
 
 
 def _fail_all(task_ids: Iterable[int], message: str) -> dict[str, int]:
@@ -437,6 +461,18 @@ def _calls(app: Flask) -> ThreadPoolExecutor:
                 threads = app.config["SETTINGS"].io_call_threads
                 _executor = (pid, ThreadPoolExecutor(threads, thread_name_prefix="call"))
     return _executor[1]
+
+
+def _recorder_threads() -> ThreadPoolExecutor:
+    """The process's recorder threads (RECORDER_THREADS of them)."""
+    global _recorders
+    pid = os.getpid()
+    if _recorders is None or _recorders[0] != pid:
+        with _holdings_lock:
+            if _recorders is None or _recorders[0] != pid:
+                pool = ThreadPoolExecutor(RECORDER_THREADS, thread_name_prefix="record")
+                _recorders = (pid, pool)
+    return _recorders[1]
 
 
 def start_call_threads(app: Flask) -> int:

@@ -620,14 +620,14 @@ def attempt(
     payload: dict[str, Any],
     timeout: float,
     idempotency_key: str | None = None,
-    clean_urls: frozenset[str] = frozenset(),
+    reading: breaker.Reading | None = None,
 ) -> dict[str, Any]:
     """One round: each URL once, in order, until one answers; the caller holds the slot.
 
     URLs whose breaker is open are skipped, URLs the latest probe found down go last, and every
-    URL passes the URL guard (app/clients/ssrf.py) before it is called. `clean_urls`: URLs the
-    caller has just read as closed with no failure (`breaker.clean`); for them the breaker's
-    round trips would change nothing and are left out, unless the call fails.
+    URL passes the URL guard (app/clients/ssrf.py) before it is called. `reading`: the caller's
+    recent reading of which URLs have a clean breaker (`breaker.read`); for the URLs it trusts
+    the breaker's round trips would change nothing and are left out, unless the call fails.
     """
     # URLs the latest probe found down go last: probes can be wrong, calls are the real test.
     demoted = {e.url for e in view.endpoints if e.state == ENDPOINT_UNHEALTHY and e.fresh}
@@ -636,7 +636,8 @@ def attempt(
     trial_ttl = 2 * timeout + 5
     last_error: DownstreamError | None = None
     for url in ordered:
-        if url not in clean_urls and not breaker.allow(url, trial_ttl):
+        trusted = reading is not None and reading.trusts(url)
+        if not trusted and not breaker.allow(url, trial_ttl):
             continue
         try:
             target, headers = _target(url)
@@ -655,7 +656,7 @@ def attempt(
             if isinstance(error, (DownstreamHTTPError, DownstreamBadResponse)):
                 breaker.record_success(url)  # it answered: the URL is up, the request is bad
             raise
-        if url not in clean_urls:
+        if not (reading is not None and reading.trusts(url)):  # it may have failed meanwhile
             breaker.record_success(url)
         return result
     if last_error is None:
