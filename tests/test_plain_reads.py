@@ -62,9 +62,7 @@ def _start(client, count: int, task: dict) -> str:
     return created.get_json()["mass_action_id"]
 
 
-def test_a_mass_action_answers_what_its_schema_dumps_queued_and_with_its_aggregate(
-    client, worker
-):
+def test_a_mass_action_answers_what_its_schema_dumps_queued_and_with_its_aggregate(client, worker):
     task = {"type": "data_processing", "data": {"records": [{"a": "1"}, {"a": "2"}]}}
     mass_action_id = _start(client, 5, task)
     queued = _answers_what_its_schema_dumps(client, mass_action_id)
