@@ -12,10 +12,11 @@ from tests.test_io_pool import _image_service, create_swarm, pools  # noqa: F401
 from tests.test_mass_actions import ended, progress, start
 from tests.workers import wait_for
 
-pytestmark = pytest.mark.slow
+# Production's two pools (tests/test_io_pool.py) run beside every test here.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("pools")]
 
 
-def test_an_l20_call_goes_ahead_of_a_standard_backlog_of_calls(app, client, fake_service, pools):
+def test_an_l20_call_goes_ahead_of_a_standard_backlog_of_calls(app, client, fake_service):
     service = fake_service(default=Scripted(200, {"image": "x.png"}, delay=0.05))
     _image_service(client, service.url, 2)
     backlog = start(client, create_swarm(client, 200)["id"], "image_generation", {"prompt": "p"})
@@ -45,9 +46,7 @@ def test_an_l20_call_goes_ahead_of_a_standard_backlog_of_calls(app, client, fake
     assert ended(client, backlog["mass_action_id"], timeout=60)["counts"]["completed"] == 200
 
 
-def test_cpu_work_runs_beside_a_backlog_of_calls_without_waiting_on_it(
-    app, client, fake_service, pools
-):
+def test_cpu_work_runs_beside_a_backlog_of_calls_without_waiting_on_it(app, client, fake_service):
     # A slow service with one slot: 40 calls take at least 20 s.
     service = fake_service(default=Scripted(200, {"image": "x.png"}, delay=0.5))
     _image_service(client, service.url, 1)
