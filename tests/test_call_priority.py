@@ -1,7 +1,7 @@
-"""Priority in the I/O pool, in process (fast; tests/test_io_priority.py runs it with real
-worker processes): an L20 call that arrives behind a standard backlog of
-calls to the same full service takes the next freed slot, ahead of the backlog
-(app/services/calls.py, the lines of app/services/inflight.py)."""
+"""Priority in the I/O pool, in process and fast (tests/test_io_priority.py does the same with
+real worker processes): an L20 call that arrives behind a standard backlog of calls to the same
+full service takes the next freed slot, ahead of the backlog (app/services/calls.py, the lines
+of app/services/inflight.py)."""
 
 from __future__ import annotations
 
