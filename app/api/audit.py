@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, g, request
+from flask import Flask, request
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 from sqlalchemy.exc import DBAPIError
@@ -53,20 +53,20 @@ def list_audit(query):
 
 
 def register_audit(app: Flask) -> None:
-    """Record every successful write (create, scale, pause, delete, assign, registry change)."""
+    """Record every successful write (create, scale, pause, delete, assign, registry change),
+    each in its own transaction; a write that commits its entry in its own statement (a single
+    assignment) is left alone."""
 
     @app.after_request
     def _record(response):
-        if request.method in WRITE_METHODS and request.endpoint and response.status_code < 400:
-            entry = {
-                "key_name": g.get("api_key_name"),
-                "tenant": g.get("tenant"),
-                "action": request.endpoint,
-                "method": request.method,
-                "path": request.path,
-                "status": response.status_code,
-                "remote_addr": request.remote_addr,
-            }
+        pending = audit.pending_in_request()
+        if (
+            pending
+            and request.method in WRITE_METHODS
+            and request.endpoint
+            and response.status_code < 400
+        ):
+            entry = audit.request_entry(response.status_code)
             try:
                 audit.record(**entry)
             except DBAPIError:

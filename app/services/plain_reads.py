@@ -22,13 +22,14 @@ from app.services.tenancy import visible
 
 
 def fetch_one(sql: str, params: dict[str, Any]) -> Any:
-    """The first row of one SELECT, on a pooled connection without a transaction."""
+    """The first row of one statement, on a pooled connection without a transaction: a SELECT,
+    or a write that is then its own transaction, committed when this returns."""
     rows = fetch_all(sql, params)
     return rows[0] if rows else None
 
 
 def fetch_all(sql: str, params: dict[str, Any]) -> list[Any]:
-    """Every row of one SELECT, on a pooled connection without a transaction."""
+    """Every row of one statement, on a pooled connection without a transaction."""
     try:
         with db.engine.connect() as connection:
             autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
