@@ -16,7 +16,7 @@ from celery.signals import setup_logging, worker_process_init, worker_ready
 
 from app import create_app, metrics
 from app.dispatch import celery_of
-from app.extensions import db
+from app.extensions import autocommit_engine, db
 from app.logging import configure_logging
 
 # Allocations (less deallocations) between two collections of the youngest generation; Python's
@@ -39,6 +39,7 @@ def _fresh_connections(**_kwargs) -> None:
     """A forked pool process must not share the parent's database connections."""
     with flask_app.app_context():
         db.engine.dispose(close=False)
+        autocommit_engine().dispose(close=False)
 
 
 @worker_process_init.connect

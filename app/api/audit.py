@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from flask import Flask, request
+from flask import Flask, g, request
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 from sqlalchemy.exc import DBAPIError
@@ -52,6 +53,25 @@ def list_audit(query):
     }
 
 
+def request_entry(status: int) -> dict[str, Any]:
+    """The audit entry of the current request, answered with `status`."""
+    return {
+        "key_name": g.get("api_key_name"),
+        "tenant": g.get("tenant"),
+        "action": request.endpoint,
+        "method": request.method,
+        "path": request.path[: audit.MAX_PATH],
+        "status": status,
+        "remote_addr": request.remote_addr,
+    }
+
+
+def recorded_with_action() -> None:
+    """The current request's entry was committed with its action (app/services/audit.py:
+    insert_sql); the hook below adds none."""
+    g.audit_recorded = True
+
+
 def register_audit(app: Flask) -> None:
     """Record every successful write (create, scale, pause, delete, assign, registry change),
     each in its own transaction; a write that commits its entry in its own statement (a single
@@ -59,14 +79,15 @@ def register_audit(app: Flask) -> None:
 
     @app.after_request
     def _record(response):
-        pending = audit.pending_in_request()
+        # Asked of every request, so the mark never outlives it.
+        pending = not g.pop("audit_recorded", False)
         if (
             pending
             and request.method in WRITE_METHODS
             and request.endpoint
             and response.status_code < 400
         ):
-            entry = audit.request_entry(response.status_code)
+            entry = request_entry(response.status_code)
             try:
                 audit.record(**entry)
             except DBAPIError:

@@ -84,8 +84,11 @@ SELECT task.id, task.tier,
 ASSIGNED_STATUS = 202
 
 
-def assign_to_bot(bot_id: str, type_name: str, data: dict[str, Any]) -> Assignment:
-    """Give one task to one active bot (committed with its audit entry), then publish it."""
+def assign_to_bot(
+    bot_id: str, type_name: str, data: dict[str, Any], audit_entry: dict[str, Any] | None = None
+) -> Assignment:
+    """Give one task to one active bot, then publish it; `audit_entry` (the caller's request,
+    answered with ASSIGNED_STATUS) is committed with it."""
     task_type = get_task_type(type_name)
     require_runnable(task_type)
     now = utcnow()
@@ -98,13 +101,12 @@ def assign_to_bot(bot_id: str, type_name: str, data: dict[str, Any]) -> Assignme
             "data": json.dumps(data),
             "type": type_name,
             "now": now,
-            **audit.audit_params(audit.request_entry(ASSIGNED_STATUS)),
+            **audit.audit_params(audit_entry),
         },
     )
     if row is None:
         _refuse(bot_id, task_type)
     task_id, tier, _counted = row
-    audit.recorded_in_request()
     metrics.count_assigned(tier, type_name)
     publish_chunks([task_id], tier, **{**route_of(type_name), "chunk_size": 1})
     return Assignment(task_id=task_id, bot_id=bot_id, task_type=type_name, assigned_at=now)

@@ -1,4 +1,5 @@
-"""The hottest reads, answered with one SELECT on a pooled connection in autocommit.
+"""The hottest reads, answered with one SELECT on a pooled connection in autocommit (the app's
+autocommit engine, app/extensions.py).
 
 No ORM session, no BEGIN/ROLLBACK, no model objects and no schema: the row becomes the answer's
 JSON directly, in the fields and order of the documented schema (app/api/schemas.py: BotOut,
@@ -15,7 +16,7 @@ import psycopg2
 from sqlalchemy import text
 
 from app.errors import DatabaseUnavailable, NotFound
-from app.extensions import db
+from app.extensions import autocommit_engine
 from app.services.counter_shards import swarm_counters_sql, swarm_shards_join
 from app.services.ids import iso
 from app.services.tenancy import visible
@@ -31,12 +32,11 @@ def fetch_one(sql: str, params: dict[str, Any]) -> Any:
 def fetch_all(sql: str, params: dict[str, Any]) -> list[Any]:
     """Every row of one statement, on a pooled connection without a transaction."""
     try:
-        with db.engine.connect() as connection:
-            autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
-            return list(autocommit.execute(text(sql), params))
+        with autocommit_engine().connect() as connection:
+            return list(connection.execute(text(sql), params))
     except (psycopg2.OperationalError, psycopg2.InterfaceError) as error:
-        # Raised unwrapped by the pool when it resets the isolation level of a connection whose
-        # server went away (errors SQLAlchemy wraps reach app/errors.py's handler instead).
+        # Raised unwrapped by the pool when it handles a connection whose server went away
+        # (errors SQLAlchemy wraps reach app/errors.py's handler instead).
         raise DatabaseUnavailable("The database is unavailable.") from error
 
 
