@@ -13,10 +13,10 @@ import json
 from typing import Any
 
 import psycopg2
-from sqlalchemy import text
 
 from app.errors import DatabaseUnavailable, NotFound
 from app.extensions import autocommit_engine
+from app.services import prepared
 from app.services.counter_shards import swarm_counters_sql, swarm_shards_join
 from app.services.ids import iso
 from app.services.tenancy import visible
@@ -33,7 +33,7 @@ def fetch_all(sql: str, params: dict[str, Any]) -> list[Any]:
     """Every row of one statement, on a pooled connection without a transaction."""
     try:
         with autocommit_engine().connect() as connection:
-            return list(connection.execute(text(sql), params))
+            return list(prepared.execute(connection, sql, params))
     except (psycopg2.OperationalError, psycopg2.InterfaceError) as error:
         # Raised unwrapped by the pool when it handles a connection whose server went away
         # (errors SQLAlchemy wraps reach app/errors.py's handler instead).
