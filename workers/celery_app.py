@@ -32,6 +32,11 @@ def _setup_logging(loglevel=None, **_kwargs) -> None:
     """Replace Celery's log setup with the service's (LOG_FORMAT); Celery then leaves it alone."""
     configure_logging(flask_app.config["SETTINGS"].log_format, loglevel or "INFO", own=True)
     logging.getLogger().setLevel(loglevel or "INFO")
+    # Celery's "Task ... succeeded" line per message repeats the worker's own line per chunk
+    # (workers/tasks.py), which also carries the request id; a failing task still logs (ERROR),
+    # and `--loglevel DEBUG` shows them all.
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
 
 
 @worker_process_init.connect

@@ -189,7 +189,8 @@ def run_chunk(task_ids: list[int], redelivered: bool = False) -> dict[str, int]:
             folded_ahead=ahead,
         )
     failed = sum(1 for o in outcomes if o.state == TASK_FAILED)
-    log.info(
+    # DEBUG: the worker's own line per chunk (workers/tasks.py) says as much at INFO.
+    log.debug(
         "chunk done: %d received, %d claimed, %d recorded, %d failed in %.0f ms",
         len(task_ids),
         len(claimed),
