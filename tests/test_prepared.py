@@ -46,3 +46,14 @@ def test_a_prepared_statement_outlives_a_rolled_back_transaction(app):
         True,
     )
     db.session.rollback()
+
+
+def test_a_statement_over_many_rows_is_planned_each_time_not_prepared(app):
+    sql = "SELECT count(*) AS n FROM unnest(CAST(:ids AS bigint[])) AS ids"
+    ids = "{" + ",".join(str(i) for i in range(prepared.FEW_ROWS + 1)) + "}"
+    with autocommit_engine().connect() as connection:
+        many = prepared.execute(connection, sql, {"ids": ids}, rows=prepared.FEW_ROWS + 1).one()
+        assert not [s for s in _prepared_here(connection) if "unnest" in s]
+        few = prepared.execute(connection, sql, {"ids": "{1,2}"}, rows=2).one()
+        assert [s for s in _prepared_here(connection) if "unnest" in s]
+    assert (many.n, few.n) == (prepared.FEW_ROWS + 1, 2)

@@ -156,7 +156,7 @@ def run_chunk(task_ids: list[int], redelivered: bool = False) -> dict[str, int]:
     payloads: dict[int, dict[str, Any]] = {}
     if not redelivered:
         # No transaction: none is held while handlers run, and finished_at is the record's.
-        rows = fetch_all(_PEEK, {"ids": _id_array(task_ids)})
+        rows = fetch_all(_PEEK, {"ids": _id_array(task_ids)}, rows=len(task_ids))
         if rows and all(row[1] in ONE_STEP_TYPES for row in rows):
             claimed, since = [Claimed(*row[:8]) for row in rows], rows[0][8]
             payloads = {row[2]: row[9] for row in rows if row[9] is not None}

@@ -247,7 +247,9 @@ def record_outcomes(
     deadlocks = 0
     while True:
         try:
-            row: Any = prepared.execute(db.session.connection(), statement, params).one()
+            row: Any = prepared.execute(
+                db.session.connection(), statement, params, rows=len(outcomes)
+            ).one()
             moved, workflow_ids, summary, mass_actions, _tallied, moved_ids = row
             if mass_actions:
                 by_id = {outcome.task_id: outcome for outcome in outcomes}

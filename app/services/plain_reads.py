@@ -29,11 +29,12 @@ def fetch_one(sql: str, params: dict[str, Any]) -> Any:
     return rows[0] if rows else None
 
 
-def fetch_all(sql: str, params: dict[str, Any]) -> list[Any]:
-    """Every row of one statement, on a pooled connection without a transaction."""
+def fetch_all(sql: str, params: dict[str, Any], rows: int = 1) -> list[Any]:
+    """Every row of one statement, on a pooled connection without a transaction; `rows`: how
+    many it works on (app/services/prepared.py)."""
     try:
         with autocommit_engine().connect() as connection:
-            return list(prepared.execute(connection, sql, params))
+            return list(prepared.execute(connection, sql, params, rows))
     except (psycopg2.OperationalError, psycopg2.InterfaceError) as error:
         # Raised unwrapped by the pool when it handles a connection whose server went away
         # (errors SQLAlchemy wraps reach app/errors.py's handler instead).
