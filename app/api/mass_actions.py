@@ -13,7 +13,7 @@ from app.api.schemas import (
     MassActionResultList,
     ResultPage,
 )
-from app.services import mass_actions
+from app.services import mass_actions, plain_reads
 from app.services.ids import task_public_id
 
 blp = Blueprint("mass_actions", __name__, description="Mass-actions: progress, results, cancel")
@@ -25,7 +25,7 @@ NDJSON = "application/x-ndjson"
 @blp.response(200, MassActionOut)
 def get_mass_action(mass_action_id):
     """Progress (counts per state, percent, rate, ETA) and the aggregate of one mass-action."""
-    return mass_actions.view_mass_action(mass_action_id)
+    return Response(plain_reads.mass_action_json(mass_action_id), mimetype="application/json")
 
 
 @blp.route("/mass-actions/<mass_action_id>/results", methods=["GET"])

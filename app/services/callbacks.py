@@ -129,16 +129,25 @@ def view(resource_id: str, url: str | None) -> dict[str, Any] | None:
         select(Callback).where(Callback.resource_id == resource_id),
         execution_options={"populate_existing": True},
     ).scalar_one_or_none()
-    if row is None:
+    return describe(url, row)
+
+
+def describe(url: str | None, delivery: Any) -> dict[str, Any] | None:
+    """The delivery state of a resource with this callback_url, from its `callbacks` row (or any
+    object with that row's url, state, attempts, last_status, last_error and delivered_at; None
+    while the resource has not ended)."""
+    if url is None:
+        return None
+    if delivery is None:
         return {"url": url, "state": "waiting", "attempts": 0, "last_status": None,
                 "last_error": None, "delivered_at": None}  # fmt: skip
     return {
-        "url": row.url,
-        "state": row.state,
-        "attempts": row.attempts,
-        "last_status": row.last_status,
-        "last_error": row.last_error,
-        "delivered_at": iso(row.delivered_at) if row.delivered_at else None,
+        "url": delivery.url,
+        "state": delivery.state,
+        "attempts": delivery.attempts,
+        "last_status": delivery.last_status,
+        "last_error": delivery.last_error,
+        "delivered_at": iso(delivery.delivered_at) if delivery.delivered_at else None,
     }
 
 

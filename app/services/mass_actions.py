@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import func, select, text
 
@@ -23,7 +23,7 @@ from app.errors import Conflict, NotFound
 from app.extensions import db
 from app.models import MassAction, MassActionPartial, Swarm
 from app.services import callbacks, mass_action_events, partials, swarms, task_rows
-from app.services.ids import MASS_ACTION_PREFIX, new_id, utcnow
+from app.services.ids import MASS_ACTION_PREFIX, iso, new_id, utcnow
 from app.services.mass_action_events import ENDED, FinishedMassAction
 from app.services.payloads import store_payload
 from app.services.task_types import get_task_type, route_of
@@ -71,11 +71,48 @@ class MassAssignment:
     assigned_at: datetime
 
 
+class MassActionFields(Protocol):
+    """What a view reads of a mass-action: its model object, or a row of the same columns."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def swarm_id(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def tier(self) -> str: ...
+    @property
+    def workflow_id(self) -> str | None: ...
+    @property
+    def step(self) -> int | None: ...
+    @property
+    def total(self) -> int: ...
+    @property
+    def running(self) -> int: ...
+    @property
+    def completed(self) -> int: ...
+    @property
+    def failed(self) -> int: ...
+    @property
+    def cancelled(self) -> int: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def started_at(self) -> datetime | None: ...
+    @property
+    def finished_at(self) -> datetime | None: ...
+    @property
+    def cancel_requested_at(self) -> datetime | None: ...
+    @property
+    def callback_url(self) -> str | None: ...
+
+
 @dataclass(frozen=True)
 class MassActionView:
     """A mass-action with its progress figures, as GET /mass-actions/{id} shows it."""
 
-    mass_action: MassAction
+    mass_action: MassActionFields
     now: datetime
     aggregate: dict[str, Any] | None = field(default=None)
 
@@ -154,6 +191,31 @@ class MassActionView:
         if not rate:
             return None
         return round((self.mass_action.total - self.ended) / rate, 1)
+
+    def document(self, callback: dict[str, Any] | None) -> dict[str, Any]:
+        """The answer of GET /mass-actions/{id}, in the fields and order of its schema
+        (MassActionOut), for the read that skips the schema; `callback` is the delivery state."""
+        m = self.mass_action
+        return {
+            "id": m.id,
+            "swarm_id": m.swarm_id,
+            "task_type": m.type,
+            "tier": m.tier,
+            "status": self.status,
+            "workflow_id": m.workflow_id,
+            "step": m.step,
+            "counts": self.counts,
+            "percent": self.percent,
+            "tasks_per_second": self.tasks_per_second,
+            "eta_seconds": self.eta_seconds,
+            "created_at": iso(m.created_at),
+            "started_at": iso(m.started_at),
+            "finished_at": iso(m.finished_at),
+            "cancel_requested_at": iso(m.cancel_requested_at),
+            "aggregate": self.aggregate,
+            "results": self.results_path,
+            "callback": callback,
+        }
 
 
 # ---- creating ------------------------------------------------------------------------------

@@ -3,7 +3,7 @@ autocommit engine, app/extensions.py).
 
 No ORM session, no BEGIN/ROLLBACK, no model objects and no schema: the row becomes the answer's
 JSON directly, in the fields and order of the documented schema (app/api/schemas.py: BotOut,
-SwarmOut), which tests/test_plain_reads.py holds them to. Measured on the read benchmark
+SwarmOut, MassActionOut), which tests/test_plain_reads.py holds them to. Measured on the read benchmark
 (docs/performance.md, the online path).
 """
 
@@ -16,9 +16,10 @@ import psycopg2
 
 from app.errors import DatabaseUnavailable, NotFound
 from app.extensions import autocommit_engine
-from app.services import prepared
+from app.services import callbacks, partials, prepared
 from app.services.counter_shards import swarm_counters_sql, swarm_shards_join
-from app.services.ids import iso
+from app.services.ids import iso, utcnow
+from app.services.mass_actions import MassActionView
 from app.services.tenancy import visible
 
 
@@ -111,3 +112,28 @@ def swarm_json(swarm_id: str) -> str:
             "created_at": iso(row.created_at),
         }
     )
+
+
+# The row, its aggregate's partials and its callback's delivery, in one statement.
+_MASS_ACTION = """
+SELECT m.id, m.swarm_id, m.tenant, m.type, m.tier, m.workflow_id, m.step, m.total, m.running,
+       m.completed, m.failed, m.cancelled, m.created_at, m.started_at, m.finished_at,
+       m.cancel_requested_at, m.callback_url,
+       (SELECT json_agg(json_build_array(p.id, p.partial)) FROM mass_action_partials p
+         WHERE p.mass_action_id = m.id) AS partials,
+       c.resource_id IS NOT NULL AS delivery_started, c.url, c.state, c.attempts, c.last_status,
+       c.last_error, c.delivered_at
+  FROM mass_actions m LEFT JOIN callbacks c ON c.resource_id = m.id
+ WHERE m.id = :id
+"""
+
+
+def mass_action_json(mass_action_id: str) -> str:
+    """GET /mass-actions/{id} as JSON text, or 404 (also another tenant's mass-action)."""
+    row = fetch_one(_MASS_ACTION, {"id": mass_action_id})
+    if row is None or not visible(row.tenant):
+        raise NotFound(f"Mass-action {mass_action_id!r} not found.")
+    aggregate = partials.aggregate(row.id, row.type, row.partials or [])
+    view = MassActionView(row, utcnow(), aggregate)
+    delivery = callbacks.describe(row.callback_url, row if row.delivery_started else None)
+    return json.dumps(view.document(delivery))
