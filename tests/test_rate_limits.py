@@ -260,3 +260,24 @@ def test_taking_a_call_answers_the_window_read_after_it_without_asking_redis(
     finally:
         for key in redis.scan_iter("T-WINDOW*"):
             redis.delete(key)
+
+
+def test_taking_a_call_after_redis_forgot_the_scripts_loads_them_again(test_env, redis_client):
+    from limits import parse
+    from limits.storage import storage_from_string
+    from limits.strategies import SlidingWindowCounterRateLimiter
+
+    from app.api.limit_storage import SCHEME_PREFIX
+
+    storage = storage_from_string(SCHEME_PREFIX + test_env["REDIS_URL"], key_prefix="T-FORGOT")
+    limiter = SlidingWindowCounterRateLimiter(storage)
+    limit = parse("2 per minute")
+    try:
+        assert limiter.hit(limit, "caller")
+        # What a Redis restart does to the scripts the storage loaded.
+        redis_client.script_flush()
+        assert [limiter.hit(limit, "caller") for _ in range(2)] == [True, False]
+        assert limiter.get_window_stats(limit, "caller").remaining == 0
+    finally:
+        for key in redis_client.scan_iter("T-FORGOT*"):
+            redis_client.delete(key)
