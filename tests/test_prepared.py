@@ -15,9 +15,7 @@ SELECT CAST(:word AS text) || '%' AS word, CAST(:n AS int) + '1'::int AS next,
 
 
 def _prepared_here(connection) -> list[str]:
-    return list(
-        connection.execute(text("SELECT statement FROM pg_prepared_statements")).scalars()
-    )
+    return list(connection.execute(text("SELECT statement FROM pg_prepared_statements")).scalars())
 
 
 def test_a_statement_is_prepared_once_per_connection_and_answers_as_text_does(app):
