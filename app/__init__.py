@@ -11,7 +11,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from app.config import Settings
 from app.dispatch import init_celery
 from app.errors import register_error_handlers
-from app.extensions import db, migrate
+from app.extensions import db, init_autocommit_engine, migrate
 from app.logging import configure_logging, register_request_logging
 from app.services import task_types
 
@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     task_types.init_app(app, settings.task_type_plugins)
 
     db.init_app(app)
+    init_autocommit_engine(app)
     migrate.init_app(app, db, directory=str(_migrations_dir()))
     app.extensions["redis"] = redis.Redis.from_url(
         settings.redis_url, socket_timeout=2, socket_connect_timeout=2

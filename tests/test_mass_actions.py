@@ -708,6 +708,29 @@ def test_partials_are_written_per_chunk_and_compacted_on_read(client):
     assert progress(client, mass_action_id)["aggregate"] == first["aggregate"]
 
 
+def test_a_polled_aggregate_is_merged_again_only_when_its_partials_moved(client, monkeypatch):
+    swarm = create_swarm(client, 6)
+    mass_action_id = start(client, swarm["id"])["mass_action_id"]
+    ids = _task_ids(mass_action_id)
+    execution.run_chunk(ids[:2])
+    merges: list[str] = []
+    combine = aggregates.combine
+
+    def counted_combine(task_type, rows):
+        merges.append(task_type)
+        return combine(task_type, rows)
+
+    monkeypatch.setattr(aggregates, "combine", counted_combine)
+
+    polled = [progress(client, mass_action_id)["aggregate"] for _ in range(3)]
+    assert merges == ["echo"]
+    assert all(one == {"tasks": {"completed": 2}, "failures_by_reason": {}} for one in polled)
+
+    execution.run_chunk(ids[2:5])
+    assert progress(client, mass_action_id)["aggregate"]["tasks"] == {"completed": 5}
+    assert merges == ["echo", "echo"]
+
+
 def test_the_partial_folded_before_the_record_counts_only_when_the_same_tasks_moved(
     client, monkeypatch
 ):

@@ -227,3 +227,57 @@ def test_a_bad_limit_string_stops_the_start_with_the_message(test_env):
     assert started.returncode != 0
     assert "RATE_LIMIT must be one or more limits" in started.stderr
     assert "'10/second;500/fortnight'" in started.stderr
+
+
+def test_taking_a_call_answers_the_window_read_after_it_without_asking_redis(
+    test_env, redis_client
+):
+    redis = redis_client
+    from limits import parse
+    from limits.storage import storage_from_string
+    from limits.strategies import SlidingWindowCounterRateLimiter
+
+    from app.api.limit_storage import SCHEME_PREFIX, WindowedRedisStorage
+
+    storage = storage_from_string(SCHEME_PREFIX + test_env["REDIS_URL"], key_prefix="T-WINDOW")
+    assert isinstance(storage, WindowedRedisStorage)
+    limiter = SlidingWindowCounterRateLimiter(storage)
+    limit = parse("3 per minute")
+    try:
+        assert [limiter.hit(limit, "caller") for _ in range(4)] == [True, True, True, False]
+        # The window the refused take saw; Redis holds the same.
+        fresh = storage.get_sliding_window(limit.key_for("caller"), limit.get_expiry())
+        assert fresh[0] == 0 and fresh[2] == 3 and 60 < fresh[3] <= 120
+        assert limiter.get_window_stats(limit, "caller").remaining == 0
+
+        limiter.hit(limit, "other")
+        # The counters go away: the read right after the take still answers from the take...
+        for key in redis.scan_iter("T-WINDOW*"):
+            redis.delete(key)
+        assert limiter.get_window_stats(limit, "other").remaining == 2
+        # ...once only; the next read asks Redis.
+        assert limiter.get_window_stats(limit, "other").remaining == 3
+    finally:
+        for key in redis.scan_iter("T-WINDOW*"):
+            redis.delete(key)
+
+
+def test_taking_a_call_after_redis_forgot_the_scripts_loads_them_again(test_env, redis_client):
+    from limits import parse
+    from limits.storage import storage_from_string
+    from limits.strategies import SlidingWindowCounterRateLimiter
+
+    from app.api.limit_storage import SCHEME_PREFIX
+
+    storage = storage_from_string(SCHEME_PREFIX + test_env["REDIS_URL"], key_prefix="T-FORGOT")
+    limiter = SlidingWindowCounterRateLimiter(storage)
+    limit = parse("2 per minute")
+    try:
+        assert limiter.hit(limit, "caller")
+        # What a Redis restart does to the scripts the storage loaded.
+        redis_client.script_flush()
+        assert [limiter.hit(limit, "caller") for _ in range(2)] == [True, False]
+        assert limiter.get_window_stats(limit, "caller").remaining == 0
+    finally:
+        for key in redis_client.scan_iter("T-FORGOT*"):
+            redis_client.delete(key)

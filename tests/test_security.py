@@ -623,6 +623,28 @@ def test_audit_lists_control_actions_newest_first_for_admins_only(client, caller
     assert older["next_before"] == ids[3]
 
 
+def test_a_single_assignment_is_audited_once_in_its_own_statement(client, callers):
+    headers = bearer(callers["tenant_a"])
+    bot = ok(client.post("/bots", json={"name": "a", "tier": "L20"}, headers=headers), 201)
+    path = f"/bots/{bot['id']}/tasks"
+    ok(client.post(path, json={"type": "echo"}, headers=headers), 202)
+    # Refused: not a control action, no entry.
+    ok(client.patch(f"/bots/{bot['id']}", json={"status": "paused"}, headers=headers), 200)
+    ok(client.post(path, json={"type": "echo"}, headers=headers), 409)
+
+    items = ok(client.get("/audit", headers=bearer(callers["admin"])), 200)["items"]
+
+    assigned = [item for item in items if item["action"] == "bots.assign_task"]
+    assert [
+        (i["key_name"], i["tenant"], i["method"], i["path"], i["status"]) for i in assigned
+    ] == [("tenant-a-ops", "tenant-a", "POST", path, 202)]
+    assert [i["action"] for i in items] == [
+        "bots.update_bot",
+        "bots.assign_task",
+        "bots.create_bot",
+    ]
+
+
 def test_audit_names_the_tenant_of_a_tenant_keys_action(client, callers):
     ok(
         client.post(

@@ -17,7 +17,7 @@ from celery.signals import setup_logging, worker_process_init, worker_ready
 
 from app import create_app, metrics
 from app.dispatch import celery_of
-from app.extensions import db
+from app.extensions import autocommit_engine, db
 from app.logging import configure_logging
 from app.services import calls
 
@@ -34,6 +34,11 @@ def _setup_logging(loglevel=None, **_kwargs) -> None:
     """Replace Celery's log setup with the service's (LOG_FORMAT); Celery then leaves it alone."""
     configure_logging(flask_app.config["SETTINGS"].log_format, loglevel or "INFO", own=True)
     logging.getLogger().setLevel(loglevel or "INFO")
+    # Celery's "Task ... succeeded" line per message repeats the worker's own line per chunk
+    # (workers/tasks.py), which also carries the request id; a failing task still logs (ERROR),
+    # and `--loglevel DEBUG` shows them all.
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
 
 
 @worker_process_init.connect
@@ -41,6 +46,7 @@ def _fresh_connections(**_kwargs) -> None:
     """A forked pool process must not share the parent's database connections."""
     with flask_app.app_context():
         db.engine.dispose(close=False)
+        autocommit_engine().dispose(close=False)
 
 
 @worker_process_init.connect

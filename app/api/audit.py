@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from flask import Flask, g, request
 from flask_smorest import Blueprint
@@ -52,21 +53,41 @@ def list_audit(query):
     }
 
 
+def request_entry(status: int) -> dict[str, Any]:
+    """The audit entry of the current request, answered with `status`."""
+    return {
+        "key_name": g.get("api_key_name"),
+        "tenant": g.get("tenant"),
+        "action": request.endpoint,
+        "method": request.method,
+        "path": request.path[: audit.MAX_PATH],
+        "status": status,
+        "remote_addr": request.remote_addr,
+    }
+
+
+def recorded_with_action() -> None:
+    """The current request's entry was committed with its action (app/services/audit.py:
+    insert_sql); the hook below adds none."""
+    g.audit_recorded = True
+
+
 def register_audit(app: Flask) -> None:
-    """Record every successful write (create, scale, pause, delete, assign, registry change)."""
+    """Record every successful write (create, scale, pause, delete, assign, registry change),
+    each in its own transaction; a write that commits its entry in its own statement (a single
+    assignment) is left alone."""
 
     @app.after_request
     def _record(response):
-        if request.method in WRITE_METHODS and request.endpoint and response.status_code < 400:
-            entry = {
-                "key_name": g.get("api_key_name"),
-                "tenant": g.get("tenant"),
-                "action": request.endpoint,
-                "method": request.method,
-                "path": request.path,
-                "status": response.status_code,
-                "remote_addr": request.remote_addr,
-            }
+        # Asked of every request, so the mark never outlives it.
+        pending = not g.pop("audit_recorded", False)
+        if (
+            pending
+            and request.method in WRITE_METHODS
+            and request.endpoint
+            and response.status_code < 400
+        ):
+            entry = request_entry(response.status_code)
             try:
                 audit.record(**entry)
             except DBAPIError:

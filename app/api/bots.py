@@ -8,6 +8,7 @@ from flask import Response
 from flask_smorest import Blueprint
 from werkzeug.routing import BaseConverter
 
+from app.api.audit import recorded_with_action, request_entry
 from app.api.openapi import link, links
 from app.api.schemas import (
     BotCreate,
@@ -124,7 +125,10 @@ def retire_bot(bot_id):
 )
 def assign_task(body, bot_id):
     """Give a task to a bot; it runs on the worker pool."""
-    return assignments.assign_to_bot(bot_id, body["type"], body["data"])
+    entry = request_entry(assignments.ASSIGNED_STATUS)
+    assigned = assignments.assign_to_bot(bot_id, body["type"], body["data"], audit_entry=entry)
+    recorded_with_action()
+    return assigned
 
 
 @blp.route("/bots/<bot:bot_id>/tasks", methods=["GET"])

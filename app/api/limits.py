@@ -18,6 +18,7 @@ from flask import Flask, Response, request
 from flask_limiter import ApplicationLimit, Limiter, RequestLimit
 
 from app.api.auth import caller_identity
+from app.api.limit_storage import SCHEME_PREFIX
 from app.errors import Invalid, NotFound, TooDeep
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,8 @@ def register_limits(app: Flask) -> Limiter:
     settings = app.config["SETTINGS"]
     limiter = Limiter(
         key_func=caller_identity,
-        storage_uri=settings.redis_url,
+        # limits' Redis storage, taking a call and reading its window in one round trip.
+        storage_uri=SCHEME_PREFIX + settings.redis_url,
         storage_options={"socket_connect_timeout": 1, "socket_timeout": 1},
         application_limits=(
             [ApplicationLimit(settings.rate_limit, key_function=caller_identity)]

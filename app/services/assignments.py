@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn
 
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from app import metrics
 from app.dispatch import publish_chunks
@@ -22,7 +22,7 @@ from app.models import (
     Task,
     Workflow,
 )
-from app.services import task_rows, workflows
+from app.services import audit, plain_reads, task_rows, workflows
 from app.services.counter_shards import add_to_swarms_sql, add_to_totals_sql
 from app.services.ids import utcnow
 from app.services.outcomes import Outcome, record_outcomes
@@ -48,8 +48,10 @@ class Assignment:
 
 
 # One assignment in one statement: the bot (active, visible, capable) counts the task, its data
-# and row are inserted, and the swarm's and the service's shard rows count it, in the lock order
-# of app/services/counter_shards.py (the final SELECT reads the shard upserts in that order).
+# and row are inserted, the swarm's and the service's shard rows count it, in the lock order of
+# app/services/counter_shards.py (the final SELECT reads the shard upserts in that order), and the
+# audit log records it. Run alone in autocommit, the statement is its own transaction: one round
+# trip to PostgreSQL, committed (and the audit entry with it) when it returns.
 _ASSIGN = f"""
 WITH bot AS (
     UPDATE bots SET total_tasks = total_tasks + 1
@@ -69,19 +71,29 @@ WITH bot AS (
 ), per_total AS (
     {add_to_totals_sql("SELECT 'tasks_assigned', 1 FROM bot")}
     RETURNING 1
+), audited AS (
+    {audit.insert_sql("bot")}
+    RETURNING 1
 )
-SELECT task.id, task.tier, (SELECT count(*) FROM per_swarm) + (SELECT count(*) FROM per_total)
+SELECT task.id, task.tier,
+       (SELECT count(*) FROM per_swarm) + (SELECT count(*) FROM per_total)
+       + (SELECT count(*) FROM audited)
   FROM task
 """
+# The answer's status, which the audit entry records.
+ASSIGNED_STATUS = 202
 
 
-def assign_to_bot(bot_id: str, type_name: str, data: dict[str, Any]) -> Assignment:
-    """Give one task to one active bot, then publish it."""
+def assign_to_bot(
+    bot_id: str, type_name: str, data: dict[str, Any], audit_entry: dict[str, Any] | None = None
+) -> Assignment:
+    """Give one task to one active bot, then publish it; `audit_entry` (the caller's request,
+    answered with ASSIGNED_STATUS) is committed with it."""
     task_type = get_task_type(type_name)
     require_runnable(task_type)
     now = utcnow()
-    row = db.session.execute(
-        text(_ASSIGN),
+    row = plain_reads.fetch_one(
+        _ASSIGN,
         {
             "bot_id": bot_id,
             "tenant": current_tenant(),
@@ -89,13 +101,12 @@ def assign_to_bot(bot_id: str, type_name: str, data: dict[str, Any]) -> Assignme
             "data": json.dumps(data),
             "type": type_name,
             "now": now,
+            **audit.audit_params(audit_entry),
         },
-    ).first()
+    )
     if row is None:
-        db.session.rollback()
         _refuse(bot_id, task_type)
     task_id, tier, _counted = row
-    db.session.commit()
     metrics.count_assigned(tier, type_name)
     publish_chunks([task_id], tier, **{**route_of(type_name), "chunk_size": 1})
     return Assignment(task_id=task_id, bot_id=bot_id, task_type=type_name, assigned_at=now)

@@ -25,6 +25,7 @@ from app.services import aggregates, mass_action_counts, workflows
 from app.services.aggregates import Finished
 from app.services.outcomes import Outcome, record_outcomes
 from app.services.payloads import load_payloads
+from app.services.plain_reads import fetch_all
 from app.services.task_types import catalogue
 
 log = logging.getLogger(__name__)
@@ -65,10 +66,13 @@ ONE_STEP_TYPES = frozenset(
     {"echo", "data_processing", "mass_data_processing", "distributed_analysis", "reporting"}
 )
 
+# Read in autocommit (no transaction to end before the handlers run), with each payload's data
+# once: on the first row of the tasks sharing it (a mass-action's chunk shares one).
 _PEEK = """
 SELECT t.id, t.type, t.payload_id, t.slice_index, t.attempts + 1, t.timeout_s, t.retries,
-       t.slice_count, now()
-  FROM tasks t
+       t.slice_count, now(),
+       CASE WHEN row_number() OVER (PARTITION BY t.payload_id) = 1 THEN p.data END
+  FROM tasks t LEFT JOIN task_payloads p ON p.id = t.payload_id
  WHERE t.id = ANY(CAST(:ids AS bigint[])) AND (t.status = 'assigned') IS TRUE
    AND (t.bot_id IS NULL
         OR EXISTS (SELECT 1 FROM bots b WHERE b.id = t.bot_id AND b.status = 'active'))
@@ -149,19 +153,21 @@ def run_chunk(task_ids: list[int], redelivered: bool = False) -> dict[str, int]:
     started = time.monotonic()
     claimed: list[Claimed] = []
     since = None
+    payloads: dict[int, dict[str, Any]] = {}
     if not redelivered:
-        rows = db.session.execute(text(_PEEK), {"ids": _id_array(task_ids)}).all()
-        # End the read: no snapshot is held while handlers run, and finished_at is the record's.
-        db.session.rollback()
+        # No transaction: none is held while handlers run, and finished_at is the record's.
+        rows = fetch_all(_PEEK, {"ids": _id_array(task_ids)}, rows=len(task_ids))
         if rows and all(row[1] in ONE_STEP_TYPES for row in rows):
-            claimed, since = [Claimed(*row[:-1]) for row in rows], rows[0][-1]
+            claimed, since = [Claimed(*row[:8]) for row in rows], rows[0][8]
+            payloads = {row[2]: row[9] for row in rows if row[9] is not None}
         elif not rows:
             return {"received": len(task_ids), "claimed": 0, "recorded": 0}
     if since is None:
         claimed = claim(task_ids)
+        if claimed:
+            payloads = load_payloads({task.payload_id for task in claimed})
     if not claimed:
         return {"received": len(task_ids), "claimed": 0, "recorded": 0}
-    payloads = load_payloads({task.payload_id for task in claimed})
     data_dir = current_app.config["SETTINGS"].data_dir
     outcomes = [run_one(task, payloads.get(task.payload_id, {}), data_dir) for task in claimed]
     # The aggregate's partial is folded before the record statement locks the mass-action.
@@ -183,7 +189,8 @@ def run_chunk(task_ids: list[int], redelivered: bool = False) -> dict[str, int]:
             folded_ahead=ahead,
         )
     failed = sum(1 for o in outcomes if o.state == TASK_FAILED)
-    log.info(
+    # DEBUG: the worker's own line per chunk (workers/tasks.py) says as much at INFO.
+    log.debug(
         "chunk done: %d received, %d claimed, %d recorded, %d failed in %.0f ms",
         len(task_ids),
         len(claimed),

@@ -58,9 +58,20 @@ def check() -> tuple[dict[str, Any], bool]:
     return report, not failing
 
 
+# A process writes the time of its last chunk at most this often: a write per chunk was a Redis
+# round trip per single assignment. The health report's age may be that much older.
+NOTE_EVERY_SECONDS = 1.0
+_noted_at = 0.0
+
+
 def note_chunk_completed() -> None:
     """Record that a worker just finished a chunk (best effort: Redis may be down)."""
+    global _noted_at
+    now = time.time()
+    if now - _noted_at < NOTE_EVERY_SECONDS:
+        return
     try:
-        current_app.extensions["redis"].set(LAST_CHUNK_KEY, f"{time.time():.3f}")
+        current_app.extensions["redis"].set(LAST_CHUNK_KEY, f"{now:.3f}")
+        _noted_at = now
     except Exception:
         pass

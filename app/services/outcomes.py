@@ -29,7 +29,7 @@ from app import metrics
 from app.errors import is_connection_error
 from app.extensions import db
 from app.models import TASK_RUNNING
-from app.services import mass_action_counts
+from app.services import mass_action_counts, prepared
 from app.services.aggregates import Folded
 from app.services.counter_shards import add_to_swarms_sql, add_to_totals_sql
 
@@ -247,7 +247,9 @@ def record_outcomes(
     deadlocks = 0
     while True:
         try:
-            row = db.session.execute(text(statement), params).one()
+            row: Any = prepared.execute(
+                db.session.connection(), statement, params, rows=len(outcomes)
+            ).one()
             moved, workflow_ids, summary, mass_actions, _tallied, moved_ids = row
             if mass_actions:
                 by_id = {outcome.task_id: outcome for outcome in outcomes}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -82,10 +83,35 @@ def aggregate(
     if stored is None:
         stored = db.session.execute(text(_STORED), {"id": mass_action_id}).scalar_one()
     rows = stored or []
+    ids = tuple(partial_id for partial_id, _ in rows)
+    key = (mass_action_id, ids)
+    known = _presented.get(key)
+    if known is not None:
+        return known
     combined = aggregates.combine(task_type, (partial for _, partial in rows))
     if len(rows) > COMPACT_AT:
-        _compact(mass_action_id, [partial_id for partial_id, _ in rows], combined)
-    return aggregates.rule_for(task_type).present(combined)
+        _compact(mass_action_id, list(ids), combined)
+    presented = aggregates.rule_for(task_type).present(combined)
+    _remember(key, presented)
+    return presented
+
+
+# Aggregates presented by this process, by mass-action and the ids of the partials they merged.
+# A partial row is never changed, only inserted or replaced under a new id, so the same ids mean
+# the same answer: polling a mass-action decodes and merges its partials only when they moved.
+_presented: dict[tuple[str, tuple[int, ...]], dict[str, Any]] = {}
+PRESENTED_KEPT = 64
+_presented_lock = threading.Lock()
+
+
+def _remember(key: tuple[str, tuple[int, ...]], presented: dict[str, Any]) -> None:
+    """Keep one answer per mass-action (its latest), PRESENTED_KEPT in all, oldest out first."""
+    with _presented_lock:
+        for stale in [known for known in _presented if known[0] == key[0]]:
+            del _presented[stale]
+        while len(_presented) >= PRESENTED_KEPT:
+            del _presented[next(iter(_presented))]
+        _presented[key] = presented
 
 
 def _compact(mass_action_id: str, ids: list[int], combined: dict[str, Any]) -> None:

@@ -1,4 +1,5 @@
-"""The hottest reads, answered with one SELECT on a pooled connection in autocommit.
+"""The hottest reads, answered with one SELECT on a pooled connection in autocommit (the app's
+autocommit engine, app/extensions.py).
 
 No ORM session, no BEGIN/ROLLBACK, no model objects and no schema: the row becomes the answer's
 JSON directly, in the fields and order of the documented schema (app/api/schemas.py: BotOut,
@@ -12,11 +13,10 @@ import json
 from typing import Any
 
 import psycopg2
-from sqlalchemy import text
 
 from app.errors import DatabaseUnavailable, NotFound
-from app.extensions import db
-from app.services import callbacks, partials
+from app.extensions import autocommit_engine
+from app.services import callbacks, partials, prepared
 from app.services.counter_shards import swarm_counters_sql, swarm_shards_join
 from app.services.ids import iso, utcnow
 from app.services.mass_actions import MassActionView
@@ -24,20 +24,21 @@ from app.services.tenancy import visible
 
 
 def fetch_one(sql: str, params: dict[str, Any]) -> Any:
-    """The first row of one SELECT, on a pooled connection without a transaction."""
+    """The first row of one statement, on a pooled connection without a transaction: a SELECT,
+    or a write that is then its own transaction, committed when this returns."""
     rows = fetch_all(sql, params)
     return rows[0] if rows else None
 
 
-def fetch_all(sql: str, params: dict[str, Any]) -> list[Any]:
-    """Every row of one SELECT, on a pooled connection without a transaction."""
+def fetch_all(sql: str, params: dict[str, Any], rows: int = 1) -> list[Any]:
+    """Every row of one statement, on a pooled connection without a transaction; `rows`: how
+    many it works on (app/services/prepared.py)."""
     try:
-        with db.engine.connect() as connection:
-            autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
-            return list(autocommit.execute(text(sql), params))
+        with autocommit_engine().connect() as connection:
+            return list(prepared.execute(connection, sql, params, rows))
     except (psycopg2.OperationalError, psycopg2.InterfaceError) as error:
-        # Raised unwrapped by the pool when it resets the isolation level of a connection whose
-        # server went away (errors SQLAlchemy wraps reach app/errors.py's handler instead).
+        # Raised unwrapped by the pool when it handles a connection whose server went away
+        # (errors SQLAlchemy wraps reach app/errors.py's handler instead).
         raise DatabaseUnavailable("The database is unavailable.") from error
 
 

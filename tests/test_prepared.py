@@ -1,0 +1,57 @@
+"""Hot statements prepared once per connection: same answers as text(), one PREPARE each."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+
+from app.extensions import autocommit_engine, db
+from app.services import prepared
+
+# A repeated parameter, a `::` cast, a literal `%` and a parameter typed only by its CAST.
+SQL = """
+SELECT CAST(:word AS text) || '%' AS word, CAST(:n AS int) + '1'::int AS next,
+       CAST(:n AS int) * 2 AS twice, CAST(:missing AS text) IS NULL AS missing
+"""
+
+
+def _prepared_here(connection) -> list[str]:
+    return list(connection.execute(text("SELECT statement FROM pg_prepared_statements")).scalars())
+
+
+def test_a_statement_is_prepared_once_per_connection_and_answers_as_text_does(app):
+    params = {"word": "a:b", "n": 20, "missing": None}
+    with autocommit_engine().connect() as connection:
+        first = prepared.execute(connection, SQL, params).one()
+        again = prepared.execute(connection, SQL, {**params, "n": 1}).one()
+        plain = connection.execute(text(SQL), params).one()
+        statements = _prepared_here(connection)
+
+    assert first == plain == ("a:b%", 21, 40, True)
+    assert again.next == 2 and again._fields == ("word", "next", "twice", "missing")
+    assert len([s for s in statements if "CAST($1 AS text)" in s]) == 1
+
+
+def test_a_prepared_statement_outlives_a_rolled_back_transaction(app):
+    connection = db.session.connection()
+    assert prepared.execute(connection, SQL, {"word": "x", "n": 1, "missing": 1}).one().next == 2
+    db.session.rollback()
+
+    connection = db.session.connection()
+    assert prepared.execute(connection, SQL, {"word": "y", "n": 2, "missing": None}).one() == (
+        "y%",
+        3,
+        4,
+        True,
+    )
+    db.session.rollback()
+
+
+def test_a_statement_over_many_rows_is_planned_each_time_not_prepared(app):
+    sql = "SELECT count(*) AS n FROM unnest(CAST(:ids AS bigint[])) AS ids"
+    ids = "{" + ",".join(str(i) for i in range(prepared.FEW_ROWS + 1)) + "}"
+    with autocommit_engine().connect() as connection:
+        many = prepared.execute(connection, sql, {"ids": ids}, rows=prepared.FEW_ROWS + 1).one()
+        assert not [s for s in _prepared_here(connection) if "unnest" in s]
+        few = prepared.execute(connection, sql, {"ids": "{1,2}"}, rows=2).one()
+        assert [s for s in _prepared_here(connection) if "unnest" in s]
+    assert (many.n, few.n) == (prepared.FEW_ROWS + 1, 2)
