@@ -18,17 +18,25 @@ def _prepared_here(connection) -> list[str]:
     return list(connection.execute(text("SELECT statement FROM pg_prepared_statements")).scalars())
 
 
+def _prepared_by_name(connection) -> dict[str, str]:
+    rows = connection.execute(text("SELECT name, statement FROM pg_prepared_statements"))
+    return {name: statement for name, statement in rows}
+
+
 def test_a_statement_is_prepared_once_per_connection_and_answers_as_text_does(app):
     params = {"word": "a:b", "n": 20, "missing": None}
     with autocommit_engine().connect() as connection:
         first = prepared.execute(connection, SQL, params).one()
         again = prepared.execute(connection, SQL, {**params, "n": 1}).one()
         plain = connection.execute(text(SQL), params).one()
-        statements = _prepared_here(connection)
+        statements = _prepared_by_name(connection)
 
     assert first == plain == ("a:b%", 21, 40, True)
     assert again.next == 2 and again._fields == ("word", "next", "twice", "missing")
-    assert len([s for s in statements if "CAST($1 AS text)" in s]) == 1
+    # Prepared under its name (a second PREPARE of that name would have failed), as numbered.
+    name, numbered, _ = prepared._numbered(SQL)
+    assert numbered.strip() in statements[name]
+    assert "CAST($1 AS text) || '%'" in statements[name] and ":word" not in statements[name]
 
 
 def test_a_prepared_statement_outlives_a_rolled_back_transaction(app):
