@@ -224,3 +224,56 @@ def test_metrics_show_lock_waits_now_and_deadlocks_so_far(client):
         thread.join(10)
     assert waiter_done.is_set()
     assert metric(client, "orchestrator_postgres_deadlocks_total") == deadlocks_reported()
+
+
+def test_the_call_lease_heartbeat_skips_a_task_a_recorder_holds_instead_of_waiting(app, client):
+    from app.services import calls
+
+    swarm = client.post(
+        "/swarms", json={"name": "s", "count": 3, "tier": "standard", "capabilities": []}
+    ).get_json()
+    mass_action_id = client.post(f"/swarms/{swarm['id']}/tasks", json={"type": "echo"}).get_json()[
+        "mass_action_id"
+    ]
+    ids = list(
+        db.session.execute(
+            text(
+                "UPDATE tasks SET status = 'running', lease_expires_at = now()"
+                " WHERE mass_action_id = :id RETURNING id"
+            ),
+            {"id": mass_action_id},
+        ).scalars()
+    )
+    db.session.commit()
+    held, free = sorted(ids)[0], sorted(ids)[1:]
+    calls._holdings["test-chunk"] = calls._Holding("image", set(), set(ids))
+    recorder = db.engine.connect()
+    recorder.execute(text("SELECT id FROM tasks WHERE id = :id FOR UPDATE"), {"id": held})
+    renewed: list[int] = []
+
+    def beat() -> None:
+        with app.app_context():
+            renewed.append(calls.renew_leases())
+
+    thread = threading.Thread(target=beat)
+    try:
+        thread.start()
+        thread.join(10)
+        assert not thread.is_alive(), "the heartbeat waited on the locked task"
+    finally:
+        recorder.rollback()
+        recorder.close()
+        calls._holdings.pop("test-chunk", None)
+        thread.join(10)
+    leases = dict(
+        db.session.execute(
+            text(
+                "SELECT id, lease_expires_at > now() + interval '20 seconds' FROM tasks"
+                " WHERE id = ANY(:ids)"
+            ),
+            {"ids": ids},
+        ).all()
+    )
+    db.session.commit()
+    assert renewed == [3]
+    assert leases == {held: False, **{task_id: True for task_id in free}}

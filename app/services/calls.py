@@ -70,9 +70,14 @@ CALL_THREADS_START_S = 30.0
 # Threads of a process that record outcomes while the chunks go on handing slots to calls.
 RECORDER_THREADS = 2
 
+# The heartbeat never waits on a task row: one locked by a recorder is ending (its lease no longer
+# matters), and one locked by anything else is renewed by the next beat, well inside its lease.
+# Waiting instead, the heartbeat's many rows and a recorder's batch, each taken in its own order,
+# deadlocked.
 _RENEW_LEASES = """
 UPDATE tasks SET lease_expires_at = now() + make_interval(secs => :lease)
- WHERE id = ANY(:ids) AND status = 'running'
+ WHERE id IN (SELECT id FROM tasks WHERE id = ANY(:ids) AND status = 'running'
+                FOR UPDATE SKIP LOCKED)
 """
 
 
