@@ -27,10 +27,13 @@ def create_app(settings: Settings | None = None) -> Flask:
             "pool_pre_ping": True,
             "pool_size": 5,
             "max_overflow": 10,
-            # A dead database must cost a request seconds, not minutes.
+            # A dead database must cost a request seconds, not minutes. Prepared statements
+            # (app/services/prepared.py) are planned for their parameters and the tables as they
+            # are at each run: a generic plan cached while a table was small outlived its growth.
             "connect_args": {
                 "connect_timeout": 2,
-                "options": f"-c statement_timeout={settings.statement_timeout_ms}",
+                "options": f"-c statement_timeout={settings.statement_timeout_ms}"
+                " -c plan_cache_mode=force_custom_plan",
             },
         },
         SQLALCHEMY_TRACK_MODIFICATIONS=False,

@@ -63,3 +63,30 @@ def test_a_statement_over_many_rows_is_planned_each_time_not_prepared(app):
         few = prepared.execute(connection, sql, {"ids": "{1,2}"}, rows=2).one()
         assert [s for s in _prepared_here(connection) if "unnest" in s]
     assert (many.n, few.n) == (prepared.FEW_ROWS + 1, 2)
+
+
+def test_a_prepared_statement_is_planned_for_the_table_as_it_has_grown(app):
+    # The shape of the worker's record: the tasks joined to the outcomes sent as JSON.
+    sql = """
+    SELECT g.v FROM grows g
+      JOIN jsonb_to_recordset(CAST(:rows AS jsonb)) AS o(id bigint) ON g.id = o.id
+    """
+    name = prepared._numbered(sql)[0]
+    with autocommit_engine().connect() as connection:
+        connection.execute(text("CREATE TEMP TABLE grows (id bigint PRIMARY KEY, v int)"))
+        try:
+            connection.execute(text("INSERT INTO grows SELECT g, g FROM generate_series(1, 3) g"))
+            connection.execute(text("ANALYZE grows"))
+            # More runs than PostgreSQL makes before it may settle on one plan for the rest.
+            for _ in range(8):
+                assert prepared.execute(connection, sql, {"rows": '[{"id": 2}]'}).scalar_one() == 2
+            connection.execute(
+                text("INSERT INTO grows SELECT g, g FROM generate_series(4, 200000) g")
+            )
+            plan = "\n".join(
+                connection.execute(text(f"EXPLAIN EXECUTE {name}('[{{\"id\": 5}}]')")).scalars()
+            )
+            assert "Seq Scan on grows" not in plan, plan
+        finally:
+            connection.execute(text(f"DEALLOCATE {name}"))
+            connection.execute(text("DROP TABLE grows"))
