@@ -3,8 +3,8 @@ autocommit engine, app/extensions.py).
 
 No ORM session, no BEGIN/ROLLBACK, no model objects and no schema: the row becomes the answer's
 JSON directly, in the fields and order of the documented schema (app/api/schemas.py: BotOut,
-SwarmOut, MassActionOut), which tests/test_plain_reads.py holds them to. Measured on the read benchmark
-(docs/performance.md, the online path).
+SwarmOut, MassActionOut), which tests/test_plain_reads.py holds them to. Measured on the read
+benchmark (docs/performance.md, the online path).
 """
 
 from __future__ import annotations
