@@ -15,8 +15,8 @@ every later run, and a plan made while a table was small (a scan of a few rows) 
 table grew: the worker's single-task statements, prepared on an empty task table, fell behind a
 mixed load once two mass-actions had added 40,000 rows (the online benchmark's mixed minute:
 its backlog drained in 18-48 s instead of 0.1 s; an ANALYZE, which autovacuum may never run in
-time, is what would have replaced the plan). In process, an assignment costs 3.0 ms with generic plans, 3.4 ms planned each run and
-3.6 ms as text.
+time, is what would have replaced the plan). In process, an assignment costs 3.0 ms with
+generic plans, 3.4 ms planned at each run and 3.6 ms as text.
 
 Only for a few rows: with generic plans, a plan made for a handful of ids was the wrong one for
 a chunk of 2,000 (a 50,000-task mass-action took 2.6-2.9 s instead of 2.2-2.4 s). A statement
