@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import func, select, text
 
@@ -71,48 +71,11 @@ class MassAssignment:
     assigned_at: datetime
 
 
-class MassActionFields(Protocol):
-    """What a view reads of a mass-action: its model object, or a row of the same columns."""
-
-    @property
-    def id(self) -> str: ...
-    @property
-    def swarm_id(self) -> str: ...
-    @property
-    def type(self) -> str: ...
-    @property
-    def tier(self) -> str: ...
-    @property
-    def workflow_id(self) -> str | None: ...
-    @property
-    def step(self) -> int | None: ...
-    @property
-    def total(self) -> int: ...
-    @property
-    def running(self) -> int: ...
-    @property
-    def completed(self) -> int: ...
-    @property
-    def failed(self) -> int: ...
-    @property
-    def cancelled(self) -> int: ...
-    @property
-    def created_at(self) -> datetime: ...
-    @property
-    def started_at(self) -> datetime | None: ...
-    @property
-    def finished_at(self) -> datetime | None: ...
-    @property
-    def cancel_requested_at(self) -> datetime | None: ...
-    @property
-    def callback_url(self) -> str | None: ...
-
-
 @dataclass(frozen=True)
 class MassActionView:
     """A mass-action with its progress figures, as GET /mass-actions/{id} shows it."""
 
-    mass_action: MassActionFields
+    mass_action: MassAction
     now: datetime
     aggregate: dict[str, Any] | None = field(default=None)
 

@@ -16,6 +16,7 @@ import psycopg2
 
 from app.errors import DatabaseUnavailable, NotFound
 from app.extensions import autocommit_engine
+from app.models import MassAction
 from app.services import callbacks, partials, prepared
 from app.services.counter_shards import swarm_counters_sql, swarm_shards_join
 from app.services.ids import iso, utcnow
@@ -115,10 +116,9 @@ def swarm_json(swarm_id: str) -> str:
 
 
 # The row, its aggregate's partials and its callback's delivery, in one statement.
-_MASS_ACTION = """
-SELECT m.id, m.swarm_id, m.tenant, m.type, m.tier, m.workflow_id, m.step, m.total, m.running,
-       m.completed, m.failed, m.cancelled, m.created_at, m.started_at, m.finished_at,
-       m.cancel_requested_at, m.callback_url,
+_MASS_ACTION_COLUMNS = tuple(column.name for column in MassAction.__table__.columns)
+_MASS_ACTION = f"""
+SELECT {", ".join(f"m.{name}" for name in _MASS_ACTION_COLUMNS)},
        (SELECT json_agg(json_build_array(p.id, p.partial)) FROM mass_action_partials p
          WHERE p.mass_action_id = m.id) AS partials,
        c.resource_id IS NOT NULL AS delivery_started, c.url, c.state, c.attempts, c.last_status,
@@ -133,7 +133,9 @@ def mass_action_json(mass_action_id: str) -> str:
     row = fetch_one(_MASS_ACTION, {"id": mass_action_id})
     if row is None or not visible(row.tenant):
         raise NotFound(f"Mass-action {mass_action_id!r} not found.")
+    # A model object of no session, for the view that the ORM path builds too.
+    mass_action = MassAction(**{name: getattr(row, name) for name in _MASS_ACTION_COLUMNS})
     aggregate = partials.aggregate(row.id, row.type, row.partials or [])
-    view = MassActionView(row, utcnow(), aggregate)
+    view = MassActionView(mass_action, utcnow(), aggregate)
     delivery = callbacks.describe(row.callback_url, row if row.delivery_started else None)
     return json.dumps(view.document(delivery))
