@@ -160,7 +160,7 @@ def run_chunk(task_ids: list[int], redelivered: bool = False) -> dict[str, int]:
     started = time.monotonic()
     claimed: list[Claimed] = []
     since = None
-    payloads: dict[int, dict[str, Any]] = {}
+    payloads: dict[int, dict[str, Any]] | None = None
     if not redelivered:
         # No transaction: none is held while handlers run, and finished_at is the record's.
         few = len(task_ids) <= prepared.FEW_ROWS
@@ -170,17 +170,16 @@ def run_chunk(task_ids: list[int], redelivered: bool = False) -> dict[str, int]:
             claimed, since = [Claimed(*row[:8]) for row in rows], rows[0][8]
             if few:
                 payloads = {row[2]: row[9] for row in rows if row[9] is not None}
-            else:
-                payloads = load_payloads({task.payload_id for task in claimed})
-                db.session.rollback()
         elif not rows:
             return {"received": len(task_ids), "claimed": 0, "recorded": 0}
     if since is None:
         claimed = claim(task_ids)
-        if claimed:
-            payloads = load_payloads({task.payload_id for task in claimed})
     if not claimed:
         return {"received": len(task_ids), "claimed": 0, "recorded": 0}
+    if payloads is None:
+        payloads = load_payloads({task.payload_id for task in claimed})
+        # End the read: no snapshot is held while the handlers run.
+        db.session.rollback()
     data_dir = current_app.config["SETTINGS"].data_dir
     outcomes = [run_one(task, payloads.get(task.payload_id, {}), data_dir) for task in claimed]
     # The aggregate's partial is folded before the record statement locks the mass-action.
